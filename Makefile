@@ -1,0 +1,59 @@
+# prefect-raypool: the commands the README documents.
+#   make up     local Kubernetes (built from source) + KubeRay, left running
+#   make down   stop what `make up` started
+#   make test   everything: set-up, lint, type checks and the whole test suite
+#   make bench  side-by-side benchmarks with ratios
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+# Deterministic runs: no usage reporting, no prompts.
+export RAY_USAGE_STATS_ENABLED := 0
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: all venv binaries lint test test-unit up down bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing prefect-raypool[dev,operator]"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,operator]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+binaries: venv
+	@echo "==> Kubernetes test-bed binaries (cached in ~/.cache/prefect-raypool; a cold build takes many minutes)"
+	$(PY) -c 'from prefect_raypool_operator.devenv import ensure_binaries; ensure_binaries()'
+
+lint: venv
+	@echo "==> ruff and mypy"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-unit: venv
+	$(VENV)/bin/pytest -m unit -q $(PYTEST_ARGS)
+
+test: binaries lint
+	@echo "==> the whole test suite (starts and stops its own control plane, Prefect server and Ray)"
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+up: binaries
+	$(VENV)/bin/raypool dev up --state-dir .dev
+
+down:
+	@if [ -x $(VENV)/bin/raypool ]; then $(VENV)/bin/raypool dev down --state-dir .dev; else echo "nothing to stop"; fi
+
+bench: binaries
+	$(PY) bench/runner_bench.py
+
+clean: down
+	rm -rf .dev $(VENV)

@@ -1,0 +1,69 @@
+"""`raypool dev up` (what `make up` runs) and `dev down`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.controlplane
+
+
+def _raypool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect_raypool_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.split(") ", 1)[1][0] != "Z"
+
+
+def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    bystander = subprocess.Popen(["sleep", "300"])  # something `down` must not touch
+    try:
+        up = _raypool("dev", "up", "--state-dir", str(state))
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export KUBECONFIG={os.path.relpath(state)}/kubeconfig" in up.stdout
+        assert "kubectl get nodes" in up.stdout
+
+        # `up` returned, yet the cluster keeps running and answers with its kubectl.
+        pids = json.loads((state / "processes.json").read_text())
+        assert set(pids) == {
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+            "kwok", "kuberay-operator",
+        }  # fmt: skip
+        assert all(_alive(pid) for pid in pids.values())
+        nodes = subprocess.run(
+            [str(state / "bin" / "kubectl"), f"--kubeconfig={state / 'kubeconfig'}",
+             "get", "nodes", "-o", "name"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert nodes.strip() == "node/kwok-node-0"
+
+        # A second `up` on the same state dir refuses instead of starting twice.
+        again = _raypool("dev", "up", "--state-dir", str(state))
+        assert again.returncode != 0 and "already holds a running control plane" in again.stderr
+
+        down = _raypool("dev", "down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stderr
+        assert not any(_alive(pid) for pid in pids.values())
+        assert bystander.poll() is None
+        assert _raypool("dev", "status", "--state-dir", str(state)).returncode == 1
+    finally:
+        _raypool("dev", "down", "--state-dir", str(state))
+        bystander.kill()
+        bystander.wait()
