@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -242,10 +243,9 @@ class ControlPlane:
         self.kubectl(
             "apply", "--server-side", "--force-conflicts", "-f", str(self.binaries.kuberay_crds)
         )
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/rayclusters.ray.io", "crd/rayjobs.ray.io", "crd/rayservices.ray.io",
-        )  # fmt: skip
+        # Polled rather than `kubectl wait`, which errors on a CRD whose status is
+        # still empty instead of waiting for it.
+        _wait("KubeRay CRDs", self._crds_established, timeout, self._check_alive)
         probe = free_port()
         self._spawn(
             "kuberay-operator",
@@ -277,13 +277,17 @@ class ControlPlane:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
         return out.stdout
 
+    def _crds_established(self) -> bool:
+        names = ["rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"]
+        crds = json.loads(self.kubectl("get", "crd", *names, "-o", "json"))["items"]
+        return len(crds) == len(names) and all(_condition(c, "Established") for c in crds)
+
     def _node_ready(self) -> bool:
         try:
             node = json.loads(self.kubectl("get", "node", NODE_NAME, "-o", "json"))
         except RuntimeError:
             return False
-        conds = node.get("status", {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+        return _condition(node, "Ready")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         _log(f"starting {name}")
@@ -346,6 +350,11 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def _condition(obj: dict[str, Any], kind: str) -> bool:
+    conds = obj.get("status", {}).get("conditions") or []
+    return any(c["type"] == kind and c["status"] == "True" for c in conds)
 
 
 def _http_ok(url: str, token: str | None = None) -> bool:
