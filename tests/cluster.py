@@ -32,7 +32,7 @@ from kubernetes import client, config
 from pytest_kind import KindCluster
 
 from prefect_raypool_operator.devenv import ControlPlane, ensure_binaries
-from prefect_raypool_operator.devenv.controlplane import stop_recorded
+from prefect_raypool_operator.devenv.processes import stop_recorded
 
 REPO = Path(__file__).resolve().parent.parent
 

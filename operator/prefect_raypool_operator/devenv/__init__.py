@@ -8,5 +8,13 @@ the pytest fixtures in tests/cluster.py both use `ControlPlane`.
 
 from prefect_raypool_operator.devenv.binaries import Binaries, ensure_binaries
 from prefect_raypool_operator.devenv.controlplane import ControlPlane
+from prefect_raypool_operator.devenv.processes import Supervisor, free_port, stop_recorded
 
-__all__ = ["Binaries", "ControlPlane", "ensure_binaries"]
+__all__ = [
+    "Binaries",
+    "ControlPlane",
+    "Supervisor",
+    "ensure_binaries",
+    "free_port",
+    "stop_recorded",
+]

@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 
 from prefect_raypool_operator.devenv.binaries import ensure_binaries
-from prefect_raypool_operator.devenv.controlplane import (
-    PROCESSES_FILE,
-    ControlPlane,
-    stop_recorded,
-)
+from prefect_raypool_operator.devenv.controlplane import ControlPlane
+from prefect_raypool_operator.devenv.processes import PROCESSES_FILE, stop_recorded
 
 
 def dev_cli(args: argparse.Namespace) -> int:

@@ -1,9 +1,8 @@
 """Start and stop a local Kubernetes control plane with KubeRay, as processes.
 
 Everything listens on 127.0.0.1 with ports picked at start; the state directory
-holds certificates, data, logs, the kubeconfig and `processes.json`, which is what
-`stop()` (and `raypool dev down` from another process) uses to stop exactly what
-was started here and nothing else.
+holds certificates, data, logs and the kubeconfig. Processes are run and recorded
+by a `Supervisor` (processes.py).
 """
 
 from __future__ import annotations
@@ -12,13 +11,8 @@ import base64
 import json
 import os
 import secrets
-import signal
-import socket
-import ssl
 import subprocess
 import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from prefect_raypool_operator.devenv.binaries import Binaries
+from prefect_raypool_operator.devenv.processes import Supervisor, free_port, http_ok, log
 
 NODE_NAME = "kwok-node-0"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-PROCESSES_FILE = "processes.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _log(msg: str) -> None:
-    print(f"[controlplane {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass
@@ -55,9 +39,12 @@ class ControlPlane:
     state_dir: Path
     with_kuberay: bool = True
     external_kubeconfig: Path | None = None
-    processes: dict[str, int] = field(default_factory=dict)
     apiserver_port: int = 0
     token: str = ""
+    procs: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.procs = Supervisor(self.state_dir)
 
     @property
     def kubeconfig(self) -> Path:
@@ -70,13 +57,7 @@ class ControlPlane:
     # ---- lifecycle -------------------------------------------------------------
 
     def start(self, timeout: float = 180) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
-        if (self.state_dir / PROCESSES_FILE).exists():
-            raise RuntimeError(
-                f"{self.state_dir} already holds a running control plane; "
-                "stop it first (`make down` or `raypool dev down`)"
-            )
+        self.procs.claim()
         t0 = time.monotonic()
         try:
             if not self.external_kubeconfig:
@@ -84,20 +65,19 @@ class ControlPlane:
                 self._start_etcd(timeout)
                 self._start_apiserver(timeout)
                 self._write_kubeconfig()
-                self._spawn("kube-controller-manager", self._controller_manager_args())
-                self._spawn("kube-scheduler", self._scheduler_args())
+                self.procs.spawn("kube-controller-manager", self._controller_manager_args())
+                self.procs.spawn("kube-scheduler", self._scheduler_args())
                 self._start_kwok(timeout)
             if self.with_kuberay:
                 self._start_kuberay(timeout)
         except BaseException:
             self.stop()
             raise
-        _log(f"ready in {time.monotonic() - t0:.1f}s; kubeconfig {self.kubeconfig}")
+        log(f"ready in {time.monotonic() - t0:.1f}s; kubeconfig {self.kubeconfig}")
 
     def stop(self) -> None:
         """Stop every process this state dir started, newest first."""
-        stop_recorded(self.state_dir)
-        self.processes.clear()
+        self.procs.stop()
 
     # ---- pieces ----------------------------------------------------------------
 
@@ -125,7 +105,7 @@ class ControlPlane:
     def _start_etcd(self, timeout: float) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
-        self._spawn(
+        self.procs.spawn(
             "etcd",
             [
                 str(self.binaries.etcd),
@@ -139,12 +119,12 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        _wait("etcd", lambda: _http_ok(f"{self.etcd_url}/health"), timeout, self._check_alive)
+        self.procs.wait("etcd", lambda: http_ok(f"{self.etcd_url}/health"), timeout)
 
     def _start_apiserver(self, timeout: float) -> None:
         self.apiserver_port = free_port()
         pki = self.state_dir / "pki"
-        self._spawn(
+        self.procs.spawn(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
@@ -165,11 +145,10 @@ class ControlPlane:
                 "-v=0",
             ],
         )
-        _wait(
+        self.procs.wait(
             "kube-apiserver",
-            lambda: _http_ok(f"{self.server}/readyz", token=self.token),
+            lambda: http_ok(f"{self.server}/readyz", token=self.token),
             timeout,
-            self._check_alive,
         )
 
     def _write_kubeconfig(self) -> None:
@@ -222,7 +201,7 @@ class ControlPlane:
         ]
 
     def _start_kwok(self, timeout: float) -> None:
-        self._spawn(
+        self.procs.spawn(
             "kwok",
             [
                 str(self.binaries.kwok),
@@ -237,7 +216,7 @@ class ControlPlane:
             ],
         )
         self.kubectl("apply", "-f", "-", stdin=json.dumps(_fake_node()))
-        _wait("simulated node", self._node_ready, timeout, self._check_alive)
+        self.procs.wait("simulated node", self._node_ready, timeout)
 
     def _start_kuberay(self, timeout: float) -> None:
         self.kubectl(
@@ -245,9 +224,9 @@ class ControlPlane:
         )
         # Polled rather than `kubectl wait`, which errors on a CRD whose status is
         # still empty instead of waiting for it.
-        _wait("KubeRay CRDs", self._crds_established, timeout, self._check_alive)
+        self.procs.wait("KubeRay CRDs", self._crds_established, timeout)
         probe = free_port()
-        self._spawn(
+        self.procs.spawn(
             "kuberay-operator",
             [
                 str(self.binaries.kuberay_operator),
@@ -257,11 +236,10 @@ class ControlPlane:
                 "--enable-leader-election=false",
             ],
         )
-        _wait(
+        self.procs.wait(
             "KubeRay operator",
-            lambda: _http_ok(f"http://127.0.0.1:{probe}/readyz"),
+            lambda: http_ok(f"http://127.0.0.1:{probe}/readyz"),
             timeout,
-            self._check_alive,
         )
 
     # ---- helpers ---------------------------------------------------------------
@@ -289,96 +267,10 @@ class ControlPlane:
             return False
         return _condition(node, "Ready")
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        _log(f"starting {name}")
-        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
-        # A new session, so `make up` can return while these keep running, and so
-        # stop() can signal each one's whole process group.
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        self.processes[name] = proc.pid
-        (self.state_dir / PROCESSES_FILE).write_text(json.dumps(self.processes, indent=2))
-
-    def _check_alive(self) -> None:
-        for name, pid in self.processes.items():
-            if not _pid_alive(pid):
-                tail = (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")
-                raise RuntimeError(f"{name} exited during start-up; its log ends:\n{tail[-3000:]}")
-
-
-def stop_recorded(state_dir: Path, grace: float = 10) -> list[str]:
-    """Stop the processes recorded in `state_dir`, newest first; return their names."""
-    path = state_dir / PROCESSES_FILE
-    if not path.exists():
-        return []
-    procs: dict[str, int] = json.loads(path.read_text())
-    for name, pid in reversed(list(procs.items())):
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-        _log(f"stopped {name}")
-    path.unlink()
-    return list(procs)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        # Reap it if it is our child, so a dead child does not linger as a zombie.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
 
 def _condition(obj: dict[str, Any], kind: str) -> bool:
     conds = obj.get("status", {}).get("conditions") or []
     return any(c["type"] == kind and c["status"] == "True" for c in conds)
-
-
-def _http_ok(url: str, token: str | None = None) -> bool:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def _wait(what: str, ready: Callable[[], bool], timeout: float, check: Callable[[], None]) -> None:
-    t0 = time.monotonic()
-    while not ready():
-        check()
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.2)
-    _log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
 
 
 def _fake_node() -> dict[str, object]:

@@ -1,0 +1,135 @@
+"""Local processes of the dev environment: start, record, wait for, stop.
+
+Each process gets its own session (so `make up` can return while they run, and a
+stop signals a whole process group) and a log under `<state>/logs/`. Their pids go
+to `<state>/processes.json`, which is how `raypool dev down`, from another process,
+stops exactly what was started and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROCESSES_FILE = "processes.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    print(f"[raypool dev {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Supervisor:
+    state_dir: Path
+    processes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def claim(self) -> None:
+        """Refuse a state dir that already has running processes recorded."""
+        if (self.state_dir / PROCESSES_FILE).exists():
+            raise RuntimeError(
+                f"{self.state_dir} already holds a running control plane; "
+                "stop it first (`make down` or `raypool dev down`)"
+            )
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log(f"starting {name}")
+        with open(self.state_dir / "logs" / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        self.processes[name] = proc.pid
+        (self.state_dir / PROCESSES_FILE).write_text(json.dumps(self.processes, indent=2))
+
+    def check_alive(self) -> None:
+        for name, pid in self.processes.items():
+            if not pid_alive(pid):
+                tail = (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")
+                raise RuntimeError(f"{name} exited during start-up; its log ends:\n{tail[-3000:]}")
+
+    def wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        """Poll `ready` until true, failing early when a started process died."""
+        t0 = time.monotonic()
+        while not ready():
+            self.check_alive()
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+            time.sleep(0.2)
+        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
+
+    def stop(self) -> None:
+        stop_recorded(self.state_dir)
+        self.processes.clear()
+
+
+def stop_recorded(state_dir: Path, grace: float = 10) -> list[str]:
+    """Stop the processes recorded in `state_dir`, newest first; return their names."""
+    path = state_dir / PROCESSES_FILE
+    if not path.exists():
+        return []
+    procs: dict[str, int] = json.loads(path.read_text())
+    for name, pid in reversed(list(procs.items())):
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        log(f"stopped {name}")
+    path.unlink()
+    return list(procs)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        # Reap it if it is our child, so a dead child does not linger as a zombie.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def http_ok(url: str, token: str | None = None) -> bool:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    # Only ever used against our own loopback servers, whose self-signed
+    # certificates are checked by the real clients through the kubeconfig.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
