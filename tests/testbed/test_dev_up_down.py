@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,14 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"export KUBECONFIG={os.path.relpath(state)}/kubeconfig" in up.stdout
         assert "kubectl get nodes" in up.stdout
+        api_url = (state / "prefect-api-url").read_text().strip()
+        assert f"PREFECT_API_URL={api_url}" in up.stdout
 
         # `up` returned, yet the cluster keeps running and answers with its kubectl.
         pids = json.loads((state / "processes.json").read_text())
         assert set(pids) == {
             "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-            "kwok", "kuberay-operator",
+            "kwok", "kuberay-operator", "prefect-server",
         }  # fmt: skip
         assert all(_alive(pid) for pid in pids.values())
         nodes = subprocess.run(
@@ -53,6 +56,8 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert nodes.strip() == "node/kwok-node-0"
+        with urllib.request.urlopen(f"{api_url}/health", timeout=5) as resp:
+            assert resp.status == 200
 
         # A second `up` on the same state dir refuses instead of starting twice.
         again = _raypool("dev", "up", "--state-dir", str(state))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect_raypool_operator.devenv.binaries import ensure_binaries
 from prefect_raypool_operator.devenv.controlplane import ControlPlane
+from prefect_raypool_operator.devenv.prefect_server import start_prefect_server
 from prefect_raypool_operator.devenv.processes import PROCESSES_FILE, stop_recorded
 
 
@@ -56,6 +57,11 @@ def _up(state: Path) -> int:
     bins = ensure_binaries()
     cp = ControlPlane(binaries=bins, state_dir=state)
     cp.start()
+    try:
+        api_url = start_prefect_server(cp.procs)
+    except BaseException:
+        cp.stop()
+        raise
     # Put the matching kubectl and helm beside the kubeconfig for the user.
     bindir = state / "bin"
     bindir.mkdir(exist_ok=True)
@@ -68,10 +74,11 @@ def _up(state: Path) -> int:
     print(
         f"""
 Local Kubernetes {cp.server} is up: etcd, kube-apiserver, controller-manager,
-scheduler, a kwok simulated node ({bins.kwok.parent.parent.name}) and the KubeRay operator.
+scheduler, a kwok simulated node ({bins.kwok.parent.parent.name}) and the KubeRay operator;
+a Prefect server (SQLite) at {api_url}.
 Kubeconfig: {cp.kubeconfig}
 
-  export KUBECONFIG={rel}/kubeconfig PATH=$PWD/{rel}/bin:$PATH
+  export KUBECONFIG={rel}/kubeconfig PATH=$PWD/{rel}/bin:$PATH PREFECT_API_URL={api_url}
   kubectl get nodes
   kubectl get rayclusters -A
 
