@@ -47,7 +47,7 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
         pids = json.loads((state / "processes.json").read_text())
         assert set(pids) == {
             "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-            "kwok", "kuberay-operator", "prefect-server",
+            "kwok", "kuberay-operator", "prefect-server", "prefect-raypool-operator",
         }  # fmt: skip
         assert all(_alive(pid) for pid in pids.values())
         nodes = subprocess.run(

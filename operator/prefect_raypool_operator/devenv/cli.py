@@ -10,8 +10,9 @@ from pathlib import Path
 
 from prefect_raypool_operator.devenv.binaries import ensure_binaries
 from prefect_raypool_operator.devenv.controlplane import ControlPlane
+from prefect_raypool_operator.devenv.operator_run import start_operator
 from prefect_raypool_operator.devenv.prefect_server import start_prefect_server
-from prefect_raypool_operator.devenv.processes import PROCESSES_FILE, stop_recorded
+from prefect_raypool_operator.devenv.processes import PROCESSES_FILE, free_port, stop_recorded
 
 
 def dev_cli(args: argparse.Namespace) -> int:
@@ -59,6 +60,7 @@ def _up(state: Path) -> int:
     cp.start()
     try:
         api_url = start_prefect_server(cp.procs)
+        pools = start_operator(cp.procs, cp.kubeconfig, bins.kubectl, api_url, free_port())
     except BaseException:
         cp.stop()
         raise
@@ -75,12 +77,14 @@ def _up(state: Path) -> int:
         f"""
 Local Kubernetes {cp.server} is up: etcd, kube-apiserver, controller-manager,
 scheduler, a kwok simulated node ({bins.kwok.parent.parent.name}) and the KubeRay operator;
-a Prefect server (SQLite) at {api_url}.
+a Prefect server (SQLite) at {api_url}; the prefect-raypool operator, with the
+example pools ({", ".join(pools)}) applied in `default` and Ready.
 Kubeconfig: {cp.kubeconfig}
 
   export KUBECONFIG={rel}/kubeconfig PATH=$PWD/{rel}/bin:$PATH PREFECT_API_URL={api_url}
   kubectl get nodes
-  kubectl get rayclusters -A
+  kubectl get prp
+  kubectl get rayclusters,deployments,pods
 
 Logs are in {rel}/logs/. Stop everything with `make down`.
 """

@@ -1,0 +1,84 @@
+"""Operator settings: environment variables in, kopf settings out.
+
+Namespace scoping is kopf's own command line (`--namespace=a --namespace=b`, or
+`--all-namespaces`); the chart passes it. Everything else is read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import kopf
+
+from prefect_raypool_operator import naming
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _url_map(raw: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        source, _, target = item.partition("=")
+        if not target:
+            raise ValueError(f"RAYPOOL_PREFECT_URL_MAP entry {item!r}: expected FROM=TO")
+        pairs.append((source, target))
+    return pairs
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the operator reads from its environment (RAYPOOL_*)."""
+
+    resync_seconds: float = 30.0  # drift repair and status refresh per pool
+    kube_request_timeout: float = 30.0
+    prefect_timeout: float = 10.0
+    watch_server_timeout: float = 300.0  # the API server ends each watch after this
+    watch_client_timeout: float = 330.0  # and we give up on a silent stream after this
+    # For an operator outside the cluster (dev): rewrite the pool's in-cluster Prefect
+    # URL prefix to one the operator can reach, e.g. "http://prefect.svc:4200=http://127.0.0.1:4200".
+    prefect_url_map: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            resync_seconds=_float("RAYPOOL_RESYNC_SECONDS", 30.0),
+            kube_request_timeout=_float("RAYPOOL_KUBE_REQUEST_TIMEOUT", 30.0),
+            prefect_timeout=_float("RAYPOOL_PREFECT_TIMEOUT", 10.0),
+            watch_server_timeout=_float("RAYPOOL_WATCH_SERVER_TIMEOUT", 300.0),
+            watch_client_timeout=_float("RAYPOOL_WATCH_CLIENT_TIMEOUT", 330.0),
+            prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
+        )
+
+    def operator_prefect_url(self, url: str) -> str:
+        for source, target in self.prefect_url_map:
+            if url.startswith(source):
+                return target + url[len(source) :]
+        return url
+
+
+CONFIG = Config.from_env()
+
+
+def configure(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
+    """kopf settings for real clusters: our own prefixes, timeouts and backoff."""
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=naming.ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = int(config.watch_server_timeout)
+    settings.watching.client_timeout = int(config.watch_client_timeout)
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = config.kube_request_timeout
+    settings.networking.connect_timeout = 10
+    settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)
+    settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 16
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call otherwise

@@ -1,0 +1,118 @@
+"""The Helm charts render what the operator needs (`helm template`, no cluster)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from prefect_raypool_operator.devenv.binaries import Binaries
+from prefect_raypool_operator.render import parse_pool
+
+pytestmark = pytest.mark.unit
+CHARTS = Path(__file__).resolve().parents[2] / "charts"
+HELM = Binaries.from_cache().helm
+
+
+def _template(chart: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not HELM.exists():
+        pytest.skip(f"helm not built yet at {HELM} (make binaries builds it)")
+    out = subprocess.run(
+        [
+            str(HELM),
+            "template",
+            "rel",
+            str(CHARTS / chart),
+            "--namespace",
+            "ops",
+            "--kube-version",
+            "1.34.4",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def _docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _operator(*args: str) -> list[dict[str, Any]]:
+    return _docs(_template("prefect-raypool-operator", "--include-crds", *args).stdout)
+
+
+def test_operator_chart_all_namespaces() -> None:
+    docs = _operator()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("CustomResourceDefinition") == 1
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:5] == [
+        "kopf",
+        "run",
+        "-m",
+        "prefect_raypool_operator.main",
+        "--standalone",
+    ]
+    assert "--all-namespaces" in container["command"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["command"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    rules = [r for role in roles for r in role["rules"]]
+
+    def allowed(group: str, resource: str, verb: str) -> bool:
+        return any(
+            group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+            for r in rules
+        )
+
+    for group, resource, verb in [
+        ("prefectray.io", "prefectraypools", "watch"),
+        ("prefectray.io", "prefectraypools/status", "patch"),
+        ("ray.io", "rayclusters", "patch"),
+        ("apps", "deployments", "delete"),
+        ("", "secrets", "create"),
+        ("", "events", "create"),
+        ("", "pods", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ]:
+        assert allowed(group, resource, verb), (group, resource, verb)
+
+
+def test_operator_chart_scoped_to_namespaces() -> None:
+    docs = _operator("--set", "watchNamespaces={team-a,team-b}")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--namespace=team-a" in command and "--namespace=team-b" in command
+    assert "--all-namespaces" not in command
+    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
+    assert roles == {"team-a", "team-b"}
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == [
+        "rel-prefect-raypool-operator-discovery"
+    ]
+
+
+def test_pool_chart_renders_a_valid_pool() -> None:
+    out = _template(
+        "prefect-raypool",
+        "--set",
+        "spec.prefect.apiUrl=http://prefect.svc:4200/api",
+        "--set",
+        "spec.placement=HeadSidecar",
+    )
+    [doc] = _docs(out.stdout)
+    name, namespace, pool = parse_pool(doc)
+    assert (name, namespace) == ("rel", "ops")
+    assert pool.placement == "HeadSidecar" and pool.prefect.apiUrl == "http://prefect.svc:4200/api"
+
+
+def test_pool_chart_requires_the_prefect_api_url() -> None:
+    out = _template("prefect-raypool", check=False)
+    assert out.returncode != 0 and "spec.prefect.apiUrl is required" in out.stderr

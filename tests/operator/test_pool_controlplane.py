@@ -1,0 +1,619 @@
+"""The operator on the real control plane with the real KubeRay operator.
+
+A session-wide `kopf run` of the operator (all namespaces, 3 s resync) and a real
+Prefect server; each test applies pools in its own namespace.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+from operator_process import OperatorProcess
+
+from cluster import Cluster, eventually, get_or_none
+from dataplane import PrefectServer, free_port
+from prefect_raypool_operator import crd, naming
+from prefect_raypool_operator.devenv.operator_run import wait_established
+
+pytestmark = pytest.mark.controlplane
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "prefectray.io", "v1alpha1", "prefectraypools"
+
+
+@pytest.fixture(scope="session")
+def pool_crd(kube_cluster: Cluster) -> None:
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
+    wait_established(Path(kube_cluster.kubectl_bin), kube_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def raypool_operator(
+    kube_cluster: Cluster,
+    pool_crd: None,
+    prefect_server: PrefectServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(
+        kube_cluster.kubeconfig,
+        log,
+        free_port(),
+        {"RAYPOOL_RESYNC_SECONDS": "3"},
+        # Namespace scoping by pattern: the per-test namespaces only (not `default`,
+        # where the `make up` test runs its own operator).
+        scope=("--namespace=t-*",),
+    )
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def env(
+    kube_cluster: Cluster,
+    namespace: str,
+    raypool_operator: OperatorProcess,
+    prefect_server: PrefectServer,
+) -> Env:
+    return Env(kube_cluster, namespace, raypool_operator, prefect_server)
+
+
+class Env:
+    def __init__(
+        self, cluster: Cluster, namespace: str, op: OperatorProcess, prefect: PrefectServer
+    ):
+        self.cluster, self.ns, self.op, self.prefect = cluster, namespace, op, prefect
+        api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def example(self, name: str) -> dict[str, Any]:
+        doc = yaml.safe_load((REPO / "examples" / "pools" / name).read_text())
+        doc["spec"]["prefect"]["apiUrl"] = self.prefect.api_url
+        doc["metadata"]["namespace"] = self.ns
+        return dict(doc)
+
+    def apply(self, doc: dict[str, Any], check: bool = True) -> str:
+        return self.cluster.kubectl(
+            "apply", "-n", self.ns, "-f", "-", stdin=yaml.safe_dump(doc), check=check
+        )
+
+    def pool(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def raycluster(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                self.custom.get_namespaced_custom_object(
+                    "ray.io", "v1", self.ns, "rayclusters", name
+                )
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def condition(self, name: str, kind: str) -> dict[str, Any] | None:
+        pool = self.pool(name) or {}
+        for cond in (pool.get("status") or {}).get("conditions", []):
+            if cond["type"] == kind:
+                return dict(cond)
+        return None
+
+    def wait_condition(
+        self, name: str, kind: str, status: str, reason: str | None = None, timeout: float = 90
+    ) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            cond = self.condition(name, kind)
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+                return cond
+            return None
+
+        try:
+            return dict(eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}"))
+        except BaseException:
+            print(json.dumps(self.pool(name), indent=1)[-3000:])
+            print(self.op.tail())
+            raise
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.ns).items
+            if e.involved_object.name == name and e.involved_object.kind == "PrefectRayPool"
+        ]
+
+
+def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    env.apply(doc)
+    rc = eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
+    pool = env.pool("analytics")
+    assert pool is not None
+    owner = rc["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "PrefectRayPool",
+        "analytics",
+        pool["metadata"]["uid"],
+    )
+    assert rc["spec"]["rayVersion"] == "2.60.0"
+    [group] = rc["spec"]["workerGroupSpecs"]
+    assert (group["groupName"], group["replicas"], group["maxReplicas"]) == ("cpu", 2, 4)
+    # KubeRay did its part: head service and head pod.
+    svc = eventually(
+        lambda: get_or_none(env.core.read_namespaced_service, "analytics-head-svc", env.ns),
+        what="KubeRay's head service",
+    )
+    assert 6379 in {p.port for p in svc.spec.ports}
+    head = eventually(
+        lambda: (
+            env.core.list_namespaced_pod(
+                env.ns, label_selector="ray.io/cluster=analytics,ray.io/node-type=head"
+            ).items
+        ),
+        what="the head pod",
+    )[0]
+    env_names = {e.name for e in head.spec.containers[0].env}
+    assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env_names
+    deployment = eventually(
+        lambda: get_or_none(
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+        ),
+        what="the worker Deployment",
+    )
+    assert deployment.metadata.owner_references[0].name == "analytics"
+    token = env.core.read_namespaced_secret("analytics-ray-token", env.ns)
+    assert token.metadata.owner_references[0].name == "analytics"
+
+    env.wait_condition("analytics", "Ready", "True")
+    pool = env.pool("analytics")
+    assert pool is not None
+    status = pool["status"]
+    assert status["phase"] == "Ready"
+    assert status["observedGeneration"] == pool["metadata"]["generation"]
+    assert status["headService"] == f"analytics-head-svc.{env.ns}.svc"
+    assert status["readyWorkerReplicas"] == 2
+    for kind in ("RayClusterReady", "WorkerReady", "WorkPoolReady"):
+        assert env.condition("analytics", kind)["status"] == "True"  # type: ignore[index]
+    work_pool = httpx.get(f"{env.prefect.api_url}/work_pools/analytics", timeout=10).json()
+    assert work_pool["concurrency_limit"] == 10 and work_pool["type"] == "process"
+    reasons = {e.reason for e in env.events("analytics")}
+    assert "Created" in reasons and "Ready" in reasons
+    printed = env.cluster.kubectl("get", "prp", "-n", env.ns)
+    assert "analytics" in printed and "Ready" in printed and "ZeroCapacityNode" in printed
+
+
+def test_head_sidecar_pool(env: Env) -> None:
+    env.apply(env.example("head-sidecar.yaml"))
+    head = eventually(
+        lambda: (
+            env.core.list_namespaced_pod(
+                env.ns, label_selector="ray.io/cluster=reports,ray.io/node-type=head"
+            ).items
+        ),
+        what="the head pod",
+    )[0]
+    names = [c.name for c in head.spec.containers]
+    assert names[0] == "ray-head" and "prefect-worker" in names
+    sidecar = head.spec.containers[names.index("prefect-worker")]
+    assert {"RAY_ADDRESS": "127.0.0.1:6379"}.items() <= {
+        e.name: e.value for e in sidecar.env
+    }.items()
+    assert {m.mount_path for m in sidecar.volume_mounts} >= {"/tmp/ray"}
+    env.wait_condition("reports", "Ready", "True")
+    assert (
+        get_or_none(env.apps.read_namespaced_deployment, "reports-prefect-worker", env.ns) is None
+    )
+    limit = httpx.get(f"{env.prefect.api_url}/work_pools/reports-ray", timeout=10).json()
+    assert limit["concurrency_limit"] == 4
+
+
+def test_spec_changes_roll_out(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 3
+    doc["spec"]["prefect"]["image"] = "team/flows:2.60.0-py311"
+    doc["spec"]["prefect"]["workPool"]["concurrencyLimit"] = 7
+    env.apply(doc)
+
+    def rolled() -> bool:
+        rc = env.raycluster("analytics") or {}
+        dep = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.ns)
+        return (
+            rc["spec"]["workerGroupSpecs"][0]["replicas"] == 3
+            and dep.spec.template.spec.containers[0].image == "team/flows:2.60.0-py311"
+        )
+
+    eventually(rolled, what="replicas and worker image rolled out")
+    eventually(
+        lambda: (
+            httpx.get(f"{env.prefect.api_url}/work_pools/analytics", timeout=10).json()[
+                "concurrency_limit"
+            ]
+            == 7
+        ),
+        what="the work pool limit to follow the spec",
+    )
+    pool = env.pool("analytics")
+    assert pool is not None
+    eventually(
+        lambda: (
+            (env.pool("analytics") or {}).get("status", {}).get("observedGeneration")
+            == pool["metadata"]["generation"]
+        ),
+        what="observedGeneration to catch up",
+    )
+
+
+def test_drift_is_repaired(env: Env) -> None:
+    env.apply(env.example("zero-capacity.yaml"))
+    env.wait_condition("analytics", "Ready", "True")
+    env.apps.delete_namespaced_deployment("analytics-prefect-worker", env.ns)
+    eventually(
+        lambda: get_or_none(
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+        ),
+        what="the deleted Deployment to be put back",
+    )
+    env.custom.patch_namespaced_custom_object(
+        "ray.io",
+        "v1",
+        env.ns,
+        "rayclusters",
+        "analytics",
+        [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 0}],
+        _content_type="application/json-patch+json",
+    )
+    eventually(  # the hand edit really landed (by another field manager) ...
+        lambda: any(
+            f.get("manager") != naming.FIELD_MANAGER
+            for f in (env.raycluster("analytics") or {})["metadata"]["managedFields"]
+        ),
+        what="the hand edit",
+    )
+    eventually(
+        lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 2,
+        what="the hand-edited replicas to be put back",
+    )
+    env.custom.delete_namespaced_custom_object("ray.io", "v1", env.ns, "rayclusters", "analytics")
+    eventually(
+        lambda: (
+            (env.raycluster("analytics") or {}).get("metadata", {}).get("deletionTimestamp") is None
+            and env.raycluster("analytics")
+        ),
+        what="the deleted RayCluster to be put back",
+    )
+    env.wait_condition("analytics", "Ready", "True")
+
+
+def test_deleting_the_pool_cascades(env: Env) -> None:
+    env.apply(env.example("zero-capacity.yaml"))
+    eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
+    eventually(
+        lambda: get_or_none(
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+        ),
+        what="the Deployment",
+    )
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, "analytics")
+    eventually(lambda: env.pool("analytics") is None, what="the pool to be deleted")
+    eventually(
+        lambda: (
+            env.raycluster("analytics") is None
+            and get_or_none(env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns)
+            is None
+            and get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.ns) is None
+        ),
+        what="owned objects garbage-collected",
+    )
+
+
+def test_missing_secret_blocks_until_created(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["prefect"]["apiKey"] = {"secretKeyRef": {"name": "prefect-api", "key": "key"}}
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "Ready", "False", "SecretNotFound")
+    assert "spec.prefect.apiKey" in cond["message"] and "prefect-api" in cond["message"]
+    time.sleep(4)  # at least one resync later: still nothing half-created
+    assert env.raycluster("analytics") is None
+    assert get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.ns) is None
+    assert (env.pool("analytics") or {})["status"]["phase"] == "Pending"
+    assert any(
+        e.type == "Warning" and e.reason == "SecretNotFound" for e in env.events("analytics")
+    )
+    env.core.create_namespaced_secret(
+        env.ns,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="prefect-api"), string_data={"key": "k"}),
+    )
+    env.wait_condition("analytics", "Ready", "True")
+
+
+def test_unreachable_prefect_api_is_a_false_condition(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["prefect"]["apiUrl"] = f"http://127.0.0.1:{free_port()}/api"
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "WorkPoolReady", "False", "PrefectAPIUnreachable")
+    assert "cannot reach the Prefect API" in cond["message"]
+    env.wait_condition("analytics", "RayClusterReady", "True")  # the rest still reconciles
+    assert env.condition("analytics", "Ready")["status"] == "False"  # type: ignore[index]
+    assert env.op.proc is not None and env.op.proc.poll() is None  # no crash
+
+
+def test_ray_version_mismatch_fails_without_creating_anything(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["image"] = "rayproject/ray:2.59.0-py311"
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "Ready", "False", "RayVersionMismatch")
+    assert "spec.ray.image" in cond["message"]
+    assert (env.pool("analytics") or {})["status"]["phase"] == "Failed"
+    assert env.raycluster("analytics") is None
+
+
+def test_operator_killed_mid_reconcile_leaves_no_duplicates(env: Env) -> None:
+    env.apply(env.example("zero-capacity.yaml"))
+    eventually(lambda: env.raycluster("analytics"), timeout=30, what="the RayCluster")
+    env.op.kill()
+    try:
+        doc = env.example("zero-capacity.yaml")
+        doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 1
+        env.apply(doc)  # a change made while no operator runs
+    finally:
+        env.op.start()
+    env.wait_condition("analytics", "Ready", "True")
+    eventually(
+        lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 1,
+        what="the change made during the outage to be applied",
+    )
+    selector = f"{naming.POOL_LABEL}=analytics"
+    clusters = env.custom.list_namespaced_custom_object(
+        "ray.io", "v1", env.ns, "rayclusters", label_selector=selector
+    )["items"]
+    deployments = env.apps.list_namespaced_deployment(env.ns, label_selector=selector).items
+    secrets = env.core.list_namespaced_secret(env.ns, label_selector=selector).items
+    assert (len(clusters), len(deployments), len(secrets)) == (1, 1, 1)
+
+
+def test_liveness_endpoint_reports_reconciles(env: Env) -> None:
+    env.apply(env.example("zero-capacity.yaml"))
+    eventually(lambda: env.condition("analytics", "Ready"), what="a first status")
+    time.sleep(11)  # kopf caches probe results for 10 s
+    with urllib.request.urlopen(env.op.health_url, timeout=5) as resp:
+        body = json.load(resp)
+    assert body["reconcile"]["pools"] >= 1
+    assert body["reconcile"]["last_reconcile_age_s"] < 30
+
+
+GOOD: dict[str, Any] = {
+    "apiVersion": "prefectray.io/v1alpha1",
+    "kind": "PrefectRayPool",
+    "metadata": {"name": "bad"},
+    "spec": {"prefect": {"apiUrl": "http://prefect:4200/api"}},
+}
+
+
+def _bad(mutate: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(GOOD)
+    mutate(doc)
+    return doc
+
+
+GROUP_OK = {"name": "cpu", "replicas": 1}
+BAD = {
+    "unknown placement": (
+        _bad(lambda d: d["spec"].update(placement="Laptop")),
+        'spec.placement: Unsupported value: "Laptop"',
+    ),
+    "negative replicas": (
+        _bad(lambda d: d["spec"].update(ray={"workerGroups": [{**GROUP_OK, "replicas": -1}]})),
+        "spec.ray.workerGroups[0].replicas",
+    ),
+    "min above max": (
+        _bad(
+            lambda d: d["spec"].update(
+                ray={"workerGroups": [{**GROUP_OK, "minReplicas": 3, "maxReplicas": 2}]}
+            )
+        ),
+        "minReplicas must not exceed maxReplicas",
+    ),
+    "missing Prefect API URL": (
+        _bad(lambda d: d["spec"].update(prefect={"replicas": 1})),
+        "spec.prefect.apiUrl: Required value",
+    ),
+    "API key as a literal string": (
+        _bad(lambda d: d["spec"]["prefect"].update(apiKey="pnu_literal_key")),
+        "spec.prefect.apiKey",
+    ),
+    "GPU request no group can hold": (
+        _bad(lambda d: d["spec"].update(ray={"taskResources": {"gpu": 2}})),
+        "spec.ray.taskResources.gpu",
+    ),
+    "name starting with a digit": (
+        _bad(lambda d: d["metadata"].update(name="1pool")),
+        "metadata.name must be a DNS-1035 label",
+    ),
+    "name too long": (
+        _bad(lambda d: d["metadata"].update(name="p" * 45)),
+        "metadata.name must be a DNS-1035 label",
+    ),
+    "sidecar with two workers": (
+        _bad(
+            lambda d: d["spec"].update(
+                placement="HeadSidecar", prefect={"apiUrl": "http://p/api", "replicas": 2}
+            )
+        ),
+        "spec.prefect.replicas",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_api_server_rejects_bad_input_naming_the_field(
+    kube_cluster: Cluster, pool_crd: None, namespace: str, case: str
+) -> None:
+    doc, expected = BAD[case]
+    out = kube_cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc), check=False
+    )
+    assert expected in out, out
+    assert "created" not in out
+
+
+def test_api_server_accepts_the_minimal_pool_and_fills_defaults(
+    kube_cluster: Cluster, pool_crd: None, namespace: str
+) -> None:
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(GOOD))
+    custom = client.CustomObjectsApi(kube_cluster.api_client())
+    pool = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")
+    spec = pool["spec"]
+    assert spec["placement"] == "ZeroCapacityNode"
+    assert spec["ray"]["version"] == "2.60.0" and spec["ray"]["auth"]["mode"] == "token"
+    assert spec["ray"]["workerGroups"][0] == {
+        "name": "workers",
+        "replicas": 1,
+        "minReplicas": 0,
+        "resources": {"cpu": 1, "memory": "2Gi", "gpu": 0},
+    }
+    assert spec["prefect"]["resources"]["cpu"] == "500m"
+
+
+@pytest.mark.parametrize("scope", [[], ["--set", "watchNamespaces={NS}"]], ids=["all", "scoped"])
+def test_operator_chart_is_accepted_by_the_api_server(
+    kube_cluster: Cluster, pool_crd: None, namespace: str, scope: list[str]
+) -> None:
+    from prefect_raypool_operator.devenv.binaries import Binaries
+
+    helm = Binaries.from_cache().helm
+    args = [a.replace("NS", namespace) for a in scope]
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "op",
+            str(REPO / "charts" / "prefect-raypool-operator"),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            "1.34.4",
+            "--include-crds",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = kube_cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=rendered,
+    )
+    for kind in ("customresourcedefinition", "serviceaccount", "deployment.apps"):
+        assert kind in out, out
+    assert ("clusterrole.rbac" in out) if not scope else ("role.rbac" in out)
+
+
+def test_pool_chart_installs_a_pool_that_becomes_ready(env: Env) -> None:
+    from prefect_raypool_operator.devenv.binaries import Binaries
+
+    helm = Binaries.from_cache().helm
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "charted",
+            str(REPO / "charts" / "prefect-raypool"),
+            "--namespace",
+            env.ns,
+            "--set",
+            f"spec.prefect.apiUrl={env.prefect.api_url}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env.cluster.kubectl("apply", "-n", env.ns, "-f", "-", stdin=rendered)
+    env.wait_condition("charted", "Ready", "True")
+
+
+def test_switching_placement_moves_the_worker_into_the_head_pod(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    doc["spec"]["placement"] = "HeadSidecar"
+    env.apply(doc)
+
+    def moved() -> bool:
+        rc = env.raycluster("analytics") or {}
+        containers = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+        gone = (
+            get_or_none(env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns)
+            is None
+        )
+        return gone and [c["name"] for c in containers] == ["ray-head", "prefect-worker"]
+
+    eventually(moved, what="the Deployment removed and the sidecar added")
+
+
+def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) -> None:
+    """kube.apply hands back what the server stored (the reconciler reads status from it)."""
+    from prefect_raypool_operator import kube
+    from prefect_raypool_operator.builders import build_manifests
+    from prefect_raypool_operator.spec import PrefectRayPoolSpec
+
+    api = kube_cluster.api_client()
+    pool = PrefectRayPoolSpec.model_validate({"prefect": {"apiUrl": "http://p:4200/api"}})
+    for manifest in build_manifests("direct", namespace, pool):
+        live = kube.apply(api, manifest)
+        assert live["metadata"]["uid"] and live["metadata"]["generation"] == 1
+        assert live["kind"] == manifest["kind"]
+        again = kube.apply(api, manifest)  # idempotent: no new generation
+        assert again["metadata"]["generation"] == 1
+
+
+def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
+    kube_cluster: Cluster, pool_crd: None, prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    """What `make up` runs (operator_run.start_operator) on the test cluster, in `default`."""
+    from prefect_raypool_operator.devenv.operator_run import start_operator
+    from prefect_raypool_operator.devenv.processes import Supervisor, stop_recorded
+
+    sup = Supervisor(tmp_path)
+    try:
+        names = start_operator(
+            sup,
+            kube_cluster.kubeconfig,
+            Path(kube_cluster.kubectl_bin),
+            prefect_server.api_url,
+            liveness_port=free_port(),
+        )
+        assert sorted(names) == ["analytics", "reports"]
+        printed = kube_cluster.kubectl("get", "prp", "-n", "default")
+        assert printed.count("True") == 2, printed
+    finally:
+        stop_recorded(tmp_path)
+        kube_cluster.kubectl("delete", "prp", "--all", "-n", "default", "--wait=false")

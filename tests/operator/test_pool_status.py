@@ -1,0 +1,201 @@
+"""Status logic (pure): KubeRay's status read right, conditions, phase, Events, liveness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from prefect_raypool_operator import settings
+from prefect_raypool_operator.handlers import health
+from prefect_raypool_operator.reconcile import keep_autoscaled_replicas, parse
+from prefect_raypool_operator.status import (
+    Check,
+    Observed,
+    build_status,
+    deployment_check,
+    ray_cluster_check,
+    sidecar_check,
+    transitions,
+)
+
+pytestmark = pytest.mark.unit
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+
+
+def _cluster(state: str | None = None, **conditions: str) -> dict[str, Any]:
+    return {
+        "status": {
+            "state": state,
+            "readyWorkerReplicas": 1,
+            "conditions": [
+                {"type": k, "status": v, "message": f"{k} is {v}"} for k, v in conditions.items()
+            ],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("live", "ok", "reason"),
+    [
+        (None, False, "RayClusterMissing"),
+        (
+            _cluster("ready", HeadPodReady="True", RayClusterProvisioned="True"),
+            True,
+            "RayClusterReady",
+        ),
+        (
+            _cluster(None, HeadPodReady="True", RayClusterProvisioned="True"),
+            True,
+            "RayClusterReady",
+        ),
+        (_cluster(None, HeadPodReady="False"), False, "HeadPodNotReady"),
+        (
+            _cluster(None, HeadPodReady="True", RayClusterProvisioned="False"),
+            False,
+            "RayClusterProvisioning",
+        ),
+        (_cluster("ready", ReplicaFailure="True"), False, "ReplicaFailure"),
+    ],
+)
+def test_ray_cluster_ready_follows_kuberay(live: Any, ok: bool, reason: str) -> None:
+    check = ray_cluster_check(live)
+    assert (check.ok, check.reason) == (ok, reason)
+
+
+def test_deployment_ready_needs_current_generation_and_ready_replicas() -> None:
+    meta = {"generation": 2}
+    stale = {
+        "metadata": meta,
+        "status": {"observedGeneration": 1, "readyReplicas": 2, "updatedReplicas": 2},
+    }
+    fresh = {
+        "metadata": meta,
+        "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2},
+    }
+    assert deployment_check(stale, 2).ok is False
+    assert deployment_check(fresh, 2).ok is True
+    assert deployment_check(fresh, 3).ok is False
+    assert deployment_check(None, 1).reason == "DeploymentMissing"
+    assert deployment_check({"metadata": meta, "status": {}}, 0).reason == "ScaledToZero"
+
+
+def test_sidecar_ready_reads_the_prefect_container() -> None:
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {"name": "ray-head", "ready": True},
+                {"name": "prefect-worker", "ready": False},
+            ]
+        }
+    }
+    assert sidecar_check(pod).reason == "SidecarNotReady"
+    pod["status"]["containerStatuses"][1]["ready"] = True
+    assert sidecar_check(pod).ok is True
+    assert sidecar_check(None).ok is False
+
+
+def _obs(**kw: Any) -> Observed:
+    return Observed("p", "ns", 3, "p", **kw)
+
+
+def test_all_true_is_ready_and_addresses_are_reported() -> None:
+    yes = Check(True, "OK")
+    status = build_status(
+        _obs(ray_cluster=yes, worker=yes, pool=yes, ready_worker_replicas=2), None, T0
+    )
+    assert status["phase"] == "Ready" and status["observedGeneration"] == 3
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert set(conds) == {"Ready", "RayClusterReady", "WorkerReady", "WorkPoolReady"}
+    assert all(c["status"] == "True" for c in conds.values())
+    assert status["headService"] == "p-head-svc.ns.svc"
+    assert status["dashboardURL"] == "http://p-head-svc.ns.svc:8265"
+    assert status["readyWorkerReplicas"] == 2
+
+
+def test_unreachable_prefect_api_is_a_false_condition_not_ready() -> None:
+    yes = Check(True, "OK")
+    down = Check(False, "PrefectAPIUnreachable", "cannot reach the Prefect API")
+    status = build_status(_obs(ray_cluster=yes, worker=yes, pool=down), None, T0)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["WorkPoolReady"]["status"] == "False"
+    assert conds["WorkPoolReady"]["reason"] == "PrefectAPIUnreachable"
+    assert conds["Ready"]["status"] == "False" and status["phase"] == "Degraded"
+
+
+def test_blocking_problem_phase() -> None:
+    blocked = _obs(blocking=Check(False, "SecretNotFound", "create it"))
+    assert build_status(blocked, None, T0)["phase"] == "Pending"
+    failed = _obs(blocking=Check(False, "RayVersionMismatch", "x"), blocking_permanent=True)
+    status = build_status(failed, None, T0)
+    assert status["phase"] == "Failed"
+    assert status["conditions"][0]["reason"] == "RayVersionMismatch"
+
+
+def test_transition_times_and_events_only_on_change() -> None:
+    yes, no = Check(True, "OK"), Check(False, "HeadPodNotReady", "starting")
+    first = build_status(_obs(ray_cluster=no, worker=yes, pool=yes), None, T0)
+    again = build_status(_obs(ray_cluster=no, worker=yes, pool=yes), first, T1)
+    assert transitions(first, again) == []
+    ray = next(c for c in again["conditions"] if c["type"] == "RayClusterReady")
+    assert ray["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    ready = build_status(_obs(ray_cluster=yes, worker=yes, pool=yes), again, T1)
+    changed = {(t.type, t.status) for t in transitions(again, ready)}
+    assert changed == {("Ready", "True"), ("RayClusterReady", "True")}
+    ray = next(c for c in ready["conditions"] if c["type"] == "RayClusterReady")
+    assert ray["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    first_events = transitions(None, first)
+    assert {t.type for t in first_events} == {
+        "Ready",
+        "RayClusterReady",
+        "WorkerReady",
+        "WorkPoolReady",
+    }
+    assert [t.warning for t in first_events if t.type == "RayClusterReady"] == [True]
+
+
+def test_autoscaler_owns_replicas_once_the_cluster_exists() -> None:
+    desired = {
+        "spec": {
+            "enableInTreeAutoscaling": True,
+            "workerGroupSpecs": [
+                {"groupName": "cpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 5}
+            ],
+        }
+    }
+    live = {"spec": {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 4}]}}
+    assert keep_autoscaled_replicas(desired, live)["spec"]["workerGroupSpecs"][0]["replicas"] == 4
+    desired["spec"]["enableInTreeAutoscaling"] = False
+    desired["spec"]["workerGroupSpecs"][0]["replicas"] = 1
+    assert keep_autoscaled_replicas(desired, live)["spec"]["workerGroupSpecs"][0]["replicas"] == 1
+
+
+def test_operator_refuses_a_spec_the_crd_would_have_refused() -> None:
+    body = {"metadata": {"name": "Bad_Name"}, "spec": {"prefect": {"apiUrl": "http://p/api"}}}
+    pool, problem = parse(body)
+    assert pool is None and problem is not None and problem.permanent
+    body = {"metadata": {"name": "ok"}, "spec": {"prefect": {"apiUrl": "ftp://p"}}}
+    pool, problem = parse(body)
+    assert problem is not None and "spec.prefect.apiUrl" in problem.message
+
+
+def test_liveness_fails_only_when_reconciles_stop_with_pools_known() -> None:
+    health.forget("ns", "p")
+    health.check(now=10**9)  # no pools: healthy however old
+    health.record("ns", "p")
+    assert health.check()["pools"] == 1
+    with pytest.raises(RuntimeError, match="no reconcile"):
+        health.check(now=10**9)
+    health.forget("ns", "p")
+
+
+def test_prefect_url_map_rewrites_only_the_prefix() -> None:
+    config = settings.Config(
+        prefect_url_map=settings._url_map("http://prefect.svc:4200=http://127.0.0.1:4200")
+    )
+    assert config.operator_prefect_url("http://prefect.svc:4200/api") == "http://127.0.0.1:4200/api"
+    assert config.operator_prefect_url("http://other:4200/api") == "http://other:4200/api"
+    with pytest.raises(ValueError):
+        settings._url_map("nonsense")

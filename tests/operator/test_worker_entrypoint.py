@@ -1,0 +1,240 @@
+"""The worker entrypoint scripts, run as real processes with stand-in `ray`/`prefect`.
+
+The stand-ins are tiny executables on PATH: `ray start` binds a real unix socket where
+the raylet's would be and blocks like `ray start --block`; `prefect` records its argv
+and waits for SIGTERM. What is tested is the generated shell: order, waiting,
+supervision (the pod must exit when the raylet dies) and failure before the raylet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dataplane import (
+    RayCluster,
+    _kill_stragglers,
+    _node_ports,
+    _pids_mentioning,
+    _ray_env,
+    _wait_for_nodes,
+)
+from prefect_raypool_operator.builders import entrypoint
+
+pytestmark = pytest.mark.unit
+
+FAKE_RAY = """\
+import os, signal, socket, sys, time
+pathfile = os.environ["FAKE_STATE"] + "/ray.pid"
+open(pathfile, "w").write(str(os.getpid()))
+open(os.environ["FAKE_STATE"] + "/ray.argv", "w").write(" ".join(sys.argv[1:]))
+if os.environ.get("FAKE_RAY_FAIL"):
+    sys.exit(3)
+time.sleep(float(os.environ.get("FAKE_RAY_DELAY", "0.5")))
+sockets = os.environ["RAYPOOL_RAY_TMPDIR"] + "/session_latest/sockets"
+os.makedirs(sockets, exist_ok=True)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sockets + "/raylet")
+signal.pause()
+"""
+
+FAKE_PREFECT = """\
+import os, signal, sys
+open(os.environ["FAKE_STATE"] + "/prefect.argv", "w").write(" ".join(sys.argv[1:]))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+signal.pause()
+"""
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Iterator[dict[str, str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("ray", FAKE_RAY), ("prefect", FAKE_PREFECT)):
+        exe = bin_dir / name
+        exe.write_text(f"#!{sys.executable}\n{body}")
+        exe.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    yield {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_STATE": str(state),
+        "RAYPOOL_RAY_TMPDIR": str(tmp_path / "ray"),
+        "RAYPOOL_RAYLET_WAIT_SECONDS": "20",
+    }
+
+
+def _start(script: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(path: Path, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.1)
+    time.sleep(0.1)
+    return path.read_text()
+
+
+def _cleanup(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+COMMAND = entrypoint.prefect_worker_command("pool-a", ["q1", "q2"])
+
+
+def test_joins_then_execs_the_worker_and_exits_when_the_raylet_dies(
+    fakes: dict[str, str],
+) -> None:
+    state = Path(fakes["FAKE_STATE"])
+    proc = _start(entrypoint.zero_capacity_script("pool-head-svc:6379", COMMAND), fakes)
+    try:
+        argv = _wait_for(state / "prefect.argv")
+        assert argv == "worker start --pool pool-a --type process --work-queue q1 --work-queue q2"
+        ray_argv = (state / "ray.argv").read_text()
+        assert ray_argv == "start --address=pool-head-svc:6379 --num-cpus=0 --num-gpus=0 --block"
+        # exec: the entrypoint's own PID is now the Prefect worker.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        assert b"prefect worker start" in cmdline
+        assert proc.poll() is None
+        os.kill(int((state / "ray.pid").read_text()), signal.SIGKILL)  # the raylet dies
+        code = proc.wait(timeout=15)
+        assert code != 0
+        _cleanup(proc)  # the watcher's grace-period `sleep` still holds stdout open
+        assert "stopping the Prefect worker" in (proc.stdout.read() if proc.stdout else "")
+    finally:
+        _cleanup(proc)
+
+
+def test_fails_without_starting_the_worker_when_ray_start_fails(fakes: dict[str, str]) -> None:
+    state = Path(fakes["FAKE_STATE"])
+    proc = _start(
+        entrypoint.zero_capacity_script("pool-head-svc:6379", COMMAND),
+        {**fakes, "FAKE_RAY_FAIL": "1"},
+    )
+    try:
+        assert proc.wait(timeout=15) == 1
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "ray start exited before the raylet came up" in output
+        assert not (state / "prefect.argv").exists()
+    finally:
+        _cleanup(proc)
+
+
+def test_times_out_when_no_raylet_appears(fakes: dict[str, str]) -> None:
+    script = entrypoint.sidecar_script(COMMAND)
+    proc = _start(script, {**fakes, "RAYPOOL_RAYLET_WAIT_SECONDS": "2"})
+    try:
+        assert proc.wait(timeout=15) == 1
+        assert "no raylet socket" in (proc.stdout.read() if proc.stdout else "")
+        assert not (Path(fakes["FAKE_STATE"]) / "prefect.argv").exists()
+    finally:
+        _cleanup(proc)
+
+
+def test_sidecar_waits_for_the_heads_raylet_then_execs(fakes: dict[str, str]) -> None:
+    state = Path(fakes["FAKE_STATE"])
+    proc = _start(entrypoint.sidecar_script(COMMAND), fakes)
+    head = subprocess.Popen(
+        [Path(fakes["PATH"].split(":")[0]) / "ray", "start", "--head"],
+        env={**os.environ, **fakes, "FAKE_RAY_DELAY": "1.5"},
+    )
+    try:
+        argv = _wait_for(state / "prefect.argv")
+        assert argv.startswith("worker start --pool pool-a")
+        assert Path(fakes["RAYPOOL_RAY_TMPDIR"], "session_latest/sockets/raylet").is_socket()
+    finally:
+        head.kill()
+        head.wait()
+        _cleanup(proc)
+
+
+def test_script_is_posix_sh() -> None:
+    script = entrypoint.zero_capacity_script("x-head-svc:6379", COMMAND)
+    check = subprocess.run(["/bin/sh", "-n", "-c", script], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert textwrap.dedent(script) == script
+
+
+@pytest.mark.ray
+def test_zero_capacity_entrypoint_joins_a_real_ray_cluster(
+    ray_head: RayCluster, fakes: dict[str, str], tmp_path: Path
+) -> None:
+    """Real `ray start` against a real token-auth head: joins with 0 CPUs, then the
+    worker starts; killing the node's raylet stops the worker."""
+    node_dir = Path(tempfile.mkdtemp(prefix="rz-", dir="/tmp"))  # short: socket paths
+    bin_dir = fakes["PATH"].split(":")[0]
+    (Path(bin_dir) / "ray").unlink()  # the real ray (from the venv) from here on
+    env = {
+        **_ray_env(ray_head.auth_mode, ray_head.token),
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "FAKE_STATE": fakes["FAKE_STATE"],
+        "RAYPOOL_RAY_TMPDIR": str(node_dir),
+        "RAYPOOL_RAYLET_WAIT_SECONDS": "120",
+        "RAYPOOL_RAY_START_ARGS": " ".join(
+            ["--node-ip-address=127.0.0.1", f"--temp-dir={node_dir}", "--disable-usage-stats",
+             *_node_ports()]
+        ),
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", entrypoint.zero_capacity_script(ray_head.address, COMMAND)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(Path(fakes["FAKE_STATE"]) / "prefect.argv", timeout=120)
+        _wait_for_nodes(ray_head, 2)
+        code = (
+            "import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
+            "print(json.dumps([n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']]))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, ray_head.address],
+            env=_ray_env(ray_head.auth_mode, ray_head.token),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        cpus = sorted(json.loads(out.stdout.strip().splitlines()[-1]))
+        assert cpus[0] == 0 and len(cpus) >= 2, out.stderr[-2000:]
+        assert proc.poll() is None
+        raylets = [pid for pid in _pids_mentioning(str(node_dir)) if _is_raylet(pid)]
+        assert raylets, "no raylet process found for the joined node"
+        for pid in raylets:
+            os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) != 0  # the Prefect worker was stopped
+    finally:
+        _cleanup(proc)
+        _kill_stragglers(str(node_dir))
+
+
+def _is_raylet(pid: int) -> bool:
+    try:
+        return b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
