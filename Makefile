@@ -53,7 +53,8 @@ down:
 	@if [ -x $(VENV)/bin/raypool ]; then $(VENV)/bin/raypool dev down --state-dir .dev; else echo "nothing to stop"; fi
 
 bench: binaries
-	$(PY) bench/runner_bench.py
+	@echo "==> operator latency beside KubeRay's own, 1 and 100 pools"
+	$(PY) tests/operator/bench_latency.py --counts 1,100
 
 clean: down
 	rm -rf .dev $(VENV)
