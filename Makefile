@@ -44,7 +44,7 @@ test-unit: venv
 
 test: binaries lint
 	@echo "==> the whole test suite (starts and stops its own control plane, Prefect server and Ray)"
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	tests/isolated.sh $(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 up: binaries
 	$(VENV)/bin/raypool dev up --state-dir .dev
@@ -53,8 +53,12 @@ down:
 	@if [ -x $(VENV)/bin/raypool ]; then $(VENV)/bin/raypool dev down --state-dir .dev; else echo "nothing to stop"; fi
 
 bench: binaries
+	@echo "==> prefect-ray 0.6.0, a bench-only dependency (never a dependency of the project)"
+	$(PY) -m pip install -q --no-deps prefect-ray==0.6.0
+	@echo "==> task runners side by side: ours, prefect-ray, Prefect's thread pool, raw Ray"
+	tests/isolated.sh $(PY) bench/runner_bench.py
 	@echo "==> operator latency beside KubeRay's own, 1 and 100 pools"
-	$(PY) tests/operator/bench_latency.py --counts 1,100
+	tests/isolated.sh $(PY) tests/operator/bench_latency.py --counts 1,100
 
 clean: down
 	rm -rf .dev $(VENV)

@@ -152,6 +152,7 @@ class RayCluster:
     temp_dir: Path
     auth_mode: str
     token: str | None
+    client_port: int | None = None  # Ray Client server (ray://), on the head
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     node_dirs: list[Path] = field(default_factory=list)
 
@@ -164,13 +165,12 @@ class RayCluster:
 
 
 def _ray_env(auth_mode: str, token: str | None) -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": auth_mode, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"RAY_AUTH_MODE": auth_mode, "RAY_USAGE_STATS_ENABLED": "0"})
     # Ray nodes must not inherit the test's Prefect settings: the runner has to
     # deliver them to workers itself.
     for key in [k for k in env if k.startswith("PREFECT_")]:
         del env[key]
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_TOKEN", None)
     if token:
         env["RAY_AUTH_TOKEN"] = token
     return env
@@ -195,10 +195,16 @@ def _wait_for_nodes(cluster: RayCluster, count: int, timeout: float = 120.0) -> 
         "import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
         "print(sum(1 for n in ray.nodes() if n['Alive']))"
     )
-    env = {**_ray_env(cluster.auth_mode, cluster.token)}
+    # A driver only: keep its connection on loopback (see tests/runner/conftest.py).
+    env = {**_ray_env(cluster.auth_mode, cluster.token), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        for proc in cluster.processes:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{proc.args} exited with {proc.returncode}; logs in {cluster.temp_dir}"
+                )
         res = subprocess.run(
             [sys.executable, "-c", code, cluster.address],
             env=env,
@@ -219,6 +225,7 @@ def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
     token = secrets.token_hex(32) if auth_mode == "token" else None
     port = free_port()
+    client_port = free_port()
     cmd = [
         RAY,
         "start",
@@ -230,7 +237,7 @@ def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
         "--include-dashboard=false",
-        f"--ray-client-server-port={free_port()}",
+        f"--ray-client-server-port={client_port}",
         "--disable-usage-stats",
         *_node_ports(),
     ]
@@ -247,6 +254,7 @@ def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
         temp_dir=temp_dir,
         auth_mode=auth_mode,
         token=token,
+        client_port=client_port,
         processes=[proc],
     )
     try:
@@ -313,10 +321,22 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real Prefect server (SQLite) on loopback; PREFECT_API_URL points at it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
     server = start_prefect_server(tmp_path_factory.mktemp("prefect"))
     try:
-        with patched_environ(server.env()):
+        # Prefect read its settings at import; the environment alone is not enough.
+        with (
+            patched_environ(server.env()),
+            temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_HOME: server.home}),
+        ):
             yield server
+            # Send what this process buffered while the server is still up.
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
     finally:
         stop_prefect_server(server)
 
@@ -331,7 +351,7 @@ def ray_head() -> Iterator[RayCluster]:
         stop_ray(cluster)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_multinode() -> Iterator[RayCluster]:
     """A head plus a zero-capacity node (`--num-cpus=0 --num-gpus=0`)."""
     cluster = start_ray_head(num_cpus=2, auth_mode="token")

@@ -1,0 +1,336 @@
+"""Side-by-side benchmark of Prefect task runners on Ray: `make bench`.
+
+Runners: ours (prefect_raypool), prefect-ray 0.6.0 (installed here as a bench-only
+dependency), Prefect's ThreadPoolTaskRunner, and raw Ray (the ceiling, no Prefect).
+Cases:
+  warm_map   a map of no-op tasks after a warm-up, in a running flow (tasks/s)
+  count_to   the README's count_to(10), 0.5 s tasks, in a fresh process that
+             starts its own local Ray, against Ray's own start-up and shut-down
+  shared_arg a map of 100 tasks sharing one 100 MB unmapped argument (bytes)
+             (tasks/s and driver peak RSS)
+Every case runs in a fresh child process (so peak RSS is per case), against one
+Prefect server (SQLite) and, for the warm cases, one Ray head started here.
+prefect-ray is slow, so its cases run fewer tasks (printed in the table);
+throughput is compared per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+RUNNERS = ["ours", "prefect-ray", "threadpool", "raw-ray"]
+# Task counts per case and runner: prefect-ray gets fewer to keep the bench short.
+COUNTS = {
+    "warm_map": {"ours": 1000, "prefect-ray": 200, "threadpool": 1000, "raw-ray": 1000},
+    "shared_arg": {"ours": 100, "prefect-ray": 20, "threadpool": 100, "raw-ray": 100},
+    "count_to": {"ours": 10, "prefect-ray": 10, "threadpool": 10, "raw-ray": 10},
+}
+BLOB_BYTES = 100 * 1024 * 1024
+
+
+def ensure_prefect_ray() -> None:
+    if importlib.util.find_spec("prefect_ray") is None:
+        print("bench: installing prefect-ray==0.6.0 (bench-only dependency)", flush=True)
+        # --no-deps: prefect and ray are already pinned by this project.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "prefect-ray==0.6.0"],
+            check=True,
+        )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_runner(name: str) -> Any:
+    if name == "ours":
+        from prefect_raypool import RayTaskRunner
+
+        return RayTaskRunner()
+    if name == "prefect-ray":
+        from prefect_ray import RayTaskRunner as PrefectRayTaskRunner
+
+        return PrefectRayTaskRunner()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner()
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def child_warm_map(runner_name: str, n: int) -> dict[str, Any]:
+    import ray
+
+    if runner_name == "raw-ray":
+
+        @ray.remote
+        def noop(i: int) -> int:
+            return i
+
+        ray.get([noop.remote(i) for i in range(50)])
+        start = time.perf_counter()
+        ray.get([noop.remote(i) for i in range(n)])
+        return {"seconds": time.perf_counter() - start}
+
+    from prefect import flow, task
+
+    @task
+    def noop_task(i: int) -> int:
+        return i
+
+    @flow(task_runner=make_runner(runner_name))
+    def warm_map(n: int) -> float:
+        noop_task.map(range(20)).result()  # warm-up: workers started and hydrated
+        start = time.perf_counter()
+        results = noop_task.map(range(n)).result()
+        elapsed = time.perf_counter() - start
+        assert results == list(range(n))
+        return elapsed
+
+    return {"seconds": warm_map(n)}
+
+
+def child_shared_arg(runner_name: str, n: int) -> dict[str, Any]:
+    import ray
+
+    blob = os.urandom(1024) * (BLOB_BYTES // 1024)
+    base_rss = peak_rss_mb()
+    if runner_name == "raw-ray":
+
+        @ray.remote
+        def use(blob: bytes, i: int) -> int:
+            return len(blob) + i
+
+        start = time.perf_counter()
+        ref = ray.put(blob)
+        ray.get([use.remote(ref, i) for i in range(n)])
+        return {"seconds": time.perf_counter() - start, "base_rss_mb": base_rss}
+
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.utilities.annotations import unmapped
+
+    # NO_CACHE: with the default cache policy Prefect hashes the 100 MB input on
+    # every task run (~0.7 s here, whatever the runner), which would hide the data
+    # movement this case measures. It is Prefect's advice for large inputs.
+    @task(cache_policy=NO_CACHE)
+    def use_task(blob: bytes, i: int) -> int:
+        return len(blob) + i
+
+    @flow(task_runner=make_runner(runner_name))
+    def shared(n: int) -> float:
+        use_task.submit(b"", 0).result()  # warm-up
+        start = time.perf_counter()
+        results = use_task.map(unmapped(blob), range(n)).result()
+        elapsed = time.perf_counter() - start
+        assert results == [BLOB_BYTES + i for i in range(n)]
+        return elapsed
+
+    return {"seconds": shared(n), "base_rss_mb": base_rss}
+
+
+def child_count_to(runner_name: str, n: int) -> dict[str, Any]:
+    import ray
+
+    if runner_name == "raw-ray":
+        # Ray's own start-up and shut-down, with one task round trip.
+        start = time.perf_counter()
+        ray.init(logging_level="ERROR")
+        ray.get(ray.remote(lambda: 1).remote())
+        ray.shutdown()
+        return {"seconds": time.perf_counter() - start}
+
+    from prefect import flow, task
+
+    @task
+    def shout(number: int) -> int:
+        time.sleep(0.5)
+        print(f"#{number}")
+        return number
+
+    @flow(task_runner=make_runner(runner_name))
+    def count_to(highest_number: int) -> list[int]:
+        return shout.map(range(highest_number)).result()
+
+    start = time.perf_counter()
+    assert count_to(n) == list(range(n))
+    seconds = time.perf_counter() - start
+    if ray.is_initialized():  # prefect-ray leaves an auto-started Ray behind
+        ray.shutdown()
+    return {"seconds": seconds}
+
+
+def child_main(case: str, runner_name: str, n: int, ray_address: str | None) -> None:
+    import ray
+
+    if ray_address and case != "count_to":
+        ray.init(address=ray_address, logging_level="ERROR")
+    fn = {"warm_map": child_warm_map, "shared_arg": child_shared_arg, "count_to": child_count_to}
+    result = fn[case](runner_name, n)
+    result.update({"case": case, "runner": runner_name, "n": n, "peak_rss_mb": peak_rss_mb()})
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_child(
+    case: str, runner_name: str, n: int, ray_address: str | None, env: dict[str, str]
+) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--child", case, runner_name, str(n)]
+    if ray_address:
+        cmd.append(ray_address)
+    started = time.monotonic()
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    except subprocess.TimeoutExpired:
+        print(f"  {case:<10} {runner_name:<12} timed out", flush=True)
+        return None
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
+            rate = result["n"] / result["seconds"]
+            print(
+                f"  {case:<10} {runner_name:<12} n={n:<5} {result['seconds']:7.2f} s "
+                f"{rate:8.1f} tasks/s  peak RSS {result['peak_rss_mb']:.0f} MB "
+                f"({time.monotonic() - started:.0f} s with start-up)",
+                flush=True,
+            )
+            return result
+    print(f"  {case:<10} {runner_name:<12} FAILED:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return None
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def rate(case: str, runner: str) -> float | None:
+        r = results.get((case, runner))
+        return r["n"] / r["seconds"] if r else None
+
+    def cell(case: str, runner: str) -> str:
+        r = results.get((case, runner))
+        if not r:
+            return "-"
+        if case == "count_to":
+            return f"{r['seconds']:.2f} s"
+        text = f"{r['n'] / r['seconds']:.1f}/s (n={r['n']})"
+        if case == "shared_arg":
+            text += f", +{r['peak_rss_mb'] - r['base_rss_mb']:.0f} MB"
+        return text
+
+    header = ["case", *RUNNERS, "ours/prefect-ray", "ours/threadpool"]
+    rows = [header]
+    for case in ["warm_map", "shared_arg"]:
+        rows.append(
+            [
+                case,
+                *[cell(case, r) for r in RUNNERS],
+                fmt_ratio(rate(case, "ours"), rate(case, "prefect-ray")),
+                fmt_ratio(rate(case, "ours"), rate(case, "threadpool")),
+            ]
+        )
+    ray_start = results.get(("count_to", "raw-ray"))
+    over = {
+        r: results[("count_to", r)]["seconds"] - ray_start["seconds"]
+        for r in ["ours", "prefect-ray"]
+        if ray_start and ("count_to", r) in results
+    }
+    rows.append(
+        [
+            "count_to",
+            *[cell("count_to", r) for r in RUNNERS],
+            f"+{over['ours']:.2f} s vs +{over['prefect-ray']:.2f} s"
+            if "ours" in over and "prefect-ray" in over
+            else "-",
+            "-",
+        ]
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    print()
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print(
+        "warm_map: no-op tasks/s once workers are warm; shared_arg: tasks/s with one 100 MB "
+        "unmapped bytes argument, and the driver's peak RSS above its level with the argument "
+        "built; count_to: wall time of count_to(10) in a fresh process that starts and "
+        "stops its own Ray (raw-ray column: Ray's own start, one task, stop; the ratio "
+        "column: time above that). prefect-ray runs fewer tasks (n) to keep the bench short."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default="warm_map,shared_arg,count_to")
+    parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per case and runner; the best is kept"
+    )
+    args = parser.parse_args()
+    if args.child:
+        case, runner_name, n = args.child[0], args.child[1], int(args.child[2])
+        child_main(case, runner_name, n, args.child[3] if len(args.child) > 3 else None)
+        return 0
+
+    import dataplane
+
+    ensure_prefect_ray()
+    root = Path(tempfile.mkdtemp(prefix="rpbench-"))
+    print(f"bench: starting a Prefect server and a Ray head (state in {root})", flush=True)
+    server = dataplane.start_prefect_server(root)
+    cluster = dataplane.start_ray_head(num_cpus=os.cpu_count() or 2, auth_mode="disabled")
+    local_ray = Path(tempfile.mkdtemp(prefix="rpb-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(server.env())
+    env.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep Ray on loopback
+            "RAY_TMPDIR": str(local_ray),  # count_to's own Ray, apart from the head
+            "RAY_DEDUP_LOGS": "1",
+            "PYTHONPATH": str(REPO / "runner"),
+        }
+    )
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    try:
+        # Runners alternate within each round, so background load on a shared
+        # machine hits them alike; the best of the rounds is kept.
+        for case in args.cases.split(","):
+            for _ in range(args.repeat):
+                for runner_name in args.runners.split(","):
+                    n = COUNTS[case][runner_name]
+                    address = cluster.address if case != "count_to" else None
+                    result = run_child(case, runner_name, n, address, env)
+                    best = results.get((case, runner_name))
+                    if result and (best is None or result["seconds"] < best["seconds"]):
+                        results[(case, runner_name)] = result
+    finally:
+        dataplane.stop_ray(cluster)
+        dataplane.stop_prefect_server(server)
+        dataplane._kill_stragglers(str(local_ray))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

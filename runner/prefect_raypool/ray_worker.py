@@ -1,0 +1,289 @@
+"""What runs inside a Ray worker process: one Prefect task run per Ray task.
+
+prefect-ray rebuilds Prefect's whole context (settings, a new API client, the
+flow run context) for every task run; that is most of its per-task cost. Here a
+worker process does it once per flow-run context and keeps the result in a
+`contextvars.Context`; each task run then runs in a cheap copy of it. The task
+object and the serialized context travel once through the object store (the
+driver passes their ObjectRefs nested in a list, so Ray does not resolve them)
+and are cached here by ObjectRef id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections import OrderedDict
+from contextlib import ExitStack
+from typing import Any
+from uuid import UUID
+
+import ray
+
+#: Cached objects fetched from the object store, by ObjectRef hex.
+_objects: OrderedDict[str, Any] = OrderedDict()
+#: Prepared contexts (context, exit stack), by serialized-context ObjectRef hex.
+_contexts: OrderedDict[str, tuple[contextvars.Context, ExitStack]] = OrderedDict()
+_lock = threading.Lock()
+_CACHE_SIZE = 32
+
+
+class Slot:
+    """Placeholder for the i-th top-level Ray argument, which Ray resolves before the call.
+
+    Upstream task results and shared (unmapped) objects travel as top-level
+    ObjectRef arguments: Ray waits for them and fetches them worker-side, so
+    nothing round-trips through the driver.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[type[Slot], tuple[int]]:
+        return (Slot, (self.index,))
+
+
+class SharedSlot:
+    """Placeholder for an immutable shared argument (bytes, str) of a map.
+
+    Ray would deserialize a top-level argument again for every task, copying a
+    large bytes object each time; an immutable value can instead be fetched once
+    per worker process and reused (as a thread-pool runner shares it).
+    """
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: ray.ObjectRef) -> None:
+        self.ref = ref
+
+
+_shared: OrderedDict[str, Any] = OrderedDict()
+_SHARED_CACHE_SIZE = 4
+
+
+def _shared_get(ref: ray.ObjectRef) -> Any:
+    key = ref.hex()
+    with _lock:
+        if key in _shared:
+            _shared.move_to_end(key)
+            return _shared[key]
+    value = ray.get(ref)
+    with _lock:
+        _shared[key] = value
+        while len(_shared) > _SHARED_CACHE_SIZE:
+            _shared.popitem(last=False)
+    return value
+
+
+def _cached_get(ref: ray.ObjectRef) -> Any:
+    key = ref.hex()
+    with _lock:
+        if key in _objects:
+            _objects.move_to_end(key)
+            return _objects[key]
+    value = ray.get(ref)
+    with _lock:
+        _objects[key] = value
+        while len(_objects) > _CACHE_SIZE:
+            _objects.popitem(last=False)
+    return value
+
+
+def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
+    """Enter Prefect's contexts for a remote task run, once per worker process.
+
+    Mirrors `prefect.context.hydrated_context`, but keeps one API client open
+    and reuses it for every task run of this flow run in this process.
+    """
+    from prefect._internal.result_records import ResultRecordMetadata
+    from prefect.context import (
+        FlowRunContext,
+        SettingsContext,
+        SyncClientContext,
+        TaskRunContext,
+        tags,
+    )
+    from prefect.flows import Flow
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.tasks import Task
+
+    types: dict[str, Any] = {
+        "Flow": Flow,
+        "Task": Task,
+        "ResultRecordMetadata": ResultRecordMetadata,
+    }
+    FlowRunContext.model_rebuild(_types_namespace=types)
+    TaskRunContext.model_rebuild(_types_namespace=types)
+    if settings := serialized.get("settings_context"):
+        settings_ctx = stack.enter_context(SettingsContext(**settings))
+        _export_settings(settings_ctx.settings)
+    ensure_logging_setup()
+    if serialized.get("prefect_raypool", {}).get("quiet_workers"):
+        _quiet_console()
+    client_ctx = stack.enter_context(SyncClientContext())
+    if flow_run := serialized.get("flow_run_context"):
+        task_runner = stack.enter_context(flow_run["flow"].task_runner.duplicate())
+        stack.enter_context(
+            FlowRunContext(
+                **flow_run, client=client_ctx.client, task_runner=task_runner, detached=True
+            )
+        )
+    if parent := serialized.get("task_run_context"):
+        stack.enter_context(TaskRunContext(**parent, client=client_ctx.client))
+    if tags_ctx := serialized.get("tags_context"):
+        stack.enter_context(tags(*tags_ctx["current_tags"]))
+    if deployment_id := serialized.get("deployment_id"):
+        from prefect.context import _deployment_id
+
+        token = _deployment_id.set(UUID(deployment_id))
+        stack.callback(_deployment_id.reset, token)
+    if deployment_params := serialized.get("deployment_parameters"):
+        from prefect.context import _deployment_parameters
+
+        params_token = _deployment_parameters.set(deployment_params)
+        stack.callback(_deployment_parameters.reset, params_token)
+
+
+class _RoutineTaskRunLines:
+    """Logging filter: drop the engine's per-run INFO chatter from the console."""
+
+    PREFIXES = ("Finished in state Completed", "Created task run", "Executing ")
+
+    def filter(self, record: Any) -> bool:
+        if record.levelno >= 30 or not record.name.startswith("prefect.task_runs"):
+            return True
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+def _quiet_console() -> None:
+    """Workers' console output is shipped to the driver by Ray; one line per
+    completed task run costs more than a no-op task. It still reaches the API."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _RoutineTaskRunLines) for f in handler.filters
+        ):
+            handler.addFilter(_RoutineTaskRunLines())
+
+
+def _export_settings(settings: Any) -> None:
+    """Put the flow's Prefect settings into this process's environment.
+
+    Prefect's background services (events, API logs) run in threads that do not
+    see our context and read settings from the environment: without this they
+    miss PREFECT_API_URL and start a throwaway local server (prefect #18485).
+    """
+    import os
+
+    for name, value in settings.to_environment_variables(exclude_unset=True).items():
+        os.environ[name] = value
+
+
+def _prepared_context(ref: ray.ObjectRef) -> contextvars.Context:
+    key = ref.hex()
+    with _lock:
+        if key in _contexts:
+            _contexts.move_to_end(key)
+            return _contexts[key][0]
+    serialized = _cached_get(ref)
+    ctx = contextvars.Context()
+    stack = ExitStack()
+    ctx.run(_enter_context, serialized, stack)
+    with _lock:
+        _contexts[key] = (ctx, stack)
+        evicted = []
+        while len(_contexts) > _CACHE_SIZE:
+            evicted.append(_contexts.popitem(last=False)[1])
+    for old_ctx, old_stack in evicted:
+        old_ctx.run(old_stack.close)
+    return ctx
+
+
+def _fill_slots(value: Any, resolved: tuple[Any, ...]) -> Any:
+    from prefect.utilities.collections import visit_collection
+
+    def fill(expr: Any) -> Any:
+        if isinstance(expr, Slot):
+            return resolved[expr.index]
+        if isinstance(expr, SharedSlot):
+            return _shared_get(expr.ref)
+        return expr
+
+    return visit_collection(value, visit_fn=fill, return_data=True)
+
+
+def _flush_events() -> None:
+    # Task run states reach the server as events; make sure they have left this
+    # process before the driver hears the task is done (as Prefect's process
+    # pool runner does).
+    from prefect.events.worker import EventsWorker
+
+    with EventsWorker._instance_lock:
+        has_worker = bool(EventsWorker._instances)  # type: ignore[misc]
+    if has_worker:
+        EventsWorker.instance().wait_until_empty()
+
+
+def run_task_run(
+    handles: list[ray.ObjectRef],
+    task_run_id: UUID,
+    parameters: dict[str, Any],
+    wait_for: Any,
+    dependencies: dict[str, Any] | None,
+    has_slots: bool,
+    *resolved: Any,
+) -> Any:
+    """The Ray task body: run one Prefect task run and return its final State.
+
+    `handles` is [task ref, serialized-context ref]; `resolved` holds the values
+    Ray fetched for the top-level ObjectRef arguments (upstream States, shared
+    objects) that `Slot`s in `parameters`/`wait_for` point at.
+    """
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    if not handles:
+        return _flush_logs_and_linger()
+    task_ref, context_ref = handles
+    task = _cached_get(task_ref)
+    ctx = _prepared_context(context_ref).copy()
+    if has_slots:
+        parameters = _fill_slots(parameters, resolved)
+        wait_for = _fill_slots(wait_for, resolved)
+    kwargs: dict[str, Any] = {
+        "task": task,
+        "task_run_id": task_run_id,
+        "parameters": parameters,
+        "wait_for": wait_for,
+        "dependencies": dependencies,
+        "return_type": "state",
+    }
+    try:
+        if task.isasync:
+            return ctx.run(asyncio.run, run_task_async(**kwargs))
+        return ctx.run(run_task_sync, **kwargs)  # type: ignore[arg-type]
+    finally:
+        ctx.run(_flush_events)
+
+
+def _flush_logs_and_linger() -> int:
+    """Send this process's buffered Prefect logs now; returns the process id.
+
+    Ray kills a job's workers without running exit handlers when the driver
+    disconnects, and Prefect batches logs for a few seconds, so the driver calls
+    this (through the same remote function, to land on the workers it leased)
+    before it disconnects. Lingering a little spreads the calls over workers.
+    """
+    import os
+    import time
+
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    time.sleep(0.2)
+    return os.getpid()

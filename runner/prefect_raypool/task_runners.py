@@ -1,0 +1,542 @@
+"""RayTaskRunner: Prefect task runs as Ray tasks, a drop-in for prefect_ray's runner.
+
+Per submit the driver sends only what changes: the task run id, the parameters
+and ObjectRefs. The task object and the serialized flow-run context go into the
+object store once and are cached by the worker processes (see ray_worker.py);
+upstream futures travel as ObjectRefs that Ray resolves on the cluster; shared
+(unmapped) arguments of a map are put into the object store once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import sys
+import threading
+import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from uuid import UUID
+
+import ray
+from prefect._internal.states import exception_to_crashed_state_sync
+from prefect.client.schemas.objects import RunInput
+from prefect.context import FlowRunContext, SettingsContext, TagsContext, TaskRunContext
+from prefect.context import serialize_context as prefect_serialize_context
+from prefect.futures import PrefectFuture
+from prefect.states import Cancelled, State
+from prefect.task_runners import TaskRunner
+from prefect.utilities.annotations import allow_failure, opaque, quote, unmapped
+from prefect.utilities.collections import visit_collection
+from prefect.utilities.engine import collect_task_run_inputs_sync
+
+from prefect_raypool import ray_worker
+from prefect_raypool.addressing import (
+    RayAuthTokenMissingError,
+    Resolution,
+    auth_error_message,
+    ray_temp_dir,
+    resolve_address,
+)
+from prefect_raypool.context import RemoteOptionsContext
+from prefect_raypool.futures import PrefectRayFuture, PrefectRayFutureList
+from prefect_raypool.ray_worker import SharedSlot, Slot
+
+if TYPE_CHECKING:
+    from prefect.tasks import Task
+
+R = TypeVar("R")
+
+_SCALARS = (int, float, str, bytes, bool, type(None), UUID)
+#: Strings and bytes at least this long are shared through the object store.
+_SHARE_MIN_BYTES = 64 * 1024
+#: Ray options we set unless the user overrides them through remote_options:
+#: Prefect owns retries, so Ray must not re-run a task run on its own.
+_DEFAULT_REMOTE_OPTIONS: dict[str, Any] = {"max_retries": 0}
+#: How long cancel_all lets running tasks react to the interrupt before killing them.
+_CANCEL_GRACE_SECONDS = 2.0
+#: At most this many log-flush calls at disconnect (one per leased worker, ideally).
+_MAX_FLUSH_CALLS = 64
+
+
+class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
+    """Run Prefect task runs as Ray tasks.
+
+    Args:
+        address: where Ray is. None: attach to a running local Ray (RAY_ADDRESS or
+            a raylet socket under /tmp/ray/session_latest), else start a temporary
+            local instance. "auto": attach or raise with what was looked for.
+            "ray://host:10001": Ray Client. "host:6379": a GCS address.
+        init_kwargs: extra keyword arguments for `ray.init` (namespace defaults to
+            "prefect"); a `runtime_env` here is passed through as is. Prefect's API
+            URL and key reach the workers without it (see ray_worker.py).
+        max_in_flight: the most task runs submitted to Ray and not yet finished;
+            `submit` blocks beyond it (backpressure for huge maps). None: no limit.
+        quiet_workers: keep each task run's routine "Finished in state Completed()"
+            line off the console (Ray ships worker output to the driver, which
+            costs more than a no-op task); it is still sent to the Prefect API.
+            Warnings, errors, your own logs and prints are always shown.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        max_in_flight: int | None = 2000,
+        quiet_workers: bool = True,
+    ) -> None:
+        self.address = address
+        self.init_kwargs = dict(init_kwargs) if init_kwargs else {}
+        self.init_kwargs.setdefault("namespace", "prefect")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1 or None, got {max_in_flight}")
+        self.max_in_flight = max_in_flight
+        self.quiet_workers = quiet_workers
+        self._owns_ray = False
+        self._started_local = False
+        self._lock = threading.Lock()
+        self._in_flight: dict[ray.ObjectRef, UUID] = {}
+        self._cancelled: set[UUID] = set()
+        self._task_refs: dict[int, tuple[Any, ray.ObjectRef]] = {}
+        self._context_refs: dict[tuple[Any, ...], tuple[Any, ray.ObjectRef]] = {}
+        self._remote_fns: dict[tuple[Any, ...], Any] = {}
+        self._client_warned = False
+        super().__init__()
+
+    # ------------------------------------------------------------------ config
+
+    def duplicate(self) -> Self:
+        return type(self)(
+            address=self.address,
+            init_kwargs=self.init_kwargs,
+            max_in_flight=self.max_in_flight,
+            quiet_workers=self.quiet_workers,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RayTaskRunner)
+            and self.address == other.address
+            and self.init_kwargs == other.init_kwargs
+            and self.max_in_flight == other.max_in_flight
+            and self.quiet_workers == other.quiet_workers
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled with the flow into Ray workers: ship only the configuration.
+        return {
+            "address": self.address,
+            "init_kwargs": self.init_kwargs,
+            "max_in_flight": self.max_in_flight,
+            "quiet_workers": self.quiet_workers,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        try:
+            self._connect()
+        except BaseException:
+            super().__exit__(None, None, None)
+            raise
+        return self
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            self.logger.debug("Ray is already initialized in this process; using it.")
+            self._owns_ray = False
+            return
+        resolution = resolve_address(self.address, ray_temp_dir(self.init_kwargs))
+        kwargs = self._init_kwargs_for(resolution)
+        self.logger.info(
+            "Starting a temporary local Ray instance"
+            if resolution.mode == "start"
+            else f"Connecting to Ray at {resolution.address}"
+        )
+        try:
+            ray.init(resolution.address, **kwargs)
+        except Exception as exc:
+            if _is_auth_error(exc):
+                raise RayAuthTokenMissingError(auth_error_message(resolution.address, exc)) from exc
+            raise
+        self._owns_ray = True
+        self._started_local = resolution.mode == "start"
+
+    def _init_kwargs_for(self, resolution: Resolution) -> dict[str, Any]:
+        kwargs = dict(self.init_kwargs)
+        if resolution.node_temp_dir is not None:
+            kwargs.setdefault("_temp_dir", str(resolution.node_temp_dir))
+        kwargs.setdefault("logging_level", logging.WARNING)
+        kwargs.setdefault("log_to_driver", True)
+        # No job-level runtime_env is added for Prefect's settings: it would make
+        # Ray start fresh workers through the runtime-env agent (seconds on a cold
+        # start). Each worker exports the flow's settings itself (ray_worker.py),
+        # on every node; the user's runtime_env passes through untouched.
+        return kwargs
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.cancel_all()
+            else:
+                self._wait_in_flight()
+            self._flush_worker_logs()
+        finally:
+            self._task_refs.clear()
+            self._context_refs.clear()
+            self._remote_fns.clear()
+            if self._owns_ray and ray.is_initialized():
+                self.logger.debug("Shutting down the Ray driver this runner started")
+                ray.shutdown()
+            self._owns_ray = False
+            self._started_local = False
+            super().__exit__(exc_type, exc_value, traceback)
+
+    def _wait_in_flight(self) -> None:
+        with self._lock:
+            refs = list(self._in_flight)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        with self._lock:
+            for ref in refs:
+                self._in_flight.pop(ref, None)
+
+    def _flush_worker_logs(self) -> None:
+        """Have the workers send buffered Prefect logs before this driver disconnects.
+
+        Only needed when this runner disconnects: Ray then kills the job's
+        workers without exit handlers, and Prefect sends logs in batches.
+        """
+        if not (self._owns_ray and ray.is_initialized() and self._remote_fns):
+            return
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            fn = _run_fn().options(**_DEFAULT_REMOTE_OPTIONS)
+            calls = min(max(cpus, 1), _MAX_FLUSH_CALLS)
+            refs = [fn.remote([], None, {}, None, None, False) for _ in range(calls)]
+            ray.wait(refs, num_returns=len(refs), timeout=10, fetch_local=False)
+        except Exception:  # best effort: never fail a flow run on log flushing
+            self.logger.debug("Could not flush Ray worker logs", exc_info=True)
+
+    def cancel_all(self) -> None:
+        """Cancel every Ray task this runner submitted that has not finished.
+
+        Called by Prefect when the flow run is cancelled or terminated. Queued
+        tasks are dropped; running ones get an interrupt, and those still running
+        after a short grace (a blocking call does not see the interrupt) are
+        killed. Their task runs are recorded as Cancelled.
+        """
+        with self._lock:
+            pending = dict(self._in_flight)
+            self._cancelled.update(pending.values())
+        if not pending:
+            return
+        refs = list(pending)
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False, recursive=True)
+        _, still_running = ray.wait(
+            refs, num_returns=len(refs), timeout=_CANCEL_GRACE_SECONDS, fetch_local=False
+        )
+        for ref in still_running:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        with self._lock:
+            for ref in refs:
+                self._in_flight.pop(ref, None)
+        self.logger.info("Cancelled %d outstanding Ray task(s)", len(refs))
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(  # type: ignore[override]
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[RunInput]] | None = None,
+    ) -> PrefectRayFuture[Any]:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        self._apply_backpressure()
+        from prefect._internal.uuid7 import uuid7
+
+        task_run_id = uuid7()
+        refs: list[ray.ObjectRef] = []
+        has_shared: list[bool] = []
+        parameters = dict(parameters)
+        deps: dict[str, set[RunInput]] = {k: set(v) for k, v in (dependencies or {}).items()}
+        for key, value in parameters.items():
+            if isinstance(value, _SCALARS):
+                continue
+            # Upstream links are recorded here, since the worker only sees values.
+            inputs = collect_task_run_inputs_sync(value)
+            if inputs:
+                deps.setdefault(key, set()).update(inputs)
+            parameters[key] = self._swap_refs(value, refs, has_shared)
+        wait_for_arg = self._swap_refs(list(wait_for), refs, has_shared) if wait_for else None
+        handles = [self._task_ref(task), self._context_ref()]
+        fn = self._remote_fn(task)
+        object_ref = fn.remote(
+            handles,
+            task_run_id,
+            parameters,
+            wait_for_arg,
+            deps or None,
+            bool(refs or has_shared),
+            *refs,
+        )
+        with self._lock:
+            self._in_flight[object_ref] = task_run_id
+        future: PrefectRayFuture[Any] = PrefectRayFuture(
+            task_run_id=task_run_id, wrapped_future=object_ref, on_crash=self._crash_recorder(task)
+        )
+        object_ref._on_completed(lambda _value, ref=object_ref: self._forget(ref))
+        return future
+
+    def map(  # type: ignore[override]
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> PrefectRayFutureList[Any]:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        # Shared (unmapped) arguments go into the object store once, not once per task.
+        shared: dict[str, Any] = {}
+        for key, value in parameters.items():
+            inner = value.unwrap() if isinstance(value, allow_failure | opaque | quote) else value
+            if isinstance(inner, unmapped) and _worth_sharing(inner.value):
+                ref = ray.put(inner.value)
+                shared[key] = _SharedRef(ref, isinstance(inner.value, str | bytes))
+                parameters = {**parameters, key: _rewrap(value, unmapped(shared[key]))}
+        futures = super().map(task, parameters, wait_for)
+        return PrefectRayFutureList(futures)  # type: ignore[abstract]
+
+    def _apply_backpressure(self) -> None:
+        if self.max_in_flight is None:
+            return
+        while True:
+            with self._lock:
+                if len(self._in_flight) < self.max_in_flight:
+                    return
+                refs = list(self._in_flight)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+            with self._lock:
+                for ref in ready:
+                    self._in_flight.pop(ref, None)
+
+    def _forget(self, ref: ray.ObjectRef) -> None:
+        with self._lock:
+            self._in_flight.pop(ref, None)
+
+    def _swap_refs(self, value: Any, refs: list[ray.ObjectRef], has_shared: list[bool]) -> Any:
+        """Replace our futures and shared refs by Slots over top-level Ray arguments."""
+
+        def swap(expr: Any) -> Any:
+            if isinstance(expr, PrefectRayFuture):
+                if expr._final_state is not None:
+                    return expr._final_state
+                refs.append(expr.wrapped_future)
+                return Slot(len(refs) - 1)
+            if isinstance(expr, _SharedRef):
+                if expr.immutable:
+                    has_shared.append(True)
+                    return SharedSlot(expr.ref)
+                refs.append(expr.ref)
+                return Slot(len(refs) - 1)
+            return expr
+
+        return visit_collection(value, visit_fn=swap, return_data=True)
+
+    def _task_ref(self, task: Task[Any, Any]) -> ray.ObjectRef:
+        # Keyed by identity; the entry holds the task so the id stays unique.
+        entry = self._task_refs.get(id(task))
+        if entry is None or entry[0] is not task:
+            entry = (task, ray.put(task))
+            self._task_refs[id(task)] = entry
+        return entry[1]
+
+    def _context_ref(self) -> ray.ObjectRef:
+        flow_ctx = FlowRunContext.get()
+        task_ctx = TaskRunContext.get()
+        tags_ctx = TagsContext.get()
+        settings_ctx = SettingsContext.get()
+        key = (
+            id(flow_ctx),
+            id(task_ctx),
+            tuple(sorted(tags_ctx.current_tags)) if tags_ctx else (),
+            id(settings_ctx),
+        )
+        entry = self._context_refs.get(key)
+        if entry is None:
+            serialized = prefect_serialize_context()
+            serialized["prefect_raypool"] = {"quiet_workers": self.quiet_workers}
+            if self._started_local:
+                _share_ephemeral_server(serialized)
+            entry = ((flow_ctx, task_ctx, settings_ctx), ray.put(serialized))
+            self._context_refs[key] = entry
+        return entry[1]
+
+    def _remote_fn(self, task: Task[Any, Any]) -> Any:
+        options = {**_DEFAULT_REMOTE_OPTIONS, **RemoteOptionsContext.get().current_remote_options}
+        options.setdefault("name", task.name)
+        key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        fn = self._remote_fns.get(key)
+        if fn is None:
+            if self._is_client() and not self._client_warned:
+                self._warn_client_imports(task)
+            fn = _run_fn().options(**options)
+            self._remote_fns[key] = fn
+        return fn
+
+    def _is_client(self) -> bool:
+        try:
+            return bool(ray.util.client.ray.is_connected())
+        except Exception:
+            return False
+
+    def _warn_client_imports(self, task: Task[Any, Any]) -> None:
+        from prefect_raypool.pickled_modules import modules_needed_by
+
+        self._client_warned = True
+        modules = modules_needed_by(task, FlowRunContext.get())
+        warnings.warn(
+            "RayTaskRunner is using Ray Client (ray://): the Ray head unpickles this "
+            "flow's tasks, so it must be able to import: " + ", ".join(modules),
+            stacklevel=3,
+        )
+
+    def _crash_recorder(self, task: Task[Any, Any]) -> Any:
+        flow_ctx = FlowRunContext.get()
+        flow_run_id = flow_ctx.flow_run.id if flow_ctx and flow_ctx.flow_run else None
+        # The submitter's context carries the Prefect settings (API URL) to use.
+        context = contextvars.copy_context()
+
+        def record(task_run_id: UUID, exc: BaseException) -> State[Any]:
+            if task_run_id in self._cancelled:
+                state: State[Any] = Cancelled(message="Cancelled with its flow run")
+            else:
+                state = exception_to_crashed_state_sync(exc)
+            # Off Ray's callback thread: this talks to the Prefect API.
+            threading.Thread(
+                target=context.run,
+                args=(_record_state, task, flow_run_id, task_run_id, state),
+                daemon=True,
+            ).start()
+            return state
+
+        return record
+
+
+def _record_state(
+    task: Task[Any, Any], flow_run_id: UUID | None, task_run_id: UUID, state: State[Any]
+) -> None:
+    """The Ray task ended without returning a State (crashed worker, cancellation).
+
+    Record the state in Prefect. The worker may have died before its events
+    reached the server, so the task run may not exist there yet: create it then.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_task_run(task_run_id)
+                client.set_task_run_state(task_run_id, state, force=True)
+            except ObjectNotFound:
+                client.create_task_run(
+                    task, flow_run_id, dynamic_key=str(task_run_id), id=task_run_id, state=state
+                )
+    except Exception:
+        logging.getLogger(__name__).debug(
+            "Could not record the state of task run %s", task_run_id, exc_info=True
+        )
+
+
+class _SharedRef:
+    """An unmapped argument already in the object store."""
+
+    __slots__ = ("immutable", "ref")
+
+    def __init__(self, ref: ray.ObjectRef, immutable: bool) -> None:
+        self.ref = ref
+        self.immutable = immutable
+
+
+def _rewrap(original: Any, new_value: Any) -> Any:
+    if isinstance(original, allow_failure | opaque | quote):
+        return original.rewrap(new_value)
+    return new_value
+
+
+def _share_ephemeral_server(serialized: dict[str, Any]) -> None:
+    """With no PREFECT_API_URL, the driver runs a temporary local Prefect server.
+
+    Point the workers of a local Ray this runner started at it: otherwise each
+    worker would start a server of its own and the task runs would be recorded
+    there, out of sight.
+    """
+    settings = (serialized.get("settings_context") or {}).get("settings")
+    server_module = sys.modules.get("prefect.server.api.server")
+    if not isinstance(settings, dict) or server_module is None:
+        return
+    if (settings.get("api") or {}).get("url"):
+        return
+    running = [s for s in server_module.SubprocessASGIServer._instances.values() if s.running]
+    if running:
+        settings.setdefault("api", {})["url"] = running[0].api_url
+
+
+def _worth_sharing(value: Any) -> bool:
+    """Whether an unmapped argument should go into the object store once."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value) >= _SHARE_MIN_BYTES
+    if isinstance(value, _SCALARS):
+        return False
+    # Futures inside must be resolved per task run, on the cluster.
+    return not _contains_future(value)
+
+
+def _contains_future(value: Any) -> bool:
+    found = False
+
+    def visit(expr: Any) -> Any:
+        nonlocal found
+        if isinstance(expr, PrefectFuture):
+            found = True
+        return expr
+
+    visit_collection(value, visit_fn=visit, return_data=False)
+    return found
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_RUN_FN: Any = None
+
+
+def _run_fn() -> Any:
+    # Created lazily: ray.remote at import time would export to whatever Ray is
+    # connected, and a module-level remote function is re-exported per job anyway.
+    global _RUN_FN
+    if _RUN_FN is None:
+        _RUN_FN = ray.remote(ray_worker.run_task_run)
+    return _RUN_FN
+
+
+__all__ = ["PrefectRayFuture", "RayTaskRunner"]
