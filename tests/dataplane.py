@@ -298,7 +298,8 @@ def stop_ray(cluster: RayCluster) -> None:
         _kill_group(proc)
     for d in [cluster.temp_dir, *cluster.node_dirs]:
         _kill_stragglers(str(d))
-        shutil.rmtree(d, ignore_errors=True)
+        if not os.environ.get("PREFECT_RAYPOOL_KEEP_LOGS"):  # keep them to debug a failure
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -14,6 +14,7 @@ import contextvars
 import logging
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -56,6 +57,8 @@ _SHARE_MIN_BYTES = 64 * 1024
 _DEFAULT_REMOTE_OPTIONS: dict[str, Any] = {"max_retries": 0}
 #: How long cancel_all lets running tasks react to the interrupt before killing them.
 _CANCEL_GRACE_SECONDS = 2.0
+#: Ray Client connection attempts (see _connect).
+_CLIENT_CONNECT_ATTEMPTS = 3
 #: At most this many log-flush calls at disconnect (one per leased worker, ideally).
 _MAX_FLUSH_CALLS = 64
 
@@ -160,12 +163,23 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             if resolution.mode == "start"
             else f"Connecting to Ray at {resolution.address}"
         )
-        try:
-            ray.init(resolution.address, **kwargs)
-        except Exception as exc:
-            if _is_auth_error(exc):
-                raise RayAuthTokenMissingError(auth_error_message(resolution.address, exc)) from exc
-            raise
+        for attempt in range(1, _CLIENT_CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(resolution.address, **kwargs)
+                break
+            except ConnectionAbortedError as exc:
+                # Ray Client starts a server process per client on the head; under
+                # load it can die at start-up ("Initialization failure from server").
+                client = str(resolution.address or "").startswith("ray://")
+                if not client or attempt == _CLIENT_CONNECT_ATTEMPTS:
+                    raise
+                self.logger.warning(f"Ray Client connection failed ({exc}); retrying")
+                time.sleep(attempt)
+            except Exception as exc:
+                if _is_auth_error(exc):
+                    message = auth_error_message(resolution.address, exc)
+                    raise RayAuthTokenMissingError(message) from exc
+                raise
         self._owns_ray = True
         self._started_local = resolution.mode == "start"
 

@@ -596,10 +596,15 @@ def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) ->
 
 
 def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
-    kube_cluster: Cluster, pool_crd: None, prefect_server: PrefectServer, tmp_path: Path
+    kube_cluster: Cluster, pool_crd: None, tmp_path: Path
 ) -> None:
-    """What `make up` runs (operator_run.start_operator) on the test cluster, in `default`."""
+    """What `make up` runs (operator_run.start_operator) on the test cluster, in `default`.
+
+    With its own Prefect server, as `make up` has: the session's server holds work
+    pools of the same names that other tests' pools keep at other settings.
+    """
     from prefect_raypool_operator.devenv.operator_run import start_operator
+    from prefect_raypool_operator.devenv.prefect_server import start_prefect_server
     from prefect_raypool_operator.devenv.processes import Supervisor, stop_recorded
 
     sup = Supervisor(tmp_path)
@@ -608,7 +613,7 @@ def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
             sup,
             kube_cluster.kubeconfig,
             Path(kube_cluster.kubectl_bin),
-            prefect_server.api_url,
+            start_prefect_server(sup),
             liveness_port=free_port(),
         )
         assert sorted(names) == ["analytics", "reports"]

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class ControlPlane:
         os.chmod(pki / "tokens.csv", 0o600)
 
     def _start_etcd(self, timeout: float) -> None:
+        # Every start is a new cluster: objects left from an earlier `make up` would
+        # come back with credentials that no longer exist.
+        shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         self.procs.spawn(
