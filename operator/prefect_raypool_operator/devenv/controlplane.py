@@ -180,13 +180,7 @@ class ControlPlane:
     def _controller_manager_args(self) -> list[str]:
         pki = self.state_dir / "pki"
         return [
-            str(self.binaries.kube_controller_manager),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={free_port()}",
+            *self._component_args(self.binaries.kube_controller_manager),
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'apiserver.crt'}",
             "--use-service-account-credentials=false",
@@ -194,8 +188,13 @@ class ControlPlane:
         ]
 
     def _scheduler_args(self) -> list[str]:
+        return self._component_args(self.binaries.kube_scheduler)
+
+    def _component_args(self, binary: Path) -> list[str]:
+        """What controller-manager and scheduler share: one admin kubeconfig for
+        everything, no leader election, their own serving port on loopback."""
         return [
-            str(self.binaries.kube_scheduler),
+            str(binary),
             f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",
