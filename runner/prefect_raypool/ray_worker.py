@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import ray
+from prefect.cache_policies import CompoundCachePolicy, TaskSource
 
 #: Cached objects fetched from the object store, by ObjectRef hex.
 _objects: OrderedDict[str, Any] = OrderedDict()
@@ -90,6 +91,70 @@ def _cached_get(ref: ray.ObjectRef) -> Any:
         while len(_objects) > _CACHE_SIZE:
             _objects.popitem(last=False)
     return value
+
+
+def _prepared_task(ref: ray.ObjectRef) -> Any:
+    """The task object, fetched once per worker process and ready to run."""
+    key = ref.hex()
+    with _lock:
+        if key in _objects:
+            _objects.move_to_end(key)
+            return _objects[key]
+    task = ray.get(ref)
+    _memoize_source_key(task)
+    with _lock:
+        _objects[key] = task
+        while len(_objects) > _CACHE_SIZE:
+            _objects.popitem(last=False)
+    return task
+
+
+def _memoize_source_key(task: Any) -> None:
+    """Compute the task-source part of the task's cache key once per worker process.
+
+    Prefect's default cache policy hashes the task's source code on every task run
+    (`TaskSource`: reading and JSON-hashing the source), about a tenth of a no-op
+    task run's CPU here. The source of this (unpickled, private) task object does
+    not change, so its hash is kept; the cache keys stay exactly the same.
+    """
+    import dataclasses
+
+    policy = getattr(task, "cache_policy", None)
+    if type(policy) is TaskSource:
+        task.cache_policy = _copy_as(policy, _MemoTaskSource)
+    elif type(policy) is CompoundCachePolicy and any(
+        type(p) is TaskSource for p in policy.policies
+    ):
+        policies = [
+            _copy_as(p, _MemoTaskSource) if type(p) is TaskSource else p for p in policy.policies
+        ]
+        task.cache_policy = dataclasses.replace(policy, policies=policies)
+
+
+def _copy_as(policy: Any, cls: type) -> Any:
+    import dataclasses
+
+    return cls(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy) if f.init})
+
+
+class _MemoTaskSource(TaskSource):
+    """Prefect's TaskSource cache policy, its key computed once per task object."""
+
+    def compute_key(
+        self,
+        task_ctx: Any,
+        inputs: Any,
+        flow_parameters: Any,
+        **kwargs: Any,
+    ) -> str | None:
+        if not task_ctx:
+            return None
+        memo = self.__dict__.get("_memo")
+        if memo is not None and memo[0] is task_ctx.task:
+            return memo[1]  # type: ignore[no-any-return]
+        key = super().compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        self.__dict__["_memo"] = (task_ctx.task, key)
+        return key
 
 
 def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
@@ -245,13 +310,59 @@ def run_task_run(
     Ray fetched for the top-level ObjectRef arguments (upstream States, shared
     objects) that `Slot`s in `parameters`/`wait_for` point at.
     """
-    from prefect.task_engine import run_task_async, run_task_sync
-
     if not handles:
         return _flush_logs_and_linger()
     task_ref, context_ref = handles
-    task = _cached_get(task_ref)
-    ctx = _prepared_context(context_ref).copy()
+    task = _prepared_task(task_ref)
+    ctx = _prepared_context(context_ref)
+    try:
+        return _run_one(
+            task, ctx, task_run_id, parameters, wait_for, dependencies, has_slots, resolved
+        )
+    finally:
+        ctx.run(_flush_events)
+
+
+def run_task_runs(
+    handles: list[ray.ObjectRef],
+    specs: list[tuple[UUID, dict[str, Any], Any, dict[str, Any] | None, bool, int, int]],
+    *resolved: Any,
+) -> Any:
+    """The Ray task body of a batch of a map's task runs: run them one after the
+    other and return their final States, one Ray return value each.
+
+    Each spec is (task run id, parameters, wait_for, dependencies, has_slots,
+    offset, count): its `Slot`s point into `resolved[offset:offset + count]`. Events are flushed
+    once, after the last run, before the driver hears of any of them.
+    """
+    task_ref, context_ref = handles
+    task = _prepared_task(task_ref)
+    ctx = _prepared_context(context_ref)
+    states = []
+    try:
+        for run_id, parameters, wait_for, dependencies, has_slots, offset, count in specs:
+            own = resolved[offset : offset + count]
+            states.append(
+                _run_one(task, ctx, run_id, parameters, wait_for, dependencies, has_slots, own)
+            )
+    finally:
+        ctx.run(_flush_events)
+    return tuple(states) if len(states) > 1 else states[0]
+
+
+def _run_one(
+    task: Any,
+    base_ctx: contextvars.Context,
+    task_run_id: UUID,
+    parameters: dict[str, Any],
+    wait_for: Any,
+    dependencies: dict[str, Any] | None,
+    has_slots: bool,
+    resolved: tuple[Any, ...],
+) -> Any:
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    ctx = base_ctx.copy()
     if has_slots:
         parameters = _fill_slots(parameters, resolved)
         wait_for = _fill_slots(wait_for, resolved)
@@ -263,12 +374,9 @@ def run_task_run(
         "dependencies": dependencies,
         "return_type": "state",
     }
-    try:
-        if task.isasync:
-            return ctx.run(asyncio.run, run_task_async(**kwargs))
-        return ctx.run(run_task_sync, **kwargs)  # type: ignore[arg-type]
-    finally:
-        ctx.run(_flush_events)
+    if task.isasync:
+        return ctx.run(asyncio.run, run_task_async(**kwargs))
+    return ctx.run(run_task_sync, **kwargs)  # type: ignore[arg-type]
 
 
 def _flush_logs_and_linger() -> int:

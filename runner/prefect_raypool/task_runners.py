@@ -61,6 +61,10 @@ _CANCEL_GRACE_SECONDS = 2.0
 _CLIENT_CONNECT_ATTEMPTS = 3
 #: At most this many log-flush calls at disconnect (one per leased worker, ideally).
 _MAX_FLUSH_CALLS = 64
+#: By default a map runs up to this many task runs per Ray task (see `_batch_size`).
+_MAX_BATCH = 8
+#: ...and batches only when that leaves at least this many Ray tasks per cluster CPU.
+_MIN_BATCHES_PER_CPU = 4
 
 
 class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
@@ -80,6 +84,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             line off the console (Ray ships worker output to the driver, which
             costs more than a no-op task); it is still sent to the Prefect API.
             Warnings, errors, your own logs and prints are always shown.
+        max_batch: the most task runs of a map sent to Ray as one Ray task. A large
+            map (at least 4 batches per cluster CPU) runs its task runs in batches,
+            which saves Ray's per-task cost and the per-task event flush; each task
+            run keeps its own ObjectRef, state and result. 1: one Ray task per run.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         init_kwargs: dict[str, Any] | None = None,
         max_in_flight: int | None = 2000,
         quiet_workers: bool = True,
+        max_batch: int = _MAX_BATCH,
     ) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs) if init_kwargs else {}
@@ -96,6 +105,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             raise ValueError(f"max_in_flight must be at least 1 or None, got {max_in_flight}")
         self.max_in_flight = max_in_flight
         self.quiet_workers = quiet_workers
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
         self._owns_ray = False
         self._started_local = False
         self._lock = threading.Lock()
@@ -104,6 +116,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         self._task_refs: dict[int, tuple[Any, ray.ObjectRef]] = {}
         self._context_refs: dict[tuple[Any, ...], tuple[Any, ray.ObjectRef]] = {}
         self._remote_fns: dict[tuple[Any, ...], Any] = {}
+        self._batch_fns: dict[tuple[Any, ...], Any] = {}
+        self._collecting = threading.local()
         self._client_warned = False
         super().__init__()
 
@@ -115,6 +129,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             init_kwargs=self.init_kwargs,
             max_in_flight=self.max_in_flight,
             quiet_workers=self.quiet_workers,
+            max_batch=self.max_batch,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -124,6 +139,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             and self.init_kwargs == other.init_kwargs
             and self.max_in_flight == other.max_in_flight
             and self.quiet_workers == other.quiet_workers
+            and self.max_batch == other.max_batch
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -135,6 +151,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             "init_kwargs": self.init_kwargs,
             "max_in_flight": self.max_in_flight,
             "quiet_workers": self.quiet_workers,
+            "max_batch": self.max_batch,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -206,6 +223,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._task_refs.clear()
             self._context_refs.clear()
             self._remote_fns.clear()
+            self._batch_fns.clear()
             if self._owns_ray and ray.is_initialized():
                 self.logger.debug("Shutting down the Ray driver this runner started")
                 ray.shutdown()
@@ -228,7 +246,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         Only needed when this runner disconnects: Ray then kills the job's
         workers without exit handlers, and Prefect sends logs in batches.
         """
-        if not (self._owns_ray and ray.is_initialized() and self._remote_fns):
+        if not (self._owns_ray and ray.is_initialized() and (self._remote_fns or self._batch_fns)):
             return
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -278,7 +296,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
     ) -> PrefectRayFuture[Any]:
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
-        self._apply_backpressure()
+        batch: list[_Pending] | None = getattr(self._collecting, "batch", None)
+        if batch is None:
+            self._apply_backpressure()
         from prefect._internal.uuid7 import uuid7
 
         task_run_id = uuid7()
@@ -296,23 +316,28 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             parameters[key] = self._swap_refs(value, refs, has_shared)
         wait_for_arg = self._swap_refs(list(wait_for), refs, has_shared) if wait_for else None
         handles = [self._task_ref(task), self._context_ref()]
-        fn = self._remote_fn(task)
-        object_ref = fn.remote(
-            handles,
-            task_run_id,
-            parameters,
-            wait_for_arg,
-            deps or None,
-            bool(refs or has_shared),
-            *refs,
-        )
-        with self._lock:
-            self._in_flight[object_ref] = task_run_id
-        future: PrefectRayFuture[Any] = PrefectRayFuture(
+        options_key, options = self._remote_options(task)
+        run = (task_run_id, parameters, wait_for_arg, deps or None, bool(refs or has_shared))
+        if batch is not None:
+            # Inside a map: sent to Ray in batches once the map is complete.
+            future: PrefectRayFuture[Any] = PrefectRayFuture(
+                task_run_id=task_run_id,
+                wrapped_future=None,  # type: ignore[arg-type]
+                on_crash=self._crash_recorder(task),
+            )
+            batch.append(_Pending(future, handles, options_key, options, run, refs))
+            return future
+        fn = self._remote_fn(task, options_key, options)
+        object_ref = fn.remote(handles, *run, *refs)
+        self._track(object_ref, task_run_id)
+        return PrefectRayFuture(
             task_run_id=task_run_id, wrapped_future=object_ref, on_crash=self._crash_recorder(task)
         )
-        object_ref._on_completed(lambda _value, ref=object_ref: self._forget(ref))
-        return future
+
+    def _track(self, object_ref: ray.ObjectRef, task_run_id: UUID) -> None:
+        with self._lock:
+            self._in_flight[object_ref] = task_run_id
+        object_ref._on_completed(lambda _value: self._forget(object_ref))
 
     def map(  # type: ignore[override]
         self,
@@ -330,15 +355,72 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                 ref = ray.put(inner.value)
                 shared[key] = _SharedRef(ref, isinstance(inner.value, str | bytes))
                 parameters = {**parameters, key: _rewrap(value, unmapped(shared[key]))}
-        futures = super().map(task, parameters, wait_for)
+        pending: list[_Pending] = []
+        self._collecting.batch = pending
+        try:
+            futures = super().map(task, parameters, wait_for)
+        finally:
+            self._collecting.batch = None
+            self._send_batches(task, pending)
         return PrefectRayFutureList(futures)  # type: ignore[abstract]
 
-    def _apply_backpressure(self) -> None:
+    def _send_batches(self, task: Task[Any, Any], pending: list[_Pending]) -> None:
+        """Send a map's task runs to Ray, several per Ray task on a large map.
+
+        A no-op task run costs Ray a task submission, a worker round trip and an
+        event flush; a batch pays those once. Each task run keeps its own Ray
+        return value (ObjectRef), so futures, upstream links and results work
+        as for single task runs.
+        """
+        size = self._batch_size(len(pending))
+        start = 0
+        while start < len(pending):
+            first = pending[start]
+            end = start + 1
+            while (
+                end < len(pending)
+                and end - start < size
+                and pending[end].options_key == first.options_key
+                and pending[end].handles == first.handles
+            ):
+                end += 1
+            chunk = pending[start:end]
+            start = end
+            self._apply_backpressure(len(chunk))
+            if len(chunk) == 1:
+                fn = self._remote_fn(task, first.options_key, first.options)
+                object_refs = [fn.remote(first.handles, *first.run, *first.refs)]
+            else:
+                specs = []
+                all_refs: list[ray.ObjectRef] = []
+                for item in chunk:
+                    specs.append((*item.run, len(all_refs), len(item.refs)))
+                    all_refs.extend(item.refs)
+                fn = self._batch_fn(first.options_key, first.options, len(chunk))
+                object_refs = fn.remote(first.handles, specs, *all_refs)
+            for item, object_ref in zip(chunk, object_refs, strict=True):
+                item.future._wrapped_future = object_ref
+                self._track(object_ref, item.future.task_run_id)
+
+    def _batch_size(self, count: int) -> int:
+        if self.max_batch == 1 or count < 2 * _MIN_BATCHES_PER_CPU:
+            return 1
+        try:
+            cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        except Exception:
+            cpus = 1
+        size = min(self.max_batch, count // (cpus * _MIN_BATCHES_PER_CPU))
+        if self.max_in_flight is not None:
+            size = min(size, self.max_in_flight)
+        return max(size, 1)
+
+    def _apply_backpressure(self, room: int = 1) -> None:
         if self.max_in_flight is None:
             return
+        room = min(room, self.max_in_flight)
         while True:
             with self._lock:
-                if len(self._in_flight) < self.max_in_flight:
+                if len(self._in_flight) + room <= self.max_in_flight:
                     return
                 refs = list(self._in_flight)
             ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
@@ -398,16 +480,27 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._context_refs[key] = entry
         return entry[1]
 
-    def _remote_fn(self, task: Task[Any, Any]) -> Any:
+    def _remote_options(self, task: Task[Any, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         options = {**_DEFAULT_REMOTE_OPTIONS, **RemoteOptionsContext.get().current_remote_options}
         options.setdefault("name", task.name)
-        key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        return tuple(sorted((k, repr(v)) for k, v in options.items())), options
+
+    def _remote_fn(
+        self, task: Task[Any, Any], key: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
         fn = self._remote_fns.get(key)
         if fn is None:
             if self._is_client() and not self._client_warned:
                 self._warn_client_imports(task)
             fn = _run_fn().options(**options)
             self._remote_fns[key] = fn
+        return fn
+
+    def _batch_fn(self, key: tuple[Any, ...], options: dict[str, Any], count: int) -> Any:
+        fn = self._batch_fns.get((key, count))
+        if fn is None:
+            fn = _batch_run_fn().options(**options, num_returns=count)
+            self._batch_fns[(key, count)] = fn
         return fn
 
     def _is_client(self) -> bool:
@@ -473,6 +566,28 @@ def _record_state(
         logging.getLogger(__name__).debug(
             "Could not record the state of task run %s", task_run_id, exc_info=True
         )
+
+
+class _Pending:
+    """A task run of a map, waiting to be sent to Ray with its batch."""
+
+    __slots__ = ("future", "handles", "options", "options_key", "refs", "run")
+
+    def __init__(
+        self,
+        future: PrefectRayFuture[Any],
+        handles: list[ray.ObjectRef],
+        options_key: tuple[Any, ...],
+        options: dict[str, Any],
+        run: tuple[Any, ...],
+        refs: list[ray.ObjectRef],
+    ) -> None:
+        self.future = future
+        self.handles = handles
+        self.options_key = options_key
+        self.options = options
+        self.run = run
+        self.refs = refs
 
 
 class _SharedRef:
@@ -551,6 +666,16 @@ def _run_fn() -> Any:
     if _RUN_FN is None:
         _RUN_FN = ray.remote(ray_worker.run_task_run)
     return _RUN_FN
+
+
+_BATCH_RUN_FN: Any = None
+
+
+def _batch_run_fn() -> Any:
+    global _BATCH_RUN_FN
+    if _BATCH_RUN_FN is None:
+        _BATCH_RUN_FN = ray.remote(ray_worker.run_task_runs)
+    return _BATCH_RUN_FN
 
 
 __all__ = ["PrefectRayFuture", "RayTaskRunner"]

@@ -348,3 +348,45 @@ def test_state_of_completed_future_is_final() -> None:
 
     state = f()["state"]
     assert state.is_completed() and state.result() == 2
+
+
+@task
+def ray_task_of(x: int, offset: int) -> tuple[int, str]:
+    if x == 7:
+        raise ValueError("seven")
+    return x + offset, ray.get_runtime_context().get_task_id() or ""
+
+
+def test_large_map_runs_in_batches_and_records_every_run(client: Any) -> None:
+    n = 64
+
+    @flow(task_runner=RayTaskRunner())
+    def batched() -> tuple[list[bool], list[Any]]:
+        upstream = inc.map(range(n))  # a map over another map's futures
+        futures = ray_task_of.map(upstream, unmapped(100))
+        futures.wait()
+        return [f.state.is_failed() for f in futures], [
+            f.result(raise_on_failure=False) for f in futures
+        ]
+
+    state = batched(return_state=True)
+    failures, results = state.result()
+    failed = [i for i, is_failed in enumerate(failures) if is_failed]
+    assert failed == [6], failed  # inc(6) == 7 fails alone; its batch carries on
+    assert isinstance(results[6], ValueError)
+    values = [r for i, r in enumerate(results) if i != 6]
+    assert [v for v, _ in values] == [i + 1 + 100 for i in range(n) if i != 6]
+    ray_tasks = {task_id for _, task_id in values}
+    assert len(ray_tasks) < n - 1, "a large map runs several task runs per Ray task"
+
+    flow_run_id = state.state_details.flow_run_id
+
+    def all_recorded() -> list[Any] | None:
+        runs = task_runs_of(client, flow_run_id)
+        final = [r for r in runs if r.state and r.state.is_final()]
+        return final if len(final) == 2 * n else None
+
+    runs = eventually(all_recorded, what=f"{2 * n} task runs in a final state in the API")
+    mapped = [r for r in runs if r.name.startswith("ray_task_of-")]
+    assert sorted(r.state.type.value for r in mapped).count("FAILED") == 1
+    assert all(r.task_inputs.get("x") for r in mapped), "upstream links recorded"
