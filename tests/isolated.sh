@@ -6,7 +6,8 @@
 # kind and existing cluster providers need the host network and run without it.
 set -euo pipefail
 userns=(); [[ $(id -u) == 0 ]] || userns=(--map-root-user)
-if [[ "${PREFECT_RAYPOOL_CLUSTER:-kwok}" == kwok ]] && unshare --net "${userns[@]}" true 2>/dev/null; then
+if [[ "${PREFECT_RAYPOOL_CLUSTER:-kwok}" == kwok ]] && command -v ip >/dev/null \
+   && unshare --net "${userns[@]}" true 2>/dev/null; then
   exec unshare --net "${userns[@]}" -- bash -c 'ip link set lo up && exec "$@"' isolated "$@"
 fi
 echo "note: no private network namespace here; running on the host network" >&2
