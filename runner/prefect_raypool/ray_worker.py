@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 from uuid import UUID
@@ -65,48 +66,39 @@ _shared: OrderedDict[str, Any] = OrderedDict()
 _SHARED_CACHE_SIZE = 4
 
 
-def _shared_get(ref: ray.ObjectRef) -> Any:
+def _lru_get(
+    cache: OrderedDict[str, Any],
+    size: int,
+    ref: ray.ObjectRef,
+    prepare: Callable[[Any], None] | None = None,
+) -> Any:
+    """`ray.get(ref)` once per worker process, kept in a small LRU `cache`."""
     key = ref.hex()
     with _lock:
-        if key in _shared:
-            _shared.move_to_end(key)
-            return _shared[key]
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
     value = ray.get(ref)
+    if prepare is not None:
+        prepare(value)
     with _lock:
-        _shared[key] = value
-        while len(_shared) > _SHARED_CACHE_SIZE:
-            _shared.popitem(last=False)
+        cache[key] = value
+        while len(cache) > size:
+            cache.popitem(last=False)
     return value
+
+
+def _shared_get(ref: ray.ObjectRef) -> Any:
+    return _lru_get(_shared, _SHARED_CACHE_SIZE, ref)
 
 
 def _cached_get(ref: ray.ObjectRef) -> Any:
-    key = ref.hex()
-    with _lock:
-        if key in _objects:
-            _objects.move_to_end(key)
-            return _objects[key]
-    value = ray.get(ref)
-    with _lock:
-        _objects[key] = value
-        while len(_objects) > _CACHE_SIZE:
-            _objects.popitem(last=False)
-    return value
+    return _lru_get(_objects, _CACHE_SIZE, ref)
 
 
 def _prepared_task(ref: ray.ObjectRef) -> Any:
     """The task object, fetched once per worker process and ready to run."""
-    key = ref.hex()
-    with _lock:
-        if key in _objects:
-            _objects.move_to_end(key)
-            return _objects[key]
-    task = ray.get(ref)
-    _memoize_source_key(task)
-    with _lock:
-        _objects[key] = task
-        while len(_objects) > _CACHE_SIZE:
-            _objects.popitem(last=False)
-    return task
+    return _lru_get(_objects, _CACHE_SIZE, ref, prepare=_memoize_source_key)
 
 
 def _memoize_source_key(task: Any) -> None:
