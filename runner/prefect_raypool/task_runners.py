@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 import threading
@@ -250,7 +251,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             return
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
-            fn = _run_fn().options(**_DEFAULT_REMOTE_OPTIONS)
+            fn = _remote(ray_worker.run_task_run).options(**_DEFAULT_REMOTE_OPTIONS)
             calls = min(max(cpus, 1), _MAX_FLUSH_CALLS)
             refs = [fn.remote([], None, {}, None, None, False) for _ in range(calls)]
             ray.wait(refs, num_returns=len(refs), timeout=10, fetch_local=False)
@@ -492,14 +493,14 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         if fn is None:
             if self._is_client() and not self._client_warned:
                 self._warn_client_imports(task)
-            fn = _run_fn().options(**options)
+            fn = _remote(ray_worker.run_task_run).options(**options)
             self._remote_fns[key] = fn
         return fn
 
     def _batch_fn(self, key: tuple[Any, ...], options: dict[str, Any], count: int) -> Any:
         fn = self._batch_fns.get((key, count))
         if fn is None:
-            fn = _batch_run_fn().options(**options, num_returns=count)
+            fn = _remote(ray_worker.run_task_runs).options(**options, num_returns=count)
             self._batch_fns[(key, count)] = fn
         return fn
 
@@ -656,26 +657,11 @@ def _is_auth_error(exc: BaseException) -> bool:
     return False
 
 
-_RUN_FN: Any = None
-
-
-def _run_fn() -> Any:
+@functools.cache
+def _remote(fn: Any) -> Any:
     # Created lazily: ray.remote at import time would export to whatever Ray is
     # connected, and a module-level remote function is re-exported per job anyway.
-    global _RUN_FN
-    if _RUN_FN is None:
-        _RUN_FN = ray.remote(ray_worker.run_task_run)
-    return _RUN_FN
-
-
-_BATCH_RUN_FN: Any = None
-
-
-def _batch_run_fn() -> Any:
-    global _BATCH_RUN_FN
-    if _BATCH_RUN_FN is None:
-        _BATCH_RUN_FN = ray.remote(ray_worker.run_task_runs)
-    return _BATCH_RUN_FN
+    return ray.remote(fn)
 
 
 __all__ = ["PrefectRayFuture", "RayTaskRunner"]
