@@ -44,8 +44,9 @@ def not_found(exc: client.ApiException) -> bool:
     return exc.status == 404
 
 
-def apply(api: client.ApiClient, manifest: Obj) -> Obj:
-    """Server-side apply of one of the kinds a pool owns; returns the live object."""
+def apply(api: client.ApiClient, manifest: Obj) -> tuple[Obj, bool]:
+    """Server-side apply of one of the kinds a pool owns: (the live object, whether
+    this apply created it; the server answers 201 then)."""
     meta = manifest["metadata"]
     kwargs: Obj = {
         "field_manager": naming.FIELD_MANAGER,
@@ -54,47 +55,27 @@ def apply(api: client.ApiClient, manifest: Obj) -> Obj:
         "_request_timeout": _timeout(),
     }
     kind = manifest["kind"]
+    response: Any
     if kind == "RayCluster":
         # Raw: the client's deserialisation of an apply response to a custom object
         # yields None (kubernetes 37), and raw is cheaper anyway.
-        return _json(
-            client.CustomObjectsApi(api).patch_namespaced_custom_object(
-                RAY_GROUP,
-                RAY_VERSION,
-                meta["namespace"],
-                RAY_PLURAL,
-                meta["name"],
-                manifest,
-                _preload_content=False,
-                **kwargs,
-            )
+        response = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            RAY_GROUP,
+            RAY_VERSION,
+            meta["namespace"],
+            RAY_PLURAL,
+            meta["name"],
+            manifest,
+            _preload_content=False,
+            **kwargs,
         )
-    if kind == "Deployment":
-        return _json(
-            client.AppsV1Api(api).patch_namespaced_deployment(
-                meta["name"], meta["namespace"], manifest, _preload_content=False, **kwargs
-            )
+    elif kind == "Deployment":
+        response = client.AppsV1Api(api).patch_namespaced_deployment(
+            meta["name"], meta["namespace"], manifest, _preload_content=False, **kwargs
         )
-    raise ValueError(f"apply: unsupported kind {kind}")
-
-
-def read_raycluster(api: client.ApiClient, name: str, namespace: str) -> Obj | None:
-    try:
-        return cast(
-            Obj,
-            client.CustomObjectsApi(api).get_namespaced_custom_object(
-                RAY_GROUP,
-                RAY_VERSION,
-                namespace,
-                RAY_PLURAL,
-                naming.ray_cluster(name),
-                _request_timeout=_timeout(),
-            ),
-        )
-    except client.ApiException as exc:
-        if not_found(exc):
-            return None
-        raise
+    else:
+        raise ValueError(f"apply: unsupported kind {kind}")
+    return _json(response), response.status == 201
 
 
 _kuberay_seen = -1e9
@@ -118,21 +99,6 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
         if not_found(exc):
             return False
         raise
-
-
-def read_deployment(api: client.ApiClient, name: str, namespace: str) -> Obj | None:
-    try:
-        live = client.AppsV1Api(api).read_namespaced_deployment(
-            naming.worker_deployment(name),
-            namespace,
-            _request_timeout=_timeout(),
-            _preload_content=False,
-        )
-    except client.ApiException as exc:
-        if not_found(exc):
-            return None
-        raise
-    return _json(live)
 
 
 def delete_deployment(api: client.ApiClient, name: str, namespace: str) -> bool:
@@ -175,11 +141,24 @@ def read_secret_key(api: client.ApiClient, ref: spec.KeyRef, namespace: str) -> 
     return base64.b64decode(raw).decode() if raw is not None else None
 
 
+# (namespace, pool) -> (pool uid, when its token Secret was last known to exist): every
+# repair reconcile would otherwise cost a create answered 409.
+_token_seen: dict[tuple[str, str], tuple[str, float]] = {}
+
+
+def forget_pool(namespace: str, name: str) -> None:
+    _token_seen.pop((namespace, name), None)
+
+
 def ensure_token_secret(api: client.ApiClient, owner: Obj, name: str, namespace: str) -> bool:
     """Create `<pool>-ray-token` with a fresh random token unless it exists; True if made.
 
     Created, never applied: a token is not rotated behind running Ray nodes' backs.
     """
+    uid = owner["metadata"]["uid"]
+    seen_uid, seen_at = _token_seen.get((namespace, name), ("", -1e9))
+    if seen_uid == uid and time.monotonic() - seen_at < 0.9 * CONFIG.resync_seconds:
+        return False
     body: Obj = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -196,30 +175,13 @@ def ensure_token_secret(api: client.ApiClient, owner: Obj, name: str, namespace:
         client.CoreV1Api(api).create_namespaced_secret(
             namespace, cast(Any, body), _request_timeout=_timeout()
         )
-        return True
+        created = True
     except client.ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
-
-
-def read_pool(api: client.ApiClient, name: str, namespace: str) -> Obj | None:
-    try:
-        return cast(
-            Obj,
-            client.CustomObjectsApi(api).get_namespaced_custom_object(
-                spec.GROUP,
-                spec.VERSION,
-                namespace,
-                spec.PLURAL,
-                name,
-                _request_timeout=_timeout(),
-            ),
-        )
-    except client.ApiException as exc:
-        if not_found(exc):
-            return None
-        raise
+        if exc.status != 409:
+            raise
+        created = False
+    _token_seen[(namespace, name)] = (uid, time.monotonic())
+    return created
 
 
 def write_status(api: client.ApiClient, name: str, namespace: str, status: Obj) -> None:

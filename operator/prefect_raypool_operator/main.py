@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from prefect_raypool_operator import naming, settings, spec
+from prefect_raypool_operator import naming, settings, spec, watchcache
 from prefect_raypool_operator.handlers import health, pool
 
 POOLS = (spec.GROUP, spec.VERSION, spec.PLURAL)
@@ -26,6 +26,15 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _configure(kopf_settings: kopf.OperatorSettings) -> None:
     settings.configure(kopf_settings)
 
+
+# What reconciles read instead of GETs (watchcache.Reads names these three ids).
+kopf.index(*POOLS, id="pool_index")(watchcache.index_by_name)
+kopf.index("ray.io", "v1", "rayclusters", labels=OWNED, id="raycluster_index")(
+    watchcache.index_by_name
+)
+kopf.index("apps", "v1", "deployments", labels=OWNED, id="deployment_index")(
+    watchcache.index_by_name
+)
 
 kopf.on.create(*POOLS)(pool.on_spec)
 kopf.on.update(*POOLS, field="spec")(pool.on_spec)

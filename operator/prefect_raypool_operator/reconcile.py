@@ -37,6 +37,7 @@ from prefect_raypool_operator.status import (
     sidecar_check,
     transitions,
 )
+from prefect_raypool_operator.watchcache import Reads
 from prefect_raypool_operator.workpool import ensure_work_pool
 
 Obj = dict[str, Any]
@@ -110,12 +111,13 @@ def keep_autoscaled_replicas(desired: Obj, live: Obj | None) -> Obj:
     return desired
 
 
-def reconcile(api: client.ApiClient, body: Obj, repair: bool = True) -> Outcome:
-    """Reconcile one pool. `repair=False` only observes objects that exist (an owned
-    object's status changed); a missing one is still created."""
+def reconcile(
+    api: client.ApiClient, body: Obj, reads: Reads, previous: Obj, repair: bool = True
+) -> Outcome:
+    """Reconcile one pool against its `previous` status. `repair=False` only observes
+    objects that exist (an owned object's status changed); a missing one is created."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    previous = body.get("status") or {}
     pool, problem = parse(body)
     if pool is not None:
         problems = spec_problems(pool) or cluster_problems(api, namespace, pool)
@@ -131,26 +133,26 @@ def reconcile(api: client.ApiClient, body: Obj, repair: bool = True) -> Outcome:
     if repair and pool.ray.auth.mode == RayAuthMode.TOKEN and not pool.ray.auth.secretKeyRef:
         if kube.ensure_token_secret(api, body, name, namespace):
             created.append(f"Secret/{naming.ray_token_secret(name)}")
-    live_cluster = kube.read_raycluster(api, name, namespace)
-    live_deployment = None
+    live_cluster = reads.raycluster(namespace, name)
+    live_deployment = reads.deployment(namespace, name)
     applied: dict[tuple[str, str, str], int | None] = {}
     for manifest in build_manifests(name, namespace, pool):
         kopf.adopt(manifest, owner=kube.as_body(body))
+        was_created = False
         if manifest["kind"] == "RayCluster":
-            if live_cluster is None:
-                created.append(f"RayCluster/{manifest['metadata']['name']}")
             if repair or live_cluster is None:
-                live_cluster = kube.apply(api, keep_autoscaled_replicas(manifest, live_cluster))
+                desired = keep_autoscaled_replicas(manifest, live_cluster)
+                live_cluster, was_created = kube.apply(api, desired)
             live = live_cluster
         else:
-            if not repair:
-                live_deployment = kube.read_deployment(api, name, namespace)
-            if live_deployment is None:
-                live_deployment = kube.apply(api, manifest)
+            if repair or live_deployment is None:
+                live_deployment, was_created = kube.apply(api, manifest)
             live = live_deployment
+        if was_created:
+            created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
         key = (manifest["kind"], namespace, manifest["metadata"]["name"])
         applied[key] = live["metadata"].get("generation")
-    if repair and pool.placement != Placement.ZERO_CAPACITY_NODE:
+    if pool.placement != Placement.ZERO_CAPACITY_NODE and live_deployment is not None:
         kube.delete_deployment(api, name, namespace)
 
     cluster_check = ray_cluster_check(live_cluster)

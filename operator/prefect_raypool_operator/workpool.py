@@ -7,6 +7,7 @@ The API key is sent as a header and never appears in a message.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx
@@ -23,17 +24,23 @@ def ensure_work_pool(
     api_key: str | None = None,
     timeout: float = 10.0,
 ) -> Check:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     base = api_url.rstrip("/")
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=timeout) as http:
-            return _ensure(http, name, concurrency_limit)
+        return _ensure(_client(base, api_key, timeout), name, concurrency_limit)
     except httpx.HTTPError as exc:
         return Check(
             False,
             "PrefectAPIUnreachable",
             f"cannot reach the Prefect API at {base}: {type(exc).__name__}: {exc}",
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _client(base: str, api_key: str | None, timeout: float) -> httpx.Client:
+    """One pooled, thread-safe client per Prefect API: a new one per call costs a TLS
+    context and a connection, which dominated the operator's CPU with 100 pools."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
 
 
 def _ensure(http: httpx.Client, name: str, limit: int | None) -> Check:

@@ -395,6 +395,25 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(env: Env) -> None:
     assert (len(clusters), len(deployments), len(secrets)) == (1, 1, 1)
 
 
+def test_one_event_per_transition_across_resyncs(env: Env) -> None:
+    """Reconciles read from the watch cache, which may lag behind our own status
+    writes: Events must still be posted once per transition, and kopf's per-handler
+    chatter not at all (the operator runs with a 3 s resync here)."""
+    env.apply(env.example("zero-capacity.yaml"))
+    env.wait_condition("analytics", "Ready", "True")
+    time.sleep(8)  # two resyncs and the owned objects' status updates
+    events = env.events("analytics")
+    ready = [e for e in events if e.reason == "Ready"]
+    assert len(ready) == 1 and sum(e.count or 1 for e in ready) == 1, ready
+    created = sorted(e.message for e in events if e.reason == "Created")
+    assert created == [
+        "created Deployment/analytics-prefect-worker",
+        "created RayCluster/analytics",
+        "created Secret/analytics-ray-token",
+    ], created
+    assert not [e for e in events if (e.message or "").startswith("Handler ")]
+
+
 def test_liveness_endpoint_reports_reconciles(env: Env) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     eventually(lambda: env.condition("analytics", "Ready"), what="a first status")
@@ -580,7 +599,8 @@ def test_switching_placement_moves_the_worker_into_the_head_pod(env: Env) -> Non
 
 
 def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) -> None:
-    """kube.apply hands back what the server stored (the reconciler reads status from it)."""
+    """kube.apply hands back what the server stored (the reconciler reads status from it)
+    and whether this apply created it (the reconciler posts a Created Event then)."""
     from prefect_raypool_operator import kube
     from prefect_raypool_operator.builders import build_manifests
     from prefect_raypool_operator.spec import PrefectRayPoolSpec
@@ -588,11 +608,11 @@ def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) ->
     api = kube_cluster.api_client()
     pool = PrefectRayPoolSpec.model_validate({"prefect": {"apiUrl": "http://p:4200/api"}})
     for manifest in build_manifests("direct", namespace, pool):
-        live = kube.apply(api, manifest)
-        assert live["metadata"]["uid"] and live["metadata"]["generation"] == 1
+        live, created = kube.apply(api, manifest)
+        assert created and live["metadata"]["uid"] and live["metadata"]["generation"] == 1
         assert live["kind"] == manifest["kind"]
-        again = kube.apply(api, manifest)  # idempotent: no new generation
-        assert again["metadata"]["generation"] == 1
+        again, created = kube.apply(api, manifest)  # idempotent: no new generation
+        assert not created and again["metadata"]["generation"] == 1
 
 
 def test_make_up_path_starts_the_operator_and_the_examples_become_ready(

@@ -22,12 +22,18 @@ from prefect_raypool_operator.coalesce import Coalescer
 from prefect_raypool_operator.handlers import health
 from prefect_raypool_operator.naming import POOL_LABEL
 from prefect_raypool_operator.reconcile import Outcome, reconcile
+from prefect_raypool_operator.settings import CONFIG
+from prefect_raypool_operator.watchcache import Reads
 
 RETRY_DELAY = 15.0
 _runs = Coalescer()  # one reconcile per pool at a time; bursts fold into one more
 # metadata.generation of each owned object as last applied/seen by us: an event with
 # another generation means someone changed its spec (drift), not just its status.
 _generations: dict[tuple[str, str, str], int | None] = {}
+# (namespace, name) -> (pool uid, the status we last wrote). The watch may lag behind
+# our own writes; comparing with what we wrote keeps Events to one per transition and
+# skips writes that would change nothing.
+_written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 _api: client.ApiClient | None = None
 
 
@@ -41,7 +47,7 @@ def api_client() -> client.ApiClient:
         configuration = client.Configuration.get_default_copy()
         # One connection per executor thread (kopf's max_workers), not urllib3's 10:
         # a discarded connection costs a new TLS handshake per request.
-        configuration.connection_pool_maxsize = 32
+        configuration.connection_pool_maxsize = CONFIG.workers
         _api = client.ApiClient(configuration)
     return _api
 
@@ -49,49 +55,69 @@ def api_client() -> client.ApiClient:
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-def run(namespace: str, name: str, logger: Logger, repair: bool = True) -> Outcome | None:
+def run(
+    namespace: str, name: str, reads: Reads, logger: Logger, repair: bool = True
+) -> Outcome | None:
     """Reconcile the pool now, or fold into the reconcile already running for it.
 
     None when the pool is gone or the trigger was folded into a running reconcile.
     """
     ran, outcome = _runs.run(
-        (namespace, name), lambda again: _run_once(namespace, name, logger, again), repair
+        (namespace, name), lambda again: _run_once(namespace, name, reads, logger, again), repair
     )
     return outcome if ran else None
 
 
-def _run_once(namespace: str, name: str, logger: Logger, repair: bool) -> Outcome | None:
-    """Re-read the pool, reconcile it, write status and Events. None if it is gone."""
+def _forget(namespace: str, name: str) -> None:
+    health.forget(namespace, name)
+    kube.forget_pool(namespace, name)
+    _written.pop((namespace, name), None)
+
+
+def _run_once(
+    namespace: str, name: str, reads: Reads, logger: Logger, repair: bool
+) -> Outcome | None:
+    """Reconcile the pool as last seen, write status and Events. None if it is gone."""
     api = api_client()
     started = time.monotonic()
-    body = kube.read_pool(api, name, namespace)
+    body = reads.pool(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        health.forget(namespace, name)
+        _forget(namespace, name)
         return None
-    outcome = reconcile(api, body, repair=repair)
+    uid = body["metadata"]["uid"]
+    written_uid, previous = _written.get((namespace, name), ("", None))
+    if written_uid != uid or previous is None:
+        previous = body.get("status") or {}
+    outcome = reconcile(api, body, reads, previous, repair=repair)
     _generations.update(outcome.generations)
-    kube.write_status(api, name, namespace, outcome.status)
+    if outcome.status != previous:
+        kube.write_status(api, name, namespace, outcome.status)
+        _written[(namespace, name)] = (uid, outcome.status)
     health.record(namespace, name)
     logger.debug(
         f"reconciled in {time.monotonic() - started:.3f}s: phase {outcome.status['phase']}"
     )
+    # kopf.event, not kopf.info: kopf's own per-handler chatter is not posted (the
+    # posting level is WARNING), ours is.
     owner = kube.as_body(body)
     for created in outcome.created:
-        kopf.info(owner, reason="Created", message=f"created {created}")
+        kopf.event(owner, type="Normal", reason="Created", message=f"created {created}")
     for change in outcome.transitions:
-        post = kopf.warn if change.warning else kopf.info
-        post(
-            owner, reason=change.reason, message=f"{change.type}={change.status}: {change.message}"
+        kopf.event(
+            owner,
+            type="Warning" if change.warning else "Normal",
+            reason=change.reason,
+            message=f"{change.type}={change.status}: {change.message}",
         )
     if outcome.problem:
         logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
     return outcome
 
 
-def on_spec(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
+def on_spec(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
     """create / update / resume: reconcile, and let kopf retry what may fix itself."""
     assert namespace, "PrefectRayPool is namespaced"
-    outcome = run(namespace, name, logger)
+    outcome = run(namespace, name, Reads.from_handler(kwargs), logger)
     if outcome is None or outcome.problem is None:
         return
     problem = outcome.problem
@@ -100,10 +126,10 @@ def on_spec(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
     raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=RETRY_DELAY)
 
 
-def on_resync(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
+def on_resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
     """The timer: drift repair and status refresh, whatever happened to the watch."""
     if namespace:
-        run(namespace, name, logger)
+        run(namespace, name, Reads.from_handler(kwargs), logger)
 
 
 def on_owned_change(
@@ -112,7 +138,7 @@ def on_owned_change(
     labels: Mapping[str, str],
     namespace: str | None,
     logger: Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """A RayCluster or worker Deployment we own changed or vanished: reconcile its pool.
 
@@ -125,4 +151,4 @@ def on_owned_change(
     meta = body.get("metadata") or {}
     key = (str(body.get("kind")), namespace, str(meta.get("name")))
     drifted = type in (None, "DELETED") or meta.get("generation") != _generations.get(key)
-    run(namespace, pool, logger, repair=drifted)
+    run(namespace, pool, Reads.from_handler(kwargs), logger, repair=drifted)
