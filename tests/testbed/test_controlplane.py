@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from kubernetes import client
 
 from cluster import Cluster, eventually, get_or_none
+from prefect_raypool_operator.devenv.binaries import VERSIONS
 
 pytestmark = pytest.mark.controlplane
 
@@ -140,3 +143,13 @@ def test_deleting_an_owner_garbage_collects_dependents(
         lambda: get_or_none(core.read_namespaced_config_map, "dependent", namespace) is None,
         what="the garbage collector to delete the dependent",
     )
+
+
+def test_api_server_reports_its_release_version(kube_cluster: Cluster) -> None:
+    """Charts gate on it (`kubeVersion: >=1.30`): a build without the version stamped
+    reports v0.0.0 and `helm install` refuses every chart."""
+    if os.environ.get("PREFECT_RAYPOOL_CLUSTER", "kwok") != "kwok":
+        pytest.skip("checks the locally built kube-apiserver")
+    info = client.VersionApi(kube_cluster.api_client()).get_code()
+    assert info.git_version == VERSIONS["K8S_VERSION"]
+    assert (info.major, info.minor) == ("1", VERSIONS["K8S_VERSION"].split(".")[1])

@@ -33,6 +33,7 @@ class Binaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kubectl: Path
+    kube_version_stamp: Path  # written once the version is stamped into the binaries
     kwok: Path
     kwok_stages: Path
     kuberay_operator: Path
@@ -51,6 +52,7 @@ class Binaries:
             kube_controller_manager=kube / "kube-controller-manager",
             kube_scheduler=kube / "kube-scheduler",
             kubectl=kube / "kubectl",
+            kube_version_stamp=kube / "VERSION",
             kwok=root / f"kwok-{v['KWOK_VERSION']}" / "bin" / "kwok",
             kwok_stages=root / f"kwok-{v['KWOK_VERSION']}" / "stages.yaml",
             kuberay_operator=kuberay / "bin" / "kuberay-operator",

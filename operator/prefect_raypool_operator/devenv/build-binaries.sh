@@ -39,7 +39,7 @@ build() {
   # Build beside the target, then move into place: an interrupted build leaves no
   # half-written binary that a later run would take for cached.
   if [[ $target == */ ]]; then tmp="${target%/}.tmp/"; mkdir -p "$tmp"; else tmp="$target.tmp"; fi
-  (cd "$dir" && go build -v -o "$tmp" "$@" 2>&1 >/dev/null) | progress "$total" "$name"
+  (cd "$dir" && go build -v ${LDFLAGS:+-ldflags "$LDFLAGS"} -o "$tmp" "$@" 2>&1 >/dev/null) | progress "$total" "$name"
   if [[ $target == */ ]]; then mv "$tmp"* "$target" && rmdir "$tmp"; else mv "$tmp" "$target"; fi
   log "built $name in $(( $(date +%s) - start ))s"
 }
@@ -59,7 +59,12 @@ need() { # need DIR BIN...: true when any BIN is missing from DIR
 
 kubernetes() {
   local out="$CACHE/kubernetes-$K8S_VERSION/bin"
-  need "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl || { log "kubernetes $K8S_VERSION: cached"; return; }
+  # VERSION is written after a build that stamped the version into the binaries
+  # (earlier caches lack it and reported v0.0.0, which helm's kubeVersion check refuses).
+  if [[ "$(cat "$out/VERSION" 2>/dev/null)" == "$K8S_VERSION" ]] \
+    && ! need "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+    log "kubernetes $K8S_VERSION: cached"; return
+  fi
   mkdir -p "$out"
   local mod="$CACHE/src/kubernetes-$K8S_VERSION"
   mkdir -p "$mod"
@@ -88,9 +93,19 @@ import (
 GO
   log "resolving k8s.io/kubernetes $K8S_VERSION modules"
   (cd "$mod" && quiet go mod tidy)
-  build "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)" "$mod" "$out/" \
+  # What Kubernetes' own release build stamps (hack/lib/version.sh): servers and
+  # kubectl report the real version.
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local x="" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    x+=" -X $pkg.gitTreeState=clean"
+  done
+  rm -f "$out/VERSION"
+  LDFLAGS="$x" build "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)" "$mod" "$out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  echo "$K8S_VERSION" >"$out/VERSION"
 }
 
 etcd() {

@@ -1,0 +1,91 @@
+"""Reading and waiting on pools in one namespace, for the operator's cluster tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from operator_process import OperatorProcess
+
+from cluster import Cluster, eventually
+from dataplane import PrefectServer
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "prefectray.io", "v1alpha1", "prefectraypools"
+
+
+class Env:
+    def __init__(
+        self, cluster: Cluster, namespace: str, op: OperatorProcess, prefect: PrefectServer
+    ):
+        self.cluster, self.ns, self.op, self.prefect = cluster, namespace, op, prefect
+        api = cluster.api_client()
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def example(self, name: str) -> dict[str, Any]:
+        doc = yaml.safe_load((REPO / "examples" / "pools" / name).read_text())
+        doc["spec"]["prefect"]["apiUrl"] = self.prefect.api_url
+        doc["metadata"]["namespace"] = self.ns
+        return dict(doc)
+
+    def apply(self, doc: dict[str, Any], check: bool = True) -> str:
+        return self.cluster.kubectl(
+            "apply", "-n", self.ns, "-f", "-", stdin=yaml.safe_dump(doc), check=check
+        )
+
+    def pool(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def raycluster(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                self.custom.get_namespaced_custom_object(
+                    "ray.io", "v1", self.ns, "rayclusters", name
+                )
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def condition(self, name: str, kind: str) -> dict[str, Any] | None:
+        pool = self.pool(name) or {}
+        for cond in (pool.get("status") or {}).get("conditions", []):
+            if cond["type"] == kind:
+                return dict(cond)
+        return None
+
+    def wait_condition(
+        self, name: str, kind: str, status: str, reason: str | None = None, timeout: float = 90
+    ) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            cond = self.condition(name, kind)
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+                return cond
+            return None
+
+        try:
+            return dict(eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}"))
+        except BaseException:
+            print(json.dumps(self.pool(name), indent=1)[-3000:])
+            print(self.op.tail())
+            raise
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.ns).items
+            if e.involved_object.name == name and e.involved_object.kind == "PrefectRayPool"
+        ]
