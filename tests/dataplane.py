@@ -205,19 +205,31 @@ def _wait_for_nodes(cluster: RayCluster, count: int, timeout: float = 120.0) -> 
                 raise RuntimeError(
                     f"{proc.args} exited with {proc.returncode}; logs in {cluster.temp_dir}"
                 )
-        res = subprocess.run(
-            [sys.executable, "-c", code, cluster.address],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        try:
+            res = subprocess.run(
+                [sys.executable, "-c", code, cluster.address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=max(5.0, min(60.0, deadline - time.monotonic())),
+            )
+        except subprocess.TimeoutExpired as exc:  # a GCS slow to start on a loaded machine
+            last = f"driver timed out: {exc.stderr!r}"[-3000:]
+            continue
         last = res.stdout + res.stderr
         lines = res.stdout.strip().splitlines()
         if res.returncode == 0 and lines and int(lines[-1]) >= count:
             return
         time.sleep(1)
-    raise RuntimeError(f"Ray cluster did not reach {count} nodes:\n{last[-3000:]}")
+    logs = "".join(
+        f"\n--- {p.name}:\n{p.read_text(errors='replace')[-1500:]}"
+        for p in [
+            cluster.temp_dir / "head.log",
+            *cluster.temp_dir.glob("session_*/logs/gcs_server.out"),
+        ]
+        if p.exists()
+    )
+    raise RuntimeError(f"Ray cluster did not reach {count} nodes:\n{last[-3000:]}{logs}")
 
 
 def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
