@@ -143,16 +143,42 @@ def child_shared_arg(runner_name: str, n: int) -> dict[str, Any]:
     return {"seconds": shared(n), "base_rss_mb": base_rss}
 
 
+def _time_ray_start_stop() -> dict[str, float]:
+    """Add up the time spent in ray.init and ray.shutdown from now on, whoever calls them.
+
+    Ray's start-up varies by seconds from run to run on a loaded machine; the time
+    beyond it, measured in the same process, varies far less.
+    """
+    import ray
+
+    spent = {"ray_start_stop": 0.0}
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["ray_start_stop"] += time.perf_counter() - started
+
+        return wrapper
+
+    ray.init = timed(ray.init)
+    ray.shutdown = timed(ray.shutdown)
+    return spent
+
+
 def child_count_to(runner_name: str, n: int) -> dict[str, Any]:
     import ray
 
+    spent = _time_ray_start_stop()
     if runner_name == "raw-ray":
         # Ray's own start-up and shut-down, with one task round trip.
         start = time.perf_counter()
         ray.init(logging_level="ERROR")
         ray.get(ray.remote(lambda: 1).remote())
         ray.shutdown()
-        return {"seconds": time.perf_counter() - start}
+        return {"seconds": time.perf_counter() - start, **spent}
 
     from prefect import flow, task
 
@@ -169,9 +195,10 @@ def child_count_to(runner_name: str, n: int) -> dict[str, Any]:
     start = time.perf_counter()
     assert count_to(n) == list(range(n))
     seconds = time.perf_counter() - start
+    result = {"seconds": seconds, **spent}  # what Ray's start and stop took in that time
     if ray.is_initialized():  # prefect-ray leaves an auto-started Ray behind
         ray.shutdown()
-    return {"seconds": seconds}
+    return result
 
 
 def child_main(case: str, runner_name: str, n: int, ray_address: str | None) -> None:
@@ -189,30 +216,50 @@ def child_main(case: str, runner_name: str, n: int, ray_address: str | None) -> 
 
 
 def run_child(
-    case: str, runner_name: str, n: int, ray_address: str | None, env: dict[str, str]
+    case: str,
+    runner_name: str,
+    n: int,
+    ray_address: str | None,
+    env: dict[str, str],
+    label: str | None = None,
 ) -> dict[str, Any] | None:
     cmd = [sys.executable, __file__, "--child", case, runner_name, str(n)]
     if ray_address:
         cmd.append(ray_address)
     started = time.monotonic()
+    label = label or runner_name
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     except subprocess.TimeoutExpired:
-        print(f"  {case:<10} {runner_name:<12} timed out", flush=True)
+        print(f"  {case:<10} {label:<12} timed out", flush=True)
         return None
     for line in out.stdout.splitlines():
         if line.startswith("BENCH-RESULT "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
             rate = result["n"] / result["seconds"]
+            beyond = (
+                f" ({result['seconds'] - result['ray_start_stop']:.2f} s beyond Ray's start+stop)"
+                if "ray_start_stop" in result
+                else ""
+            )
             print(
-                f"  {case:<10} {runner_name:<12} n={n:<5} {result['seconds']:7.2f} s "
+                f"  {case:<10} {label:<12} n={n:<5} {result['seconds']:7.2f} s "
                 f"{rate:8.1f} tasks/s  peak RSS {result['peak_rss_mb']:.0f} MB "
-                f"({time.monotonic() - started:.0f} s with start-up)",
+                f"({time.monotonic() - started:.0f} s with start-up){beyond}",
                 flush=True,
             )
             return result
-    print(f"  {case:<10} {runner_name:<12} FAILED:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    print(f"  {case:<10} {label:<12} FAILED:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     return None
+
+
+def cell_text(case: str, r: dict[str, Any]) -> str:
+    if case == "count_to":
+        return f"{r['seconds']:.2f} s ({r['seconds'] - r['ray_start_stop']:.2f})"
+    text = f"{r['n'] / r['seconds']:.1f}/s (n={r['n']})"
+    if case == "shared_arg":
+        text += f", +{r['peak_rss_mb'] - r['base_rss_mb']:.0f} MB"
+    return text
 
 
 def fmt_ratio(a: float | None, b: float | None) -> str:
@@ -226,14 +273,7 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
 
     def cell(case: str, runner: str) -> str:
         r = results.get((case, runner))
-        if not r:
-            return "-"
-        if case == "count_to":
-            return f"{r['seconds']:.2f} s"
-        text = f"{r['n'] / r['seconds']:.1f}/s (n={r['n']})"
-        if case == "shared_arg":
-            text += f", +{r['peak_rss_mb'] - r['base_rss_mb']:.0f} MB"
-        return text
+        return cell_text(case, r) if r else "-"
 
     header = ["case", *RUNNERS, "ours/prefect-ray", "ours/threadpool"]
     rows = [header]
@@ -274,7 +314,9 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
         "unmapped bytes argument, and the driver's peak RSS above its level with the argument "
         "built; count_to: wall time of count_to(10) in a fresh process that starts and "
         "stops its own Ray (raw-ray column: Ray's own start, one task, stop; the ratio "
-        "column: time above that). prefect-ray runs fewer tasks (n) to keep the bench short."
+        "column: time above that), in brackets the time beyond the ray.init and "
+        "ray.shutdown calls inside it (Ray's start-up varies by seconds between runs on a "
+        "loaded machine). prefect-ray runs fewer tasks (n) to keep the bench short."
     )
 
 
@@ -318,9 +360,13 @@ def main() -> int:
         for case in args.cases.split(","):
             for _ in range(args.repeat):
                 for runner_name in args.runners.split(","):
-                    n = COUNTS[case][runner_name]
+                    # "ours@DIR": this runner from another checkout's runner/ folder
+                    # (a baseline, e.g. `git worktree add /tmp/base HEAD`), side by side.
+                    base, _, runner_dir = runner_name.partition("@")
+                    n = COUNTS[case][base]
                     address = cluster.address if case != "count_to" else None
-                    result = run_child(case, runner_name, n, address, env)
+                    child_env = {**env, "PYTHONPATH": runner_dir} if runner_dir else env
+                    result = run_child(case, base, n, address, child_env, label=runner_name)
                     best = results.get((case, runner_name))
                     if result and (best is None or result["seconds"] < best["seconds"]):
                         results[(case, runner_name)] = result
@@ -329,6 +375,9 @@ def main() -> int:
         dataplane.stop_prefect_server(server)
         dataplane._kill_stragglers(str(local_ray))
     print_table(results)
+    for (case, runner_name), r in sorted(results.items()):
+        if "@" in runner_name:  # baselines are not in the table
+            print(f"{case} {runner_name}: {cell_text(case, r)}")
     return 0
 
 

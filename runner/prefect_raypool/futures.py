@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -20,6 +21,26 @@ R = TypeVar("R")
 #: Prefect task run): the worker died, the task was cancelled, an upstream Ray
 #: task failed. Returns the final state to report (and records it in Prefect).
 CrashHook = Callable[[UUID, BaseException], State[Any]]
+
+
+@contextlib.contextmanager
+def unwrap_signal_errors() -> Iterator[None]:
+    """Let what a signal handler raised during a blocking Ray call out as itself.
+
+    Ray's `get` and `wait` run Python signal handlers from inside their C++ wait
+    loop, and an exception the handler raises comes out as a SystemError wrapping
+    it. Prefect's SIGTERM handler raises TerminationSignal, which is how a flow
+    run cancelled from Prefect ends as Cancelled (and Ctrl-C raises
+    KeyboardInterrupt): as a SystemError, the flow would merely fail, and the
+    runner would wait for its outstanding Ray tasks instead of cancelling them.
+    """
+    try:
+        yield
+    except SystemError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 class PrefectRayFuture(PrefectWrappedFuture[R, "ray.ObjectRef"]):
@@ -53,7 +74,8 @@ class PrefectRayFuture(PrefectWrappedFuture[R, "ray.ObjectRef"]):
         if self._final_state is not None:
             return True
         try:
-            value = ray.get(self._wrapped_future, timeout=timeout)
+            with unwrap_signal_errors():
+                value = ray.get(self._wrapped_future, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             return False
         except Exception as exc:  # the Ray task failed: crashed or cancelled
@@ -107,13 +129,15 @@ class PrefectRayFutureList(PrefectFutureList[R]):
         pending = {f.wrapped_future: f for f in self._ray_futures() if f._final_state is None}
         if not pending:
             return []
-        ready, _ = ray.wait(
-            list(pending), num_returns=len(pending), timeout=timeout, fetch_local=True
-        )
-        if not ready:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0)
+        with unwrap_signal_errors():
+            ready, _ = ray.wait(
+                list(pending), num_returns=len(pending), timeout=timeout, fetch_local=True
+            )
+            if not ready:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0)
         try:
-            values = ray.get(ready)
+            with unwrap_signal_errors():
+                values = ray.get(ready)
         except Exception:  # some Ray task failed: settle one by one
             for ref in ready:
                 pending[ref]._fetch(None)

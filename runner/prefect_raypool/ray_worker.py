@@ -174,15 +174,20 @@ def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
     }
     FlowRunContext.model_rebuild(_types_namespace=types)
     TaskRunContext.model_rebuild(_types_namespace=types)
+    ours = serialized.get("prefect_raypool", {})
     if settings := serialized.get("settings_context"):
         settings_ctx = stack.enter_context(SettingsContext(**settings))
         _export_settings(settings_ctx.settings)
     ensure_logging_setup()
-    if serialized.get("prefect_raypool", {}).get("quiet_workers"):
+    if ours.get("quiet_workers"):
         _quiet_console()
     client_ctx = stack.enter_context(SyncClientContext())
     if flow_run := serialized.get("flow_run_context"):
-        task_runner = stack.enter_context(flow_run["flow"].task_runner.duplicate())
+        runner = flow_run["flow"].task_runner.duplicate()
+        if "env_options" in ours and hasattr(runner, "_env_options"):
+            # The driver's PREFECT_RAYPOOL_TASK_* defaults, for nested task runs.
+            runner._env_options = dict(ours["env_options"])
+        task_runner = stack.enter_context(runner)
         stack.enter_context(
             FlowRunContext(
                 **flow_run, client=client_ctx.client, task_runner=task_runner, detached=True
@@ -385,5 +390,5 @@ def _flush_logs_and_linger() -> int:
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
-    time.sleep(0.2)
+    time.sleep(0.1)
     return os.getpid()

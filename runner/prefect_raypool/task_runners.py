@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import signal
 import sys
 import threading
 import time
@@ -41,8 +42,8 @@ from prefect_raypool.addressing import (
     ray_temp_dir,
     resolve_address,
 )
-from prefect_raypool.context import RemoteOptionsContext
-from prefect_raypool.futures import PrefectRayFuture, PrefectRayFutureList
+from prefect_raypool.context import RemoteOptionsContext, remote_options_from_env
+from prefect_raypool.futures import PrefectRayFuture, PrefectRayFutureList, unwrap_signal_errors
 from prefect_raypool.ray_worker import SharedSlot, Slot
 
 if TYPE_CHECKING:
@@ -62,6 +63,12 @@ _CANCEL_GRACE_SECONDS = 2.0
 _CLIENT_CONNECT_ATTEMPTS = 3
 #: At most this many log-flush calls at disconnect (one per leased worker, ideally).
 _MAX_FLUSH_CALLS = 64
+#: The message of the Cancelled state of a task run cancelled with its flow run.
+CANCELLED_MESSAGE = "Cancelled with its flow run"
+#: Tries to record a state a worker could not report (see _record_state).
+_RECORD_ATTEMPTS = 4
+#: Task runs read from the Prefect API per call (the server's default page limit).
+_API_PAGE = 200
 #: By default a map runs up to this many task runs per Ray task (see `_batch_size`).
 _MAX_BATCH = 8
 #: ...and batches only when that leaves at least this many Ray tasks per cluster CPU.
@@ -89,6 +96,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             map (at least 4 batches per cluster CPU) runs its task runs in batches,
             which saves Ray's per-task cost and the per-task event flush; each task
             run keeps its own ObjectRef, state and result. 1: one Ray task per run.
+        default_remote_options: Ray remote options for every task run (e.g.
+            {"num_cpus": 2}). They override the PREFECT_RAYPOOL_TASK_* variables;
+            `remote_options(...)` blocks override them.
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         max_in_flight: int | None = 2000,
         quiet_workers: bool = True,
         max_batch: int = _MAX_BATCH,
+        default_remote_options: dict[str, Any] | None = None,
     ) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs) if init_kwargs else {}
@@ -109,6 +120,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
+        self.default_remote_options = dict(default_remote_options or {})
+        #: Defaults from PREFECT_RAYPOOL_TASK_*, read when the runner starts (or
+        #: handed down with the flow-run context to a runner inside a Ray worker).
+        self._env_options: dict[str, Any] | None = None
         self._owns_ray = False
         self._started_local = False
         self._lock = threading.Lock()
@@ -120,6 +135,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         self._batch_fns: dict[tuple[Any, ...], Any] = {}
         self._collecting = threading.local()
         self._client_warned = False
+        #: Task runs whose Cancelled state cancel_all already wrote to the API.
+        self._recorded: set[UUID] = set()
+        #: The flow run submitting here (the engine keeps its state up to date).
+        self._flow_run: Any = None
         super().__init__()
 
     # ------------------------------------------------------------------ config
@@ -131,6 +150,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             max_in_flight=self.max_in_flight,
             quiet_workers=self.quiet_workers,
             max_batch=self.max_batch,
+            default_remote_options=self.default_remote_options,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -141,6 +161,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             and self.max_in_flight == other.max_in_flight
             and self.quiet_workers == other.quiet_workers
             and self.max_batch == other.max_batch
+            and self.default_remote_options == other.default_remote_options
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -153,6 +174,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             "max_in_flight": self.max_in_flight,
             "quiet_workers": self.quiet_workers,
             "max_batch": self.max_batch,
+            "default_remote_options": self.default_remote_options,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -163,6 +185,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
     def __enter__(self) -> Self:
         super().__enter__()
         try:
+            if self._env_options is None:
+                self._env_options = remote_options_from_env()
             self._connect()
         except BaseException:
             super().__exit__(None, None, None)
@@ -181,6 +205,15 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             if resolution.mode == "start"
             else f"Connecting to Ray at {resolution.address}"
         )
+        sigterm_handler = _sigterm_handler()
+        try:
+            self._init_ray(resolution, kwargs)
+        finally:
+            _restore_sigterm_handler(sigterm_handler)
+        self._owns_ray = True
+        self._started_local = resolution.mode == "start"
+
+    def _init_ray(self, resolution: Resolution, kwargs: dict[str, Any]) -> None:
         for attempt in range(1, _CLIENT_CONNECT_ATTEMPTS + 1):
             try:
                 ray.init(resolution.address, **kwargs)
@@ -198,8 +231,6 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                     message = auth_error_message(resolution.address, exc)
                     raise RayAuthTokenMissingError(message) from exc
                 raise
-        self._owns_ray = True
-        self._started_local = resolution.mode == "start"
 
     def _init_kwargs_for(self, resolution: Resolution) -> dict[str, Any]:
         kwargs = dict(self.init_kwargs)
@@ -213,14 +244,30 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         # on every node; the user's runtime_env passes through untouched.
         return kwargs
 
+    def _task_slots(self, options: dict[str, Any]) -> int:
+        """How many task runs with these options the cluster runs at once (at least 1)."""
+        resources = ray.cluster_resources()
+        slots = []
+        for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            amount = options.get(option, 1 if option == "num_cpus" else 0)
+            if amount:
+                slots.append(int(resources.get(resource, 0) // amount))
+        if not slots:  # asks for no CPU nor GPU: as many as there are CPUs
+            slots.append(int(resources.get("CPU", 1)))
+        return max(min(slots), 1)
+
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         try:
-            if exc_type is not None:
+            failed = exc_type is not None or self._flow_run_failed()
+            if failed:
                 self.cancel_all()
             else:
                 self._wait_in_flight()
-            self._flush_worker_logs()
+            # Leaving a failed or cancelled flow run (whose process may be killed
+            # soon), wait only for live workers, not for replacements of killed ones.
+            self._flush_worker_logs(timeout=1.5 if failed else 10)
         finally:
+            self._flow_run = None
             self._task_refs.clear()
             self._context_refs.clear()
             self._remote_fns.clear()
@@ -232,16 +279,28 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._started_local = False
             super().__exit__(exc_type, exc_value, traceback)
 
+    def _flow_run_failed(self) -> bool:
+        """Whether the flow run is leaving the runner without succeeding.
+
+        An exception in the flow function does not reach __exit__: the engine
+        handles it first (Failed, or AwaitingRetry) and then closes the runner.
+        """
+        state = getattr(self._flow_run, "state", None)
+        if state is None:
+            return False
+        return state.is_scheduled() or (state.is_final() and not state.is_completed())
+
     def _wait_in_flight(self) -> None:
         with self._lock:
             refs = list(self._in_flight)
         if refs:
-            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+            with unwrap_signal_errors():
+                ray.wait(refs, num_returns=len(refs), fetch_local=False)
         with self._lock:
             for ref in refs:
                 self._in_flight.pop(ref, None)
 
-    def _flush_worker_logs(self) -> None:
+    def _flush_worker_logs(self, timeout: float) -> None:
         """Have the workers send buffered Prefect logs before this driver disconnects.
 
         Only needed when this runner disconnects: Ray then kills the job's
@@ -250,21 +309,25 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         if not (self._owns_ray and ray.is_initialized() and (self._remote_fns or self._batch_fns)):
             return
         try:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            fn = _remote(ray_worker.run_task_run).options(**_DEFAULT_REMOTE_OPTIONS)
-            calls = min(max(cpus, 1), _MAX_FLUSH_CALLS)
+            # The options of ordinary task runs, to land on the workers that ran them.
+            options = self._default_options()
+            fn = _remote(ray_worker.run_task_run).options(**options)
+            calls = min(self._task_slots(options), _MAX_FLUSH_CALLS)
             refs = [fn.remote([], None, {}, None, None, False) for _ in range(calls)]
-            ray.wait(refs, num_returns=len(refs), timeout=10, fetch_local=False)
+            with unwrap_signal_errors():
+                ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
         except Exception:  # best effort: never fail a flow run on log flushing
             self.logger.debug("Could not flush Ray worker logs", exc_info=True)
 
     def cancel_all(self) -> None:
         """Cancel every Ray task this runner submitted that has not finished.
 
-        Called by Prefect when the flow run is cancelled or terminated. Queued
+        Called when the flow run fails, is cancelled or is terminated. Queued
         tasks are dropped; running ones get an interrupt, and those still running
         after a short grace (a blocking call does not see the interrupt) are
-        killed. Their task runs are recorded as Cancelled.
+        killed. The task runs that had started are recorded as Cancelled before
+        this returns: the process may exit right after (a cancelled flow run's
+        process is terminated), and nobody may ever wait on their futures.
         """
         with self._lock:
             pending = dict(self._in_flight)
@@ -272,12 +335,15 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         if not pending:
             return
         refs = list(pending)
-        for ref in refs:
+        # Newest first: the queued ones, so a worker freed by an interrupt cannot
+        # pick one of them up in between.
+        for ref in reversed(refs):
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=False, recursive=True)
-        _, still_running = ray.wait(
-            refs, num_returns=len(refs), timeout=_CANCEL_GRACE_SECONDS, fetch_local=False
-        )
+        with unwrap_signal_errors():
+            _, still_running = ray.wait(
+                refs, num_returns=len(refs), timeout=_CANCEL_GRACE_SECONDS, fetch_local=False
+            )
         for ref in still_running:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
@@ -285,6 +351,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             for ref in refs:
                 self._in_flight.pop(ref, None)
         self.logger.info("Cancelled %d outstanding Ray task(s)", len(refs))
+        _record_cancelled(list(pending.values()), self._recorded)
 
     # ------------------------------------------------------------------ submit
 
@@ -424,7 +491,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                 if len(self._in_flight) + room <= self.max_in_flight:
                     return
                 refs = list(self._in_flight)
-            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+            with unwrap_signal_errors():
+                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
             with self._lock:
                 for ref in ready:
                     self._in_flight.pop(ref, None)
@@ -462,6 +530,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
 
     def _context_ref(self) -> ray.ObjectRef:
         flow_ctx = FlowRunContext.get()
+        if self._flow_run is None and flow_ctx is not None:
+            self._flow_run = flow_ctx.flow_run
         task_ctx = TaskRunContext.get()
         tags_ctx = TagsContext.get()
         settings_ctx = SettingsContext.get()
@@ -474,15 +544,27 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         entry = self._context_refs.get(key)
         if entry is None:
             serialized = prefect_serialize_context()
-            serialized["prefect_raypool"] = {"quiet_workers": self.quiet_workers}
+            serialized["prefect_raypool"] = {
+                "quiet_workers": self.quiet_workers,
+                # Nested task runs, submitted from inside a worker, get the same defaults.
+                "env_options": self._env_options or {},
+            }
             if self._started_local:
                 _share_ephemeral_server(serialized)
             entry = ((flow_ctx, task_ctx, settings_ctx), ray.put(serialized))
             self._context_refs[key] = entry
         return entry[1]
 
+    def _default_options(self) -> dict[str, Any]:
+        """Ray options of a task run outside any remote_options block; later sources win."""
+        return {
+            **_DEFAULT_REMOTE_OPTIONS,
+            **(self._env_options or {}),
+            **self.default_remote_options,
+        }
+
     def _remote_options(self, task: Task[Any, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        options = {**_DEFAULT_REMOTE_OPTIONS, **RemoteOptionsContext.get().current_remote_options}
+        options = {**self._default_options(), **RemoteOptionsContext.get().current_remote_options}
         options.setdefault("name", task.name)
         return tuple(sorted((k, repr(v)) for k, v in options.items())), options
 
@@ -529,7 +611,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
 
         def record(task_run_id: UUID, exc: BaseException) -> State[Any]:
             if task_run_id in self._cancelled:
-                state: State[Any] = Cancelled(message="Cancelled with its flow run")
+                state: State[Any] = Cancelled(message=CANCELLED_MESSAGE)
+                if task_run_id in self._recorded:  # cancel_all wrote it already
+                    return state
             else:
                 state = exception_to_crashed_state_sync(exc)
             # Off Ray's callback thread: this talks to the Prefect API.
@@ -550,23 +634,89 @@ def _record_state(
 
     Record the state in Prefect. The worker may have died before its events
     reached the server, so the task run may not exist there yet: create it then.
+    Its events may also still be on their way, and create the run meanwhile: so
+    a failed create is followed by another try to set the state.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    for attempt in range(_RECORD_ATTEMPTS):
+        try:
+            with get_client(sync_client=True) as client:
+                try:
+                    client.read_task_run(task_run_id)
+                    client.set_task_run_state(task_run_id, state, force=True)
+                except ObjectNotFound:
+                    client.create_task_run(
+                        task, flow_run_id, dynamic_key=str(task_run_id), id=task_run_id, state=state
+                    )
+            return
+        except Exception:
+            logging.getLogger(__name__).debug(
+                "Could not record the state of task run %s (try %d)",
+                task_run_id,
+                attempt + 1,
+                exc_info=True,
+            )
+            time.sleep(0.5 * (attempt + 1))
+
+
+def _record_cancelled(task_run_ids: list[UUID], recorded: set[UUID]) -> None:
+    """Set the task runs among these that Prefect knows, and that have not ended on
+    their own, to Cancelled; add them to `recorded`.
+
+    Queued task runs never reached a worker, so Prefect has no record of them.
+    One that a worker was running either reported Running (then was killed), or
+    reported Crashed on the interrupt: both mean cancelled with the flow run.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
     try:
         with get_client(sync_client=True) as client:
-            try:
-                client.read_task_run(task_run_id)
-                client.set_task_run_state(task_run_id, state, force=True)
-            except ObjectNotFound:
-                client.create_task_run(
-                    task, flow_run_id, dynamic_key=str(task_run_id), id=task_run_id, state=state
+            for start in range(0, len(task_run_ids), _API_PAGE):
+                ids = task_run_ids[start : start + _API_PAGE]
+                runs = client.read_task_runs(
+                    task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)), limit=len(ids)
                 )
-    except Exception:
-        logging.getLogger(__name__).debug(
-            "Could not record the state of task run %s", task_run_id, exc_info=True
+                for run in runs:
+                    if run.state and (
+                        run.state.is_completed()
+                        or run.state.is_failed()
+                        or run.state.is_cancelled()
+                    ):
+                        continue
+                    client.set_task_run_state(
+                        run.id, Cancelled(message=CANCELLED_MESSAGE), force=True
+                    )
+                    recorded.add(run.id)
+    except Exception:  # the API may be gone too; the futures still settle Cancelled
+        logging.getLogger(__name__).warning(
+            "Could not record cancelled task runs in Prefect", exc_info=True
         )
+
+
+def _sigterm_handler() -> Any:
+    """The current SIGTERM handler, or None off the main thread (signals are per main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGTERM)
+
+
+def _restore_sigterm_handler(previous: Any) -> None:
+    """Undo ray.init's SIGTERM handler where the process had one of its own.
+
+    A driver's ray.init replaces the handler with one that calls sys.exit. Prefect's
+    flow engine installs its own first: it turns SIGTERM into TerminationSignal and
+    reads the intent its worker sent before the signal, which is how cancelling a
+    flow run from Prefect reaches the engine (Cancelled, not Crashed). Without a
+    handler of its own (SIG_DFL), Ray's is kept: a clean exit, which cancels the
+    outstanding Ray tasks, beats dying on the spot.
+    """
+    if previous is None or previous == signal.SIG_DFL:
+        return
+    if signal.getsignal(signal.SIGTERM) is not previous:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Pending:

@@ -15,6 +15,7 @@ from conftest import task_runs_of
 from prefect import flow, get_run_logger, task
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.context import get_run_context
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import as_completed, wait
 from prefect.states import State
 from prefect.utilities.annotations import allow_failure, unmapped
@@ -22,6 +23,19 @@ from prefect.utilities.annotations import allow_failure, unmapped
 from prefect_raypool import PrefectRayFuture, RayTaskRunner, remote_options
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect, pytest.mark.usefixtures("ray_session")]
+
+
+def api_state(client: Any, task_run_id: uuid.UUID) -> State | None:
+    """A task run's state in the API; None while the API has no record of it yet.
+
+    Ray workers report task runs as events, which the server records a moment
+    later; a worker that died may never report its run, and then the runner
+    creates it. Either way the run can be missing at first, more so under load.
+    """
+    try:
+        return client.read_task_run(task_run_id).state
+    except ObjectNotFound:
+        return None
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -120,7 +134,7 @@ def test_failures_wait_for_and_allow_failure(client: Any) -> None:
     assert out["after_result"] == 42
     bad_id = out["bad"].state_details.task_run_id
     eventually(
-        lambda: client.read_task_run(bad_id).state.is_failed(),
+        lambda: (s := api_state(client, bad_id)) and s.is_failed(),
         what="the failed task run recorded as Failed",
     )
 
@@ -143,7 +157,8 @@ def test_crashed_worker_is_crashed_state(client: Any) -> None:
     assert "WorkerCrashedError" in (task_state.message or "")
     assert out["after"] == 2  # the flow and the cluster carry on
     eventually(
-        lambda: client.read_task_run(run_id).state.is_crashed(),
+        lambda: (s := api_state(client, run_id)) and s.is_crashed(),
+        timeout=60,
         what="the crashed task run recorded as Crashed in the API",
     )
 
@@ -198,6 +213,40 @@ def read_env(name: str) -> str | None:
 @task
 def resources_seen() -> dict[str, float]:
     return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+@task
+def nested_resources_seen() -> dict[str, float]:
+    # Submitted from inside a Ray worker, whose environment has no PREFECT_RAYPOOL_TASK_*.
+    return resources_seen.submit().result()
+
+
+def test_task_resource_variables_are_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a pool's Prefect worker pod (spec.ray.taskResources); read when a flow starts.
+    monkeypatch.setenv("PREFECT_RAYPOOL_TASK_NUM_CPUS", "2")
+    monkeypatch.setenv("PREFECT_RAYPOOL_TASK_NUM_GPUS", "0")
+
+    @flow(task_runner=RayTaskRunner())
+    def defaults_flow() -> dict[str, Any]:
+        seen = {"env": resources_seen.submit(), "nested": nested_resources_seen.submit()}
+        with remote_options(num_cpus=0.5):
+            seen["block"] = resources_seen.submit()
+        return {k: f.result() for k, f in seen.items()}
+
+    seen = defaults_flow()
+    assert seen["env"].get("CPU") == 2.0
+    assert seen["nested"].get("CPU") == 2.0  # handed down with the flow-run context
+    assert seen["block"].get("CPU") == 0.5  # remote_options(...) wins
+
+    @flow(task_runner=RayTaskRunner(default_remote_options={"num_cpus": 1.5}))
+    def explicit_flow() -> dict[str, Any]:
+        return {"runner": resources_seen.submit().result()}
+
+    assert explicit_flow()["runner"].get("CPU") == 1.5  # the runner's option wins
+
+    monkeypatch.setenv("PREFECT_RAYPOOL_TASK_NUM_CPUS", "lots")
+    with pytest.raises(ValueError, match="PREFECT_RAYPOOL_TASK_NUM_CPUS='lots'"):
+        defaults_flow()
 
 
 def test_remote_options_reach_ray() -> None:
@@ -308,6 +357,40 @@ def test_futures_interface() -> None:
     assert len(callbacks) == 1
 
 
+@task
+def write_after(path: str, seconds: float) -> None:
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("done")
+
+
+def test_failing_flow_cancels_its_outstanding_ray_tasks(tmp_path: Any, client: Any) -> None:
+    marker = tmp_path / "written"
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=RayTaskRunner())
+    def failing() -> None:
+        # The flow is pickled by value for the workers: it must not use this module.
+        future = seen["future"] = write_after.submit(str(marker), 10)
+        for _ in range(200):
+            if future.state.is_running():
+                seen["running_at"] = time.monotonic()
+                raise RuntimeError("the flow fails while a task runs")
+            time.sleep(0.3)
+
+    state = failing(return_state=True)
+    assert state.is_failed() and "while a task runs" in (state.message or ""), state
+    # The engine handles the exception before closing the runner, which sees the
+    # flow run Failed and cancels the task instead of waiting for its 10 s.
+    assert time.monotonic() - seen["running_at"] < 8
+    eventually(
+        lambda: (s := api_state(client, seen["future"].task_run_id)) and s.is_cancelled(),
+        what="the task run recorded as Cancelled",
+    )
+    time.sleep(max(0.0, seen["running_at"] + 12 - time.monotonic()))
+    assert not marker.exists()
+
+
 def test_cancel_all_stops_outstanding_ray_tasks(tmp_path: Any, client: Any) -> None:
     marker = tmp_path / "finished"
 
@@ -331,7 +414,7 @@ def test_cancel_all_stops_outstanding_ray_tasks(tmp_path: Any, client: Any) -> N
         states = [fut.state for fut in [running, *queued]]
     assert all(s.is_cancelled() for s in states), states
     eventually(
-        lambda: client.read_task_run(running.task_run_id).state.is_cancelled(),
+        lambda: (s := api_state(client, running.task_run_id)) and s.is_cancelled(),
         what="the cancelled task run recorded as Cancelled in the API",
     )
     time.sleep(1)
