@@ -10,7 +10,7 @@ import yaml
 from kubernetes import client
 from operator_process import OperatorProcess
 
-from cluster import Cluster, eventually
+from cluster import Cluster, eventually, get_or_none
 from dataplane import PrefectServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,26 +39,30 @@ class Env:
         )
 
     def pool(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        found = get_or_none(
+            lambda n, ns: self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n),
+            name,
+            self.ns,
+        )
+        return dict(found) if found is not None else None
 
     def raycluster(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                self.custom.get_namespaced_custom_object(
-                    "ray.io", "v1", self.ns, "rayclusters", name
-                )
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        found = get_or_none(
+            lambda n, ns: self.custom.get_namespaced_custom_object(
+                "ray.io", "v1", ns, "rayclusters", n
+            ),
+            name,
+            self.ns,
+        )
+        return dict(found) if found is not None else None
+
+    def head_pod(self, cluster: str) -> client.V1Pod:
+        """The RayCluster's head pod, once KubeRay has made it."""
+        selector = f"ray.io/cluster={cluster},ray.io/node-type=head"
+        return eventually(
+            lambda: self.core.list_namespaced_pod(self.ns, label_selector=selector).items,
+            what="the head pod",
+        )[0]
 
     def condition(self, name: str, kind: str) -> dict[str, Any] | None:
         pool = self.pool(name) or {}

@@ -84,14 +84,7 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
         what="KubeRay's head service",
     )
     assert 6379 in {p.port for p in svc.spec.ports}
-    head = eventually(
-        lambda: (
-            env.core.list_namespaced_pod(
-                env.ns, label_selector="ray.io/cluster=analytics,ray.io/node-type=head"
-            ).items
-        ),
-        what="the head pod",
-    )[0]
+    head = env.head_pod("analytics")
     env_names = {e.name for e in head.spec.containers[0].env}
     assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env_names
     deployment = eventually(
@@ -124,14 +117,7 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
 
 def test_head_sidecar_pool(env: Env) -> None:
     env.apply(env.example("head-sidecar.yaml"))
-    head = eventually(
-        lambda: (
-            env.core.list_namespaced_pod(
-                env.ns, label_selector="ray.io/cluster=reports,ray.io/node-type=head"
-            ).items
-        ),
-        what="the head pod",
-    )[0]
+    head = env.head_pod("reports")
     names = [c.name for c in head.spec.containers]
     assert names[0] == "ray-head" and "prefect-worker" in names
     sidecar = head.spec.containers[names.index("prefect-worker")]

@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
-from conftest import LOOPBACK_ENV, task_runs_of
+from conftest import LOOPBACK_ENV, eventually, task_runs_of
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelling
 
@@ -69,17 +68,6 @@ def cancel_me(markers: str, n: int, seconds: float) -> list[int]:
 if __name__ == "__main__":
     cancel_me.serve(name="cancel-test")
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 def alive(pid: int) -> bool:

@@ -6,12 +6,11 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import ray
-from conftest import task_runs_of
+from conftest import eventually, task_runs_of
 from prefect import flow, get_run_logger, task
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.context import get_run_context
@@ -36,17 +35,6 @@ def api_state(client: Any, task_run_id: uuid.UUID) -> State | None:
         return client.read_task_run(task_run_id).state
     except ObjectNotFound:
         return None
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 @task
