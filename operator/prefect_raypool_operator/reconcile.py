@@ -22,6 +22,7 @@ from prefect_raypool_operator.preflight import Problem, spec_problems
 from prefect_raypool_operator.render import format_validation_error
 from prefect_raypool_operator.settings import CONFIG
 from prefect_raypool_operator.spec import (
+    KeyRef,
     Placement,
     PrefectRayPoolSpec,
     RayAuthMode,
@@ -64,8 +65,23 @@ def parse(body: Obj) -> tuple[PrefectRayPoolSpec | None, Problem | None]:
         return None, Problem("InvalidSpec", format_validation_error(exc), True)
 
 
+class SecretReads:
+    """Referenced Secret keys, each read at most once per reconcile (the Prefect API
+    key is checked for existence first and used for the work pool after)."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self._api, self._namespace = api, namespace
+        self._values: dict[tuple[str, str], str | None] = {}
+
+    def get(self, ref: KeyRef) -> str | None:
+        key = (ref.name, ref.key)
+        if key not in self._values:
+            self._values[key] = kube.read_secret_key(self._api, ref, self._namespace)
+        return self._values[key]
+
+
 def cluster_problems(
-    api: client.ApiClient, namespace: str, pool: PrefectRayPoolSpec
+    api: client.ApiClient, namespace: str, pool: PrefectRayPoolSpec, secrets: SecretReads
 ) -> list[Problem]:
     """What only the cluster knows: referenced Secrets exist, KubeRay is installed."""
     problems = []
@@ -78,7 +94,7 @@ def cluster_problems(
         if env.valueFrom and env.valueFrom.secretKeyRef:
             refs.append((f"spec.prefect.env[{i}]", env.valueFrom.secretKeyRef))
     for where, ref in refs:
-        if kube.read_secret_key(api, ref, namespace) is None:
+        if secrets.get(ref) is None:
             problems.append(
                 Problem(
                     "SecretNotFound",
@@ -119,8 +135,9 @@ def reconcile(
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     pool, problem = parse(body)
+    secrets = SecretReads(api, namespace)
     if pool is not None:
-        problems = spec_problems(pool) or cluster_problems(api, namespace, pool)
+        problems = spec_problems(pool) or cluster_problems(api, namespace, pool, secrets)
         problem = problems[0] if problems else None
     work_pool = naming.work_pool(name, pool) if pool else name
     base = Observed(name, namespace, meta.get("generation"), work_pool)
@@ -163,7 +180,7 @@ def reconcile(
     else:
         worker = sidecar_check(kube.read_head_pod(api, name, namespace))
         ready_prefect = 1 if worker.ok else 0
-    pool_check = _work_pool(api, namespace, pool, work_pool)
+    pool_check = _work_pool(secrets, pool, work_pool)
     obs = Observed(
         name,
         namespace,
@@ -198,12 +215,8 @@ def _blocked(base: Observed, problem: Problem) -> Observed:
 _pool_checked: dict[tuple[str, str, int | None, str], float] = {}
 
 
-def _work_pool(
-    api: client.ApiClient, namespace: str, pool: PrefectRayPoolSpec, work_pool: str
-) -> Check:
-    api_key = None
-    if pool.prefect.apiKey:
-        api_key = kube.read_secret_key(api, pool.prefect.apiKey.secretKeyRef, namespace)
+def _work_pool(secrets: SecretReads, pool: PrefectRayPoolSpec, work_pool: str) -> Check:
+    api_key = secrets.get(pool.prefect.apiKey.secretKeyRef) if pool.prefect.apiKey else None
     url = CONFIG.operator_prefect_url(pool.prefect.apiUrl)
     limit = pool.prefect.workPool.concurrencyLimit
     key = (url, work_pool, limit, hashlib.sha256((api_key or "").encode()).hexdigest())
