@@ -9,7 +9,9 @@ Cases:
   shared_arg a map of 100 tasks sharing one 100 MB unmapped argument (bytes)
              (tasks/s and driver peak RSS)
 Every case runs in a fresh child process (so peak RSS is per case), against one
-Prefect server (SQLite) and, for the warm cases, one Ray head started here.
+Prefect server (SQLite) and, for the warm cases, one Ray head started here. Each run
+starts once the server has gone idle: it records a run's events for seconds after the
+run returns, and that backlog would otherwise load the next run (whichever runner).
 prefect-ray is slow, so its cases run fewer tasks (printed in the table);
 throughput is compared per task.
 """
@@ -53,6 +55,38 @@ def ensure_prefect_ray() -> None:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """CPU seconds used so far by the processes of session `sid` (from /proc)."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields[3] is the session id
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(sid: int, busy: float = 0.1, limit: float = 120.0) -> None:
+    """Wait until session `sid` uses under `busy` of a CPU over a second.
+
+    The Prefect server records a run's events for seconds after the run returns;
+    the next run would otherwise share the CPUs with that backlog.
+    """
+    deadline = time.monotonic() + limit
+    last = session_cpu_seconds(sid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = session_cpu_seconds(sid)
+        if now - last < busy:
+            return
+        last = now
 
 
 def make_runner(name: str) -> Any:
@@ -366,6 +400,7 @@ def main() -> int:
                     n = COUNTS[case][base]
                     address = cluster.address if case != "count_to" else None
                     child_env = {**env, "PYTHONPATH": runner_dir} if runner_dir else env
+                    wait_until_idle(server.process.pid)
                     result = run_child(case, base, n, address, child_env, label=runner_name)
                     best = results.get((case, runner_name))
                     if result and (best is None or result["seconds"] < best["seconds"]):

@@ -133,6 +133,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         self._context_refs: dict[tuple[Any, ...], tuple[Any, ray.ObjectRef]] = {}
         self._remote_fns: dict[tuple[Any, ...], Any] = {}
         self._batch_fns: dict[tuple[Any, ...], Any] = {}
+        #: Ray tasks sent so far: the log flush at exit needs no more calls than this.
+        self._ray_tasks_sent = 0
         self._collecting = threading.local()
         self._client_warned = False
         #: Task runs whose Cancelled state cancel_all already wrote to the API.
@@ -272,6 +274,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._context_refs.clear()
             self._remote_fns.clear()
             self._batch_fns.clear()
+            self._ray_tasks_sent = 0
             if self._owns_ray and ray.is_initialized():
                 self.logger.debug("Shutting down the Ray driver this runner started")
                 ray.shutdown()
@@ -309,13 +312,18 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         if not (self._owns_ray and ray.is_initialized() and (self._remote_fns or self._batch_fns)):
             return
         try:
-            # The options of ordinary task runs, to land on the workers that ran them.
+            # The options of ordinary task runs, to land on the workers that ran
+            # them: Ray hands a task to the job's most recently idle worker first.
+            # No more calls than Ray tasks sent: a spare call would start a
+            # fresh worker, which imports Prefect (seconds) to flush nothing.
             options = self._default_options()
             fn = _remote(ray_worker.run_task_run).options(**options)
-            calls = min(self._task_slots(options), _MAX_FLUSH_CALLS)
+            calls = min(self._task_slots(options), self._ray_tasks_sent, _MAX_FLUSH_CALLS)
             refs = [fn.remote([], None, {}, None, None, False) for _ in range(calls)]
             with unwrap_signal_errors():
-                ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            pids = set(ray.get(done))
+            self.logger.debug(f"Flushed Prefect logs on {len(pids)} Ray worker(s) of {calls} asked")
         except Exception:  # best effort: never fail a flow run on log flushing
             self.logger.debug("Could not flush Ray worker logs", exc_info=True)
 
@@ -397,14 +405,15 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             return future
         fn = self._remote_fn(task, options_key, options)
         object_ref = fn.remote(handles, *run, *refs)
-        self._track(object_ref, task_run_id)
+        self._track(object_ref, task_run_id, new_ray_task=True)
         return PrefectRayFuture(
             task_run_id=task_run_id, wrapped_future=object_ref, on_crash=self._crash_recorder(task)
         )
 
-    def _track(self, object_ref: ray.ObjectRef, task_run_id: UUID) -> None:
+    def _track(self, object_ref: ray.ObjectRef, task_run_id: UUID, new_ray_task: bool) -> None:
         with self._lock:
             self._in_flight[object_ref] = task_run_id
+            self._ray_tasks_sent += new_ray_task
         object_ref._on_completed(lambda _value: self._forget(object_ref))
 
     def map(  # type: ignore[override]
@@ -466,9 +475,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                     all_refs.extend(item.refs)
                 fn = self._batch_fn(first.options_key, first.options, len(chunk))
                 object_refs = fn.remote(first.handles, specs, *all_refs)
-            for item, object_ref in zip(chunk, object_refs, strict=True):
+            for i, (item, object_ref) in enumerate(zip(chunk, object_refs, strict=True)):
                 item.future._wrapped_future = object_ref
-                self._track(object_ref, item.future.task_run_id)
+                self._track(object_ref, item.future.task_run_id, new_ray_task=i == 0)
 
     def _batch_size(self, count: int) -> int:
         if self.max_batch == 1 or count < 2 * _MIN_BATCHES_PER_CPU:

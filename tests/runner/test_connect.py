@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     LogFilter,
     LogFilterFlowRunId,
+    LogFilterTextSearch,
 )
 
 from dataplane import PrefectServer, RayCluster, _pids_mentioning
@@ -109,6 +111,45 @@ def test_count_to_example_starts_and_stops_its_own_ray(
         log.task_run_id for log in logs if log.task_run_id and "Finished in state" in log.message
     }
     assert finished == {r.id for r in runs}
+
+
+@pytest.mark.prefect
+def test_log_flush_at_exit_visits_only_workers_that_ran_task_runs(
+    prefect_server: PrefectServer, client: SyncPrefectClient
+) -> None:
+    # Four CPUs, one task run: a flush call per CPU would start three fresh
+    # workers (each importing Prefect, seconds) only to flush nothing.
+    temp_dir = Path("/tmp") / f"rpf-{os.getpid()}"
+    temp_dir.mkdir(exist_ok=True)
+    marker = uuid.uuid4().hex
+    out = run_python(
+        f"""
+        from prefect import flow, get_run_logger, task
+        from prefect_raypool import RayTaskRunner
+
+        @task
+        def say():
+            get_run_logger().info("flushed {marker}")
+
+        @flow(task_runner=RayTaskRunner(init_kwargs={{"num_cpus": 4}}))
+        def one_task():
+            say.submit().result()
+
+        one_task()
+        """,
+        env={
+            "RAY_TMPDIR": str(temp_dir),
+            "RAY_AUTH_MODE": "disabled",
+            "PREFECT_LOGGING_LEVEL": "DEBUG",
+        },
+        timeout=240,
+    )
+    printed = out.stdout + out.stderr
+    assert out.returncode == 0, printed[-3000:]
+    assert "Flushed Prefect logs on 1 Ray worker(s) of 1 asked" in printed, printed[-3000:]
+    # ...and the task run's log, buffered in the worker Ray killed, reached the API.
+    logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query=marker)))
+    assert any(marker in log.message for log in logs)
 
 
 @pytest.mark.prefect
