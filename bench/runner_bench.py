@@ -360,7 +360,7 @@ def main() -> int:
     parser.add_argument("--cases", default="warm_map,shared_arg,count_to")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument(
-        "--repeat", type=int, default=2, help="runs per case and runner; the best is kept"
+        "--repeat", type=int, default=3, help="runs per case and runner; the best is kept"
     )
     args = parser.parse_args()
     if args.child:
