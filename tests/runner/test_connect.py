@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python, task_runs_of
+from conftest import REPO, eventually, run_python, task_runs_of
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -148,8 +148,11 @@ def test_log_flush_at_exit_visits_only_workers_that_ran_task_runs(
     assert out.returncode == 0, printed[-3000:]
     assert "Flushed Prefect logs on 1 Ray worker(s) of 1 asked" in printed, printed[-3000:]
     # ...and the task run's log, buffered in the worker Ray killed, reached the API.
-    logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query=marker)))
-    assert any(marker in log.message for log in logs)
+    text = LogFilter(text=LogFilterTextSearch(query=marker))
+    eventually(
+        lambda: any(marker in log.message for log in client.read_logs(log_filter=text)),
+        what="the task run's log in the API",
+    )
 
 
 @pytest.mark.prefect
