@@ -73,6 +73,17 @@ def run_python(
     )
 
 
+def own_ray_env(tag: str) -> dict[str, str]:
+    """Environment for a subprocess whose runner starts its own local Ray (no auth).
+
+    Ray's temp dir is kept short (its Unix socket paths have a 107-character limit)
+    and names this test process, so leftover Ray processes can be found by it.
+    """
+    temp_dir = Path("/tmp") / f"rp{tag}-{os.getpid()}"
+    temp_dir.mkdir(exist_ok=True)
+    return {"RAY_TMPDIR": str(temp_dir), "RAY_AUTH_MODE": "disabled"}
+
+
 def task_runs_of(client: SyncPrefectClient, flow_run_id: Any) -> list[Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

@@ -5,14 +5,13 @@ Each case runs its flow in a fresh interpreter, since Ray connects once per proc
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, eventually, run_python, task_runs_of
+from conftest import REPO, eventually, own_ray_env, run_python, task_runs_of
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -77,12 +76,12 @@ def test_auto_runner_fails_without_starting_ray(
 def test_count_to_example_starts_and_stops_its_own_ray(
     prefect_server: PrefectServer, client: SyncPrefectClient
 ) -> None:
-    temp_dir = Path("/tmp") / f"rpx-{os.getpid()}"
-    temp_dir.mkdir(exist_ok=True)
+    env = own_ray_env("x")
+    temp_dir = env["RAY_TMPDIR"]
     started = time.monotonic()
     out = run_python(
         "import runpy; runpy.run_path('examples/count_to.py', run_name='__main__')",
-        env={"RAY_TMPDIR": str(temp_dir), "RAY_AUTH_MODE": "disabled"},
+        env=env,
         timeout=240,
     )
     elapsed = time.monotonic() - started
@@ -93,9 +92,9 @@ def test_count_to_example_starts_and_stops_its_own_ray(
     assert "Finished in state Completed()" in printed
     # The runner started this Ray, so it shut it down: nothing is left running.
     deadline = time.monotonic() + 20
-    while _pids_mentioning(str(temp_dir)) and time.monotonic() < deadline:
+    while _pids_mentioning(temp_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _pids_mentioning(str(temp_dir))
+    assert not _pids_mentioning(temp_dir)
     assert elapsed < 120
     # Every task run is recorded, logs included, although Ray killed the workers
     # when the runner disconnected.
@@ -119,8 +118,6 @@ def test_log_flush_at_exit_visits_only_workers_that_ran_task_runs(
 ) -> None:
     # Four CPUs, one task run: a flush call per CPU would start three fresh
     # workers (each importing Prefect, seconds) only to flush nothing.
-    temp_dir = Path("/tmp") / f"rpf-{os.getpid()}"
-    temp_dir.mkdir(exist_ok=True)
     marker = uuid.uuid4().hex
     out = run_python(
         f"""
@@ -137,11 +134,7 @@ def test_log_flush_at_exit_visits_only_workers_that_ran_task_runs(
 
         one_task()
         """,
-        env={
-            "RAY_TMPDIR": str(temp_dir),
-            "RAY_AUTH_MODE": "disabled",
-            "PREFECT_LOGGING_LEVEL": "DEBUG",
-        },
+        env={**own_ray_env("f"), "PREFECT_LOGGING_LEVEL": "DEBUG"},
         timeout=240,
     )
     printed = out.stdout + out.stderr

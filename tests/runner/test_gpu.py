@@ -9,13 +9,11 @@ NVIDIA GPU, Ray finds the real one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import own_ray_env, run_python
 
 from dataplane import PrefectServer
 
@@ -30,8 +28,6 @@ def _has_nvidia_gpu() -> bool:
 
 
 def test_gpu_options_assign_a_gpu(prefect_server: PrefectServer) -> None:
-    temp_dir = Path("/tmp") / f"rpg-{os.getpid()}"
-    temp_dir.mkdir(exist_ok=True)
     init_kwargs = {} if _has_nvidia_gpu() else {"num_gpus": 1}
     code = f"""
         import json, os, ray
@@ -55,7 +51,7 @@ def test_gpu_options_assign_a_gpu(prefect_server: PrefectServer) -> None:
 
         print("SEEN", json.dumps(check()))
         """
-    env = {"RAY_TMPDIR": str(temp_dir), "RAY_AUTH_MODE": "disabled"}
+    env = own_ray_env("g")
     seen = _seen(run_python(code, env=env, timeout=180))
     assert seen["asked"] == [[0], "0"]  # Ray gave the task GPU 0 and only it
     assert seen["plain"][0] == []  # no option: no GPU
