@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import resource
 import subprocess
@@ -372,7 +373,7 @@ def count_to_floor(results: dict[tuple[str, str], dict[str, Any]]) -> str | None
     if not (ours and threadpool):
         return None
     cpus = os.cpu_count() or 1
-    waves = -(-COUNTS["count_to"]["ours"] // cpus)
+    waves = math.ceil(COUNTS["count_to"]["ours"] / cpus)
     work = waves * TASK_SECONDS
     prefect = threadpool["seconds"] - TASK_SECONDS
     return (
