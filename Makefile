@@ -31,7 +31,7 @@ venv: $(STAMP)
 
 binaries: venv
 	@echo "==> Kubernetes test-bed binaries (cached in ~/.cache/prefect-raypool; a cold build takes many minutes)"
-	$(PY) -c 'from prefect_raypool_operator.devenv import ensure_binaries; ensure_binaries()'
+	$(PY) -m testbed binaries
 
 lint: venv
 	@echo "==> ruff and mypy"
@@ -47,18 +47,18 @@ test: binaries lint
 	tests/isolated.sh $(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 up: binaries
-	$(VENV)/bin/raypool dev up --state-dir .dev
+	$(PY) -m testbed up --state-dir .dev
 
 down:
-	@if [ -x $(VENV)/bin/raypool ]; then $(VENV)/bin/raypool dev down --state-dir .dev; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m testbed down --state-dir .dev; else echo "nothing to stop"; fi
 
 bench: binaries
 	@echo "==> prefect-ray 0.6.0, a bench-only dependency (never a dependency of the project)"
 	$(PY) -m pip install -q --no-deps prefect-ray==0.6.0
 	@echo "==> task runners side by side: ours, prefect-ray, Prefect's thread pool, raw Ray"
-	tests/isolated.sh $(PY) bench/runner_bench.py
+	tests/isolated.sh $(PY) -m bench.runner_bench
 	@echo "==> operator latency beside KubeRay's own, 1 and 100 pools"
-	tests/isolated.sh $(PY) tests/operator/bench_latency.py --counts 1,100
+	tests/isolated.sh $(PY) -m bench.operator_latency --counts 1,100
 
 clean: down
 	rm -rf .dev $(VENV)

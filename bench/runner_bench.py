@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 RUNNERS = ["ours", "prefect-ray", "threadpool", "raw-ray"]
 # Task counts per case and runner: prefect-ray gets fewer to keep the bench short.
@@ -399,12 +398,14 @@ def main() -> int:
         child_main(case, runner_name, n, args.child[3] if len(args.child) > 3 else None)
         return 0
 
-    import dataplane
+    from testbed import dataplane
+    from testbed.prefect_server import start_prefect_server
+    from testbed.processes import kill_stragglers
 
     ensure_prefect_ray()
     root = Path(tempfile.mkdtemp(prefix="rpbench-"))
     print(f"bench: starting a Prefect server and a Ray head (state in {root})", flush=True)
-    server = dataplane.start_prefect_server(root)
+    server = start_prefect_server(root)
     cluster = dataplane.start_ray_head(num_cpus=os.cpu_count() or 2, auth_mode="disabled")
     local_ray = Path(tempfile.mkdtemp(prefix="rpb-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -438,8 +439,8 @@ def main() -> int:
                         results[(case, runner_name)] = result
     finally:
         dataplane.stop_ray(cluster)
-        dataplane.stop_prefect_server(server)
-        dataplane._kill_stragglers(str(local_ray))
+        server.stop()
+        kill_stragglers(str(local_ray))
     print_table(results)
     for (case, runner_name), r in sorted(results.items()):
         if "@" in runner_name:  # baselines are not in the table

@@ -1,3 +1,3 @@
-"""Shared pytest wiring: fixtures live in small modules beside this file."""
+"""Shared pytest wiring: the fixtures are the test bed's (testbed/fixtures.py)."""
 
-pytest_plugins = ["dataplane", "cluster"]
+pytest_plugins = ["testbed.fixtures"]

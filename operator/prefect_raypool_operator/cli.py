@@ -23,9 +23,17 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from prefect_raypool_operator.devenv.cli import dev_cli
-
-    return dev_cli(args)
+    # The test bed is dev-only: it ships in the source checkout, never in the wheel.
+    try:
+        from testbed.devenv import main as testbed_main
+    except ImportError:
+        print(
+            "raypool dev: the local environment lives in a source checkout of "
+            "prefect-raypool (its testbed/ package); run `make up` / `make down` there",
+            file=sys.stderr,
+        )
+        return 2
+    return testbed_main([args.action, "--state-dir", args.state_dir])
 
 
 def build_parser() -> argparse.ArgumentParser:

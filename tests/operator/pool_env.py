@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client
-from operator_process import OperatorProcess
 
-from cluster import Cluster, eventually, get_or_none
-from dataplane import PrefectServer
+from prefect_raypool_operator.spec import GROUP, PLURAL, VERSION
+from testbed import REPO
+from testbed.cluster import Cluster, get_or_none
+from testbed.operator_process import OperatorProcess
+from testbed.prefect_server import PrefectServer
+from testbed.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "prefectray.io", "v1alpha1", "prefectraypools"
+__all__ = ["GROUP", "PLURAL", "REPO", "VERSION", "Env"]
 
 
 class Env:

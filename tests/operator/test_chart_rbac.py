@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from operator_process import OperatorProcess
-from pool_env import REPO, Env
 
-from cluster import Cluster, eventually
-from dataplane import PrefectServer, free_port
-from prefect_raypool_operator.devenv.binaries import Binaries
+from testbed import REPO
+from testbed.binaries import Binaries
+from testbed.cluster import Cluster
+from testbed.operator_process import OperatorProcess
+from testbed.prefect_server import PrefectServer
+from testbed.processes import free_port
+from testbed.waiting import eventually
+from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 CHART = REPO / "charts" / "prefect-raypool-operator"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from prefect_raypool_operator.devenv.binaries import Binaries
 from prefect_raypool_operator.render import parse_pool
+from testbed.binaries import Binaries
 
 pytestmark = pytest.mark.unit
 CHARTS = Path(__file__).resolve().parents[2] / "charts"

@@ -19,12 +19,15 @@ import httpx
 import pytest
 import yaml
 from kubernetes import client
-from operator_process import OperatorProcess
-from pool_env import GROUP, PLURAL, REPO, VERSION, Env
 
-from cluster import Cluster, eventually, get_or_none
-from dataplane import PrefectServer, free_port
 from prefect_raypool_operator import naming
+from testbed import REPO
+from testbed.cluster import Cluster, get_or_none
+from testbed.operator_process import OperatorProcess
+from testbed.prefect_server import PrefectServer
+from testbed.processes import free_port
+from testbed.waiting import eventually
+from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
 pytestmark = pytest.mark.controlplane
 
@@ -425,7 +428,7 @@ def test_api_server_accepts_the_minimal_pool_and_fills_defaults(
 def test_operator_chart_is_accepted_by_the_api_server(
     kube_cluster: Cluster, pool_crd: None, namespace: str, scope: list[str]
 ) -> None:
-    from prefect_raypool_operator.devenv.binaries import Binaries
+    from testbed.binaries import Binaries
 
     helm = Binaries.from_cache().helm
     args = [a.replace("NS", namespace) for a in scope]
@@ -461,7 +464,7 @@ def test_operator_chart_is_accepted_by_the_api_server(
 
 
 def test_pool_chart_installs_a_pool_that_becomes_ready(env: Env) -> None:
-    from prefect_raypool_operator.devenv.binaries import Binaries
+    from testbed.binaries import Binaries
 
     helm = Binaries.from_cache().helm
     rendered = subprocess.run(
@@ -522,23 +525,20 @@ def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) ->
 def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
     kube_cluster: Cluster, pool_crd: None, tmp_path: Path
 ) -> None:
-    """What `make up` runs (operator_run.start_operator) on the test cluster, in `default`.
+    """What `make up` runs (testbed.devenv.start_operator) on the test cluster, in `default`.
 
     With its own Prefect server, as `make up` has: the session's server holds work
     pools of the same names that other tests' pools keep at other settings.
     """
-    from prefect_raypool_operator.devenv.operator_run import start_operator
-    from prefect_raypool_operator.devenv.prefect_server import start_prefect_server
-    from prefect_raypool_operator.devenv.processes import Supervisor, stop_recorded
+    from testbed.devenv import start_operator
+    from testbed.prefect_server import start_prefect_server
+    from testbed.processes import Supervisor, stop_recorded
 
     sup = Supervisor(tmp_path)
     try:
+        server = start_prefect_server(tmp_path / "prefect", supervisor=sup)
         names = start_operator(
-            sup,
-            kube_cluster.kubeconfig,
-            Path(kube_cluster.kubectl_bin),
-            start_prefect_server(sup),
-            liveness_port=free_port(),
+            sup, Path(kube_cluster.kubectl_bin), kube_cluster.kubeconfig, server.api_url
         )
         assert sorted(names) == ["analytics", "reports"]
         printed = kube_cluster.kubectl("get", "prp", "-n", "default")

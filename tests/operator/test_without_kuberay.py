@@ -8,16 +8,17 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from operator_process import OperatorProcess
 
-from cluster import Cluster, eventually
-from dataplane import PrefectServer, free_port
-from prefect_raypool_operator import crd
-from prefect_raypool_operator.devenv import ControlPlane, ensure_binaries, stop_recorded
-from prefect_raypool_operator.devenv.operator_run import wait_established
+from testbed import REPO
+from testbed.binaries import ensure_binaries
+from testbed.cluster import Cluster
+from testbed.controlplane import ControlPlane
+from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.prefect_server import PrefectServer
+from testbed.processes import free_port, stop_recorded
+from testbed.waiting import eventually
 
 pytestmark = pytest.mark.controlplane
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pool_waits_for_kuberay_then_becomes_ready(
@@ -29,8 +30,7 @@ def test_pool_waits_for_kuberay_then_becomes_ready(
     op: OperatorProcess | None = None
     try:
         cluster = Cluster(bare.kubeconfig, str(bins.kubectl))
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
-        wait_established(bins.kubectl, bare.kubeconfig)
+        apply_pool_crd(bins.kubectl, bare.kubeconfig)
         op = OperatorProcess(
             bare.kubeconfig, tmp_path / "operator.log", free_port(),
             {"RAYPOOL_RESYNC_SECONDS": "3"}, scope=("--namespace=default",),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from dataplane import PrefectServer, free_port
 from prefect_raypool_operator.workpool import ensure_work_pool
+from testbed.prefect_server import PrefectServer
+from testbed.processes import free_port
 
 pytestmark = pytest.mark.prefect
 

@@ -21,15 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import (
-    RayCluster,
-    _kill_stragglers,
-    _node_ports,
-    _pids_mentioning,
-    _ray_env,
-    _wait_for_nodes,
-)
 from prefect_raypool_operator.builders import entrypoint
+from testbed.dataplane import RayCluster, node_ports, ray_env, wait_for_nodes
+from testbed.processes import kill_stragglers, pids_mentioning
 
 pytestmark = pytest.mark.unit
 
@@ -188,14 +182,14 @@ def test_zero_capacity_entrypoint_joins_a_real_ray_cluster(
     bin_dir = fakes["PATH"].split(":")[0]
     (Path(bin_dir) / "ray").unlink()  # the real ray (from the venv) from here on
     env = {
-        **_ray_env(ray_head.auth_mode, ray_head.token),
+        **ray_env(ray_head.auth_mode, ray_head.token),
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "FAKE_STATE": fakes["FAKE_STATE"],
         "RAYPOOL_RAY_TMPDIR": str(node_dir),
         "RAYPOOL_RAYLET_WAIT_SECONDS": "120",
         "RAYPOOL_RAY_START_ARGS": " ".join(
             ["--node-ip-address=127.0.0.1", f"--temp-dir={node_dir}", "--disable-usage-stats",
-             *_node_ports()]
+             *node_ports()]
         ),
     }  # fmt: skip
     proc = subprocess.Popen(
@@ -208,14 +202,14 @@ def test_zero_capacity_entrypoint_joins_a_real_ray_cluster(
     )
     try:
         _wait_for(Path(fakes["FAKE_STATE"]) / "prefect.argv", timeout=120)
-        _wait_for_nodes(ray_head, 2)
+        wait_for_nodes(ray_head, 2)
         code = (
             "import ray,sys,json; ray.init(address=sys.argv[1], logging_level='ERROR');"
             "print(json.dumps([n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']]))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code, ray_head.address],
-            env=_ray_env(ray_head.auth_mode, ray_head.token),
+            env=ray_env(ray_head.auth_mode, ray_head.token),
             capture_output=True,
             text=True,
             timeout=120,
@@ -223,14 +217,14 @@ def test_zero_capacity_entrypoint_joins_a_real_ray_cluster(
         cpus = sorted(json.loads(out.stdout.strip().splitlines()[-1]))
         assert cpus[0] == 0 and len(cpus) >= 2, out.stderr[-2000:]
         assert proc.poll() is None
-        raylets = [pid for pid in _pids_mentioning(str(node_dir)) if _is_raylet(pid)]
+        raylets = [pid for pid in pids_mentioning(str(node_dir)) if _is_raylet(pid)]
         assert raylets, "no raylet process found for the joined node"
         for pid in raylets:
             os.kill(pid, signal.SIGKILL)
         assert proc.wait(timeout=60) != 0  # the Prefect worker was stopped
     finally:
         _cleanup(proc)
-        _kill_stragglers(str(node_dir))
+        kill_stragglers(str(node_dir))
 
 
 def _is_raylet(pid: int) -> bool:

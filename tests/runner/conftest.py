@@ -12,8 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,12 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 from prefect.client.orchestration import SyncPrefectClient, get_client  # noqa: E402
 
-from dataplane import PrefectServer, RayCluster, patched_environ  # noqa: E402
+from testbed import REPO  # noqa: E402
+from testbed.dataplane import RayCluster, patched_environ  # noqa: E402
+from testbed.prefect_server import PrefectServer  # noqa: E402
+from testbed.waiting import eventually  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "eventually"]
 
 
 @pytest.fixture(scope="session")
@@ -90,15 +92,3 @@ def task_runs_of(client: SyncPrefectClient, flow_run_id: Any) -> list[Any]:
     return client.read_task_runs(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     )
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy and return that."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")

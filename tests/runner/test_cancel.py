@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import LOOPBACK_ENV, eventually, task_runs_of
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelling
 
-from dataplane import PrefectServer, RayCluster
 from prefect_raypool.task_runners import CANCELLED_MESSAGE
+from testbed.dataplane import RayCluster
+from testbed.prefect_server import PrefectServer
+from tests.runner.conftest import LOOPBACK_ENV, eventually, task_runs_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect]
 

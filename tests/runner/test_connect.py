@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, eventually, own_ray_env, run_python, task_runs_of
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -21,8 +20,11 @@ from prefect.client.schemas.filters import (
     LogFilterTextSearch,
 )
 
-from dataplane import PrefectServer, RayCluster, _pids_mentioning
 from prefect_raypool.addressing import RayNotFoundError, resolve_address
+from testbed.dataplane import RayCluster
+from testbed.prefect_server import PrefectServer
+from testbed.processes import pids_mentioning
+from tests.runner.conftest import REPO, eventually, own_ray_env, run_python, task_runs_of
 
 pytestmark = [pytest.mark.ray]
 
@@ -92,9 +94,9 @@ def test_count_to_example_starts_and_stops_its_own_ray(
     assert "Finished in state Completed()" in printed
     # The runner started this Ray, so it shut it down: nothing is left running.
     deadline = time.monotonic() + 20
-    while _pids_mentioning(temp_dir) and time.monotonic() < deadline:
+    while pids_mentioning(temp_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _pids_mentioning(temp_dir)
+    assert not pids_mentioning(temp_dir)
     assert elapsed < 120
     # Every task run is recorded, logs included, although Ray killed the workers
     # when the runner disconnected.

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import eventually, task_runs_of
 from prefect import flow, get_run_logger, task
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.context import get_run_context
@@ -20,6 +19,7 @@ from prefect.states import State
 from prefect.utilities.annotations import allow_failure, unmapped
 
 from prefect_raypool import PrefectRayFuture, RayTaskRunner, remote_options
+from tests.runner.conftest import eventually, task_runs_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect, pytest.mark.usefixtures("ray_session")]
 

@@ -13,9 +13,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import own_ray_env, run_python
 
-from dataplane import PrefectServer
+from testbed.prefect_server import PrefectServer
+from tests.runner.conftest import own_ray_env, run_python
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect]
 

@@ -7,8 +7,9 @@ import os
 import pytest
 from kubernetes import client
 
-from cluster import Cluster, eventually, get_or_none
-from prefect_raypool_operator.devenv.binaries import VERSIONS
+from testbed.binaries import VERSIONS
+from testbed.cluster import Cluster, get_or_none
+from testbed.waiting import eventually
 
 pytestmark = pytest.mark.controlplane
 

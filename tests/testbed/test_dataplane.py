@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import (
-    _pids_mentioning,
-    start_prefect_server,
-    start_ray_head,
-    stop_prefect_server,
-    stop_ray,
-)
+from testbed.dataplane import start_ray_head, stop_ray
+from testbed.prefect_server import start_prefect_server
+from testbed.processes import pids_mentioning
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect]
 
@@ -28,9 +24,9 @@ def test_prefect_server_serves_the_api_and_stops_cleanly(tmp_path: Path) -> None
             assert json.load(resp).startswith("3.")
         assert (tmp_path / "prefect.db").exists()  # the throwaway SQLite database
     finally:
-        stop_prefect_server(server)
+        server.stop()
     assert server.process.poll() is not None
-    assert _pids_mentioning(str(server.home)) == []
+    assert pids_mentioning(str(server.home)) == []
 
 
 def test_ray_head_uses_token_auth_and_stops_cleanly() -> None:
@@ -51,4 +47,4 @@ def test_ray_head_uses_token_auth_and_stops_cleanly() -> None:
         assert refused.returncode != 0
     finally:
         stop_ray(cluster)
-    assert _pids_mentioning(str(cluster.temp_dir)) == []
+    assert pids_mentioning(str(cluster.temp_dir)) == []

@@ -1,4 +1,4 @@
-"""`raypool dev up` (what `make up` runs) and `dev down`, as a user runs them."""
+"""`make up` and `make down` (`python -m testbed up|down`), as a user runs them."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from testbed import REPO
+
 pytestmark = pytest.mark.controlplane
 
 
-def _raypool(*args: str) -> subprocess.CompletedProcess[str]:
+def _testbed(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "prefect_raypool_operator.cli", *args],
+        [sys.executable, "-m", "testbed", *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
@@ -36,7 +39,7 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
     state = tmp_path / "dev"
     bystander = subprocess.Popen(["sleep", "300"])  # something `down` must not touch
     try:
-        up = _raypool("dev", "up", "--state-dir", str(state))
+        up = _testbed("up", "--state-dir", str(state))
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"export KUBECONFIG={os.path.relpath(state)}/kubeconfig" in up.stdout
         assert "kubectl get nodes" in up.stdout
@@ -60,15 +63,15 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
             assert resp.status == 200
 
         # A second `up` on the same state dir refuses instead of starting twice.
-        again = _raypool("dev", "up", "--state-dir", str(state))
+        again = _testbed("up", "--state-dir", str(state))
         assert again.returncode != 0 and "already holds a running control plane" in again.stderr
 
-        down = _raypool("dev", "down", "--state-dir", str(state))
+        down = _testbed("down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr
         assert not any(_alive(pid) for pid in pids.values())
         assert bystander.poll() is None
-        assert _raypool("dev", "status", "--state-dir", str(state)).returncode == 1
+        assert _testbed("status", "--state-dir", str(state)).returncode == 1
     finally:
-        _raypool("dev", "down", "--state-dir", str(state))
+        _testbed("down", "--state-dir", str(state))
         bystander.kill()
         bystander.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import docker_available
+from testbed.cluster import docker_available
 
 pytestmark = pytest.mark.kind
 

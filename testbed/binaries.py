@@ -1,7 +1,8 @@
 """Versions and cache locations of the test-bed binaries, and building them.
 
 The build itself is `build-binaries.sh` beside this file (Go builds from the module
-proxy); this module is the one place that names the versions.
+proxy), which takes the versions from the environment: this module is the one place
+that names them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ VERSIONS = {
     "KWOK_VERSION": "v0.8.0",
     "KUBERAY_VERSION": "v1.5.0",
     "HELM_VERSION": "v3.19.0",
+    "COREDNS_VERSION": "v1.12.1",
 }
 
 BUILD_SCRIPT = Path(__file__).with_name("build-binaries.sh")
@@ -33,12 +35,15 @@ class Binaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kubectl: Path
+    kubelet: Path
+    kube_proxy: Path
     kube_version_stamp: Path  # written once the version is stamped into the binaries
     kwok: Path
     kwok_stages: Path
     kuberay_operator: Path
     kuberay_crds: Path
     helm: Path
+    coredns: Path
 
     @classmethod
     def from_cache(cls, root: Path | None = None) -> Binaries:
@@ -52,12 +57,15 @@ class Binaries:
             kube_controller_manager=kube / "kube-controller-manager",
             kube_scheduler=kube / "kube-scheduler",
             kubectl=kube / "kubectl",
+            kubelet=kube / "kubelet",
+            kube_proxy=kube / "kube-proxy",
             kube_version_stamp=kube / "VERSION",
             kwok=root / f"kwok-{v['KWOK_VERSION']}" / "bin" / "kwok",
             kwok_stages=root / f"kwok-{v['KWOK_VERSION']}" / "stages.yaml",
             kuberay_operator=kuberay / "bin" / "kuberay-operator",
             kuberay_crds=kuberay / "crds",
             helm=root / f"helm-{v['HELM_VERSION']}" / "bin" / "helm",
+            coredns=root / f"coredns-{v['COREDNS_VERSION']}" / "bin" / "coredns",
         )
 
     def missing(self) -> list[Path]:

@@ -2,15 +2,12 @@
 # Builds the real Kubernetes test-bed binaries from the Go module proxy, once, and
 # caches them under ~/.cache/prefect-raypool/<component>-<version>/bin/.
 # A warm cache makes this a no-op. Prints which binary it builds and how far it is.
-# Run through prefect_raypool_operator.devenv.binaries, which sets the versions.
+# Run through testbed/binaries.py (`make binaries`), the one place naming the versions.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-v1.34.4}
-ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
-KUBERAY_VERSION=${KUBERAY_VERSION:-v1.5.0}
-HELM_VERSION=${HELM_VERSION:-v3.19.0}
-CACHE=${PREFECT_RAYPOOL_CACHE:-$HOME/.cache/prefect-raypool}
+: "${K8S_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}" \
+  "${HELM_VERSION:?}" "${COREDNS_VERSION:?}" "${PREFECT_RAYPOOL_CACHE:?}"
+CACHE=$PREFECT_RAYPOOL_CACHE
 STAGING_VERSION="v0${K8S_VERSION#v1}" # v1.34.4 -> v0.34.4
 
 export GOFLAGS="${GOFLAGS:-} -trimpath"
@@ -62,7 +59,7 @@ kubernetes() {
   # VERSION is written after a build that stamped the version into the binaries
   # (earlier caches lack it and reported v0.0.0, which helm's kubeVersion check refuses).
   if [[ "$(cat "$out/VERSION" 2>/dev/null)" == "$K8S_VERSION" ]] \
-    && ! need "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+    && ! need "$out" kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; then
     log "kubernetes $K8S_VERSION: cached"; return
   fi
   mkdir -p "$out"
@@ -89,6 +86,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   log "resolving k8s.io/kubernetes $K8S_VERSION modules"
@@ -102,9 +101,10 @@ GO
     x+=" -X $pkg.gitTreeState=clean"
   done
   rm -f "$out/VERSION"
-  LDFLAGS="$x" build "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)" "$mod" "$out/" \
+  LDFLAGS="$x" build "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy ($K8S_VERSION)" "$mod" "$out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
   echo "$K8S_VERSION" >"$out/VERSION"
 }
 
@@ -174,4 +174,5 @@ install_from_module kuberay-operator github.com/ray-project/kuberay/ray-operator
 crds
 kwok_stages
 install_from_module helm helm.sh/helm/v3 "$HELM_VERSION" "$CACHE/helm-$HELM_VERSION/bin" ./cmd/helm
+install_from_module coredns github.com/coredns/coredns "$COREDNS_VERSION" "$CACHE/coredns-$COREDNS_VERSION/bin" .
 log "all binaries ready in $(( $(date +%s) - t0 ))s"

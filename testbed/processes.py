@@ -1,13 +1,14 @@
-"""Local processes of the dev environment: start, record, wait for, stop.
+"""Local processes of the test bed: start, record, wait for, stop.
 
 Each process gets its own session (so `make up` can return while they run, and a
-stop signals a whole process group) and a log under `<state>/logs/`. Their pids go
-to `<state>/processes.json`, which is how `raypool dev down`, from another process,
-stops exactly what was started and nothing else.
+stop signals a whole process group) and a log. A `Supervisor` records their pids in
+`<state>/processes.json`, which is how `make down`, from another process, stops
+exactly what was started and nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,80 @@ def free_port() -> int:
 
 
 def log(msg: str) -> None:
-    print(f"[raypool dev {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[testbed {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def spawn_logged(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start argv in its own session (stoppable as a group), output appended to log_path."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `grace` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def pids_mentioning(marker: str) -> list[int]:
+    """PIDs whose command line contains `marker` (a unique temp dir, say)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_stragglers(marker: str, grace: float = 5.0) -> None:
+    """Stop processes that left their group but carry `marker` on their command line
+    (Ray workers do)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = pids_mentioning(marker)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pids_mentioning(marker):
+            time.sleep(0.2)
+
+
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    timeout: float,
+    alive: Callable[[], None] = lambda: None,
+    quiet: bool = False,
+) -> None:
+    """Poll `ready` until true; `alive` raises early when something we wait on died."""
+    t0 = time.monotonic()
+    while not ready():
+        alive()
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(0.2)
+    if not quiet:
+        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
 
 
 @dataclass
@@ -49,15 +123,17 @@ class Supervisor:
                 "stop it first (`make down` or `raypool dev down`)"
             )
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log(f"starting {name}")
-        with open(self.state_dir / "logs" / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+        proc = spawn_logged(argv, self.log_path(name), env)
         self.processes[name] = proc.pid
         (self.state_dir / PROCESSES_FILE).write_text(json.dumps(self.processes, indent=2))
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
 
     def check_alive(self) -> None:
         for name, pid in self.processes.items():
@@ -67,13 +143,7 @@ class Supervisor:
 
     def wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         """Poll `ready` until true, failing early when a started process died."""
-        t0 = time.monotonic()
-        while not ready():
-            self.check_alive()
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-            time.sleep(0.2)
-        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
+        wait_until(what, ready, timeout, alive=self.check_alive)
 
     def stop(self) -> None:
         stop_recorded(self.state_dir)

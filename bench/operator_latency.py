@@ -1,6 +1,6 @@
 """Operator latency beside KubeRay's own, on the local control plane.
 
-    .venv/bin/python tests/operator/bench_latency.py [--counts 1,100]
+    .venv/bin/python -m bench.operator_latency [--counts 1,100]
 
 For N pools applied at once: time from apply to RayCluster created and to pool Ready.
 Beside it, KubeRay's latency from RayCluster apply to head pod created, measured on
@@ -24,20 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+import yaml
+from kubernetes import client, config, watch
 
-import yaml  # noqa: E402
-from kubernetes import client, config, watch  # noqa: E402
-from operator_process import OperatorProcess  # noqa: E402
+from testbed.binaries import ensure_binaries
+from testbed.controlplane import ControlPlane
+from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.prefect_server import start_prefect_server
+from testbed.processes import free_port, stop_recorded
 
-from dataplane import free_port, start_prefect_server, stop_prefect_server  # noqa: E402
-from prefect_raypool_operator import crd  # noqa: E402
-from prefect_raypool_operator.devenv import ControlPlane, ensure_binaries  # noqa: E402
-from prefect_raypool_operator.devenv.operator_run import wait_established  # noqa: E402
-from prefect_raypool_operator.devenv.processes import stop_recorded  # noqa: E402
-
-REPO = HERE.parents[1]
 POOL = "prefectray.io", "v1alpha1", "prefectraypools"
 RAY = "ray.io", "v1", "rayclusters"
 TINY = {"cpu": "10m", "memory": "64Mi"}
@@ -280,8 +275,7 @@ def main() -> int:
     prefect = start_prefect_server(state / "prefect")
     op = OperatorProcess(cp.kubeconfig, state / "operator.log", free_port(), {})
     try:
-        cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
-        wait_established(cp.binaries.kubectl, cp.kubeconfig)
+        apply_pool_crd(cp.binaries.kubectl, cp.kubeconfig)
         op.start()
         api = config.new_client_from_config(config_file=str(cp.kubeconfig))
         # Warm-up: the operator's watches are live and connections open before timing.
@@ -290,7 +284,7 @@ def main() -> int:
             bench(count, api, prefect.api_url, run)
     finally:
         op.stop()
-        stop_prefect_server(prefect)
+        prefect.stop()
         stop_recorded(state)
     print(yaml.safe_dump({"operator_log": str(state / "operator.log")}).strip())
     return 0

@@ -1,46 +1,45 @@
-"""Kubernetes fixtures: a session-scoped cluster and a fresh namespace per test.
+"""A Kubernetes cluster for the tests, from one of three providers.
 
-Ready: `kube_cluster` yields a `Cluster` (`.kubeconfig`, `.api_client()`,
-`.kubectl(...)`); `namespace` yields the name of a namespace made for one test;
-`eventually(fn, timeout, what)` polls, `get_or_none(read, name, ns)` reads or None.
-
-The provider is chosen by PREFECT_RAYPOOL_CLUSTER:
-- `kwok` (default): the local control plane built from source, with kwok and KubeRay
-  (prefect_raypool_operator.devenv), started for the session and stopped after it;
+PREFECT_RAYPOOL_CLUSTER picks it:
+- `kwok` (default): the local control plane built from source (controlplane.py),
+  with kwok's simulated node and KubeRay, started for the session, stopped after it;
 - `kind`: a kind cluster from kind-config.yaml through pytest-kind (needs Docker);
-- `existing`: the cluster of $KUBECONFIG, e.g. `make up`'s warm `.dev/kubeconfig`
-  for a fast inner loop.
+- `existing`: the cluster of $KUBECONFIG, e.g. `make up`'s warm `.dev/kubeconfig`.
 With `kind` and `existing`, when the cluster has no RayCluster CRD the locally built
-KubeRay operator is run against it for the session.
+KubeRay operator is run against it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client, config
-from pytest_kind import KindCluster
 
-from prefect_raypool_operator.devenv import ControlPlane, ensure_binaries
-from prefect_raypool_operator.devenv.processes import stop_recorded
+from testbed import REPO
+from testbed.binaries import ensure_binaries
+from testbed.controlplane import ControlPlane
+from testbed.processes import stop_recorded
 
-REPO = Path(__file__).resolve().parent.parent
+PROVIDERS = ("kwok", "kind", "existing")
+
+
+class ProviderUnavailable(Exception):
+    """The chosen provider cannot run on this machine (the message says why)."""
 
 
 @dataclass
 class Cluster:
     kubeconfig: Path
     kubectl_bin: str
+    control_plane: ControlPlane | None = None  # set when the test bed runs it
 
     def api_client(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
@@ -63,21 +62,27 @@ def docker_available() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope="session")
-def kube_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    provider = os.environ.get("PREFECT_RAYPOOL_CLUSTER", "kwok")
+@contextlib.contextmanager
+def provide_cluster(provider: str | None = None) -> Iterator[Cluster]:
+    provider = provider or os.environ.get("PREFECT_RAYPOOL_CLUSTER", "kwok")
     if provider == "existing":
         kubeconfig = os.environ.get("KUBECONFIG")
         if not kubeconfig:
-            pytest.fail("PREFECT_RAYPOOL_CLUSTER=existing needs KUBECONFIG set")
-        yield from _with_kuberay(Path(kubeconfig))
+            raise ProviderUnavailable("PREFECT_RAYPOOL_CLUSTER=existing needs KUBECONFIG set")
+        with _with_kuberay(Path(kubeconfig)) as cluster:
+            yield cluster
     elif provider == "kind":
         if not docker_available():
-            pytest.skip("kind needs a running Docker engine; none here (use the kwok provider)")
+            raise ProviderUnavailable(
+                "kind needs a running Docker engine; none here (use the kwok provider)"
+            )
+        from pytest_kind import KindCluster
+
         kind = KindCluster("prefect-raypool")
         kind.create(config_file=REPO / "kind-config.yaml")
         try:
-            yield from _with_kuberay(Path(kind.kubeconfig_path))
+            with _with_kuberay(Path(kind.kubeconfig_path)) as cluster:
+                yield cluster
         finally:
             kind.delete()
     elif provider == "kwok":
@@ -85,14 +90,15 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         cp = ControlPlane(binaries=ensure_binaries(), state_dir=state)
         try:
             cp.start()
-            yield Cluster(cp.kubeconfig, str(cp.binaries.kubectl))
+            yield Cluster(cp.kubeconfig, str(cp.binaries.kubectl), cp)
         finally:
             stop_recorded(state)
             shutil.rmtree(state, ignore_errors=True)
     else:
-        pytest.fail(f"PREFECT_RAYPOOL_CLUSTER={provider!r}: use kwok, kind or existing")
+        raise ValueError(f"PREFECT_RAYPOOL_CLUSTER={provider!r}: use one of {PROVIDERS}")
 
 
+@contextlib.contextmanager
 def _with_kuberay(kubeconfig: Path) -> Iterator[Cluster]:
     """Yield the cluster, running the local KubeRay operator there if it has none."""
     bins = ensure_binaries()
@@ -109,38 +115,6 @@ def _with_kuberay(kubeconfig: Path) -> Iterator[Cluster]:
     finally:
         stop_recorded(state)
         shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.fixture
-def namespace(kube_cluster: Cluster) -> Iterator[str]:
-    """A new namespace for one test, deleted (with everything in it) afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    api = client.CoreV1Api(kube_cluster.api_client())
-    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    # Pods are refused until the service-account controller made `default`.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            api.read_namespaced_service_account("default", name)
-            break
-        except client.ApiException as e:
-            if e.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    yield name
-    api.delete_namespace(name, propagation_policy="Background")
-
-
-def eventually(fn: Callable[[], Any], timeout: float = 90, what: str = "") -> Any:
-    """Poll fn until it returns something truthy and return that; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or fn}")
-        time.sleep(0.5)
 
 
 def get_or_none(read: Callable[..., Any], name: str, namespace: str) -> Any:

@@ -21,8 +21,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from prefect_raypool_operator.devenv.binaries import Binaries
-from prefect_raypool_operator.devenv.processes import Supervisor, free_port, http_ok, log
+from testbed.binaries import Binaries
+from testbed.processes import Supervisor, free_port, http_ok, log
 
 NODE_NAME = "kwok-node-0"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"

@@ -1,0 +1,107 @@
+"""The prefect-raypool operator as a local process, and its CRD, for tests and `make up`.
+
+In a cluster the operator runs from its image through the chart; here it runs from
+the source checkout with the same command line (`operator_argv`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect_raypool_operator import crd
+from testbed import REPO
+from testbed.processes import http_ok, spawn_logged, wait_until
+
+CRD_NAME = "prefectraypools.prefectray.io"
+
+
+def operator_argv(health_url: str, scope: tuple[str, ...] = ("--all-namespaces",)) -> list[str]:
+    """The operator's command line: what the image and the chart run too."""
+    kopf = str(Path(sys.executable).with_name("kopf"))
+    return [kopf, "run", "-m", "prefect_raypool_operator.main", "--standalone", *scope,
+            f"--liveness={health_url}"]  # fmt: skip
+
+
+def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -> None:
+    """Apply the committed PrefectRayPool CRD and wait until it is Established.
+
+    Polled rather than `kubectl wait`, which errors out on a CRD so fresh it has no
+    status.conditions yet.
+    """
+
+    def run(*args: str) -> str:
+        out = subprocess.run(
+            [str(kubectl), f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    run("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
+    jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        f"CRD {CRD_NAME}",
+        lambda: run("get", "crd", CRD_NAME, "-o", jsonpath).strip() == "True",
+        timeout,
+        quiet=True,
+    )
+
+
+class OperatorProcess:
+    """`start()` returns once the liveness endpoint answers; `kill()` is SIGKILL."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        port: int,
+        extra_env: dict[str, str],
+        extra_args: tuple[str, ...] = (),
+        scope: tuple[str, ...] = ("--all-namespaces",),
+    ):
+        self.kubeconfig, self.log, self.port = kubeconfig, log, port
+        self.extra_env, self.extra_args, self.scope = extra_env, extra_args, scope
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    def start(self, timeout: float = 60) -> None:
+        argv = [*operator_argv(self.health_url, self.scope), *self.extra_args]
+        self.proc = spawn_logged(argv, self.log, operator_env(self.kubeconfig, self.extra_env))
+        proc = self.proc
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited early:\n{self.tail()}")
+
+        try:
+            wait_until("operator", lambda: http_ok(self.health_url), timeout, alive, quiet=True)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}:\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as if the pod were evicted mid-reconcile."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

@@ -1,0 +1,91 @@
+"""A real Prefect server (SQLite) as a local process: for `make up`, tests, benches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.processes import Supervisor, free_port, http_ok, kill_group, spawn_logged, wait_until
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to talk to this server."""
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home)}
+
+    def stop(self) -> None:
+        kill_group(self.process)
+
+
+def server_env(root: Path, for_tests: bool) -> dict[str, str]:
+    """Environment for a server whose home and SQLite database live under root.
+
+    For tests the UI and the scheduling services are off: less start-up work and
+    no runs created behind a test's back.
+    """
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+    if for_tests:
+        for setting in (
+            "PREFECT_SERVER_UI_ENABLED", "PREFECT_UI_ENABLED",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED",
+            "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED",
+        ):  # fmt: skip
+            env[setting] = "false"
+    env.pop("PREFECT_API_URL", None)  # the server must not talk to another server
+    return env
+
+
+def start_prefect_server(
+    root: Path,
+    *,
+    for_tests: bool = True,
+    host: str = "127.0.0.1",
+    supervisor: Supervisor | None = None,
+    timeout: float = 120,
+) -> PrefectServer:
+    """Start a server under `root`; return it once healthy.
+
+    `host` is where it listens and how clients reach it (a real node's pods reach
+    the host at the node's address). With a `supervisor` the process is recorded
+    for `make down`.
+    """
+    home = root / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [PREFECT, "server", "start", "--host", host, "--port", str(port)]
+    env = server_env(root, for_tests)
+    if supervisor:
+        proc = supervisor.spawn("prefect-server", argv, env)
+        log = supervisor.log_path("prefect-server")
+    else:
+        log = root / "prefect-server.log"
+        proc = spawn_logged(argv, log, env)
+    server = PrefectServer(f"http://{host}:{port}/api", home, proc, log)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited early:\n{log.read_text()[-3000:]}")
+
+    try:
+        wait_until("Prefect server", lambda: http_ok(f"{server.api_url}/health"), timeout, alive)
+    except BaseException:
+        server.stop()
+        raise
+    return server
