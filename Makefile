@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: all venv binaries lint test test-unit up down bench clean
+.PHONY: all venv binaries images lint test test-unit up down demo bench clean
 
 all: test
 
@@ -33,6 +33,10 @@ binaries: venv
 	@echo "==> Kubernetes test-bed binaries (cached in ~/.cache/prefect-raypool; a cold build takes many minutes)"
 	$(PY) -m testbed binaries
 
+images: binaries
+	@echo "==> the images pools and the operator run, and what a real node needs (cached by content)"
+	$(PY) -m testbed images
+
 lint: venv
 	@echo "==> ruff and mypy"
 	$(VENV)/bin/ruff check .
@@ -42,12 +46,15 @@ lint: venv
 test-unit: venv
 	$(VENV)/bin/pytest -m unit -q $(PYTEST_ARGS)
 
-test: binaries lint
+test: images lint
 	@echo "==> the whole test suite (starts and stops its own control plane, Prefect server and Ray)"
 	tests/isolated.sh $(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-up: binaries
+up: images
 	$(PY) -m testbed up --state-dir .dev
+
+demo: venv
+	$(PY) -m testbed demo --state-dir .dev
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m testbed down --state-dir .dev; else echo "nothing to stop"; fi

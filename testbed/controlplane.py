@@ -1,8 +1,9 @@
 """Start and stop a local Kubernetes control plane with KubeRay, as processes.
 
-Everything listens on 127.0.0.1 with ports picked at start; the state directory
-holds certificates, data, logs and the kubeconfig. Processes are run and recorded
-by a `Supervisor` (processes.py).
+With kwok's simulated node everything listens on 127.0.0.1; with a real node
+(node.py) the API server listens on the node's address too, so pods reach it. Ports
+are picked at start; the state directory holds certificates, data, logs and the
+kubeconfig. Processes are run and recorded by a `Supervisor` (processes.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from testbed.binaries import Binaries
+from testbed.node import NODE_IP, RealNode
+from testbed.node import NODE_NAME as REAL_NODE_NAME
 from testbed.processes import Supervisor, free_port, http_ok, log
 
 NODE_NAME = "kwok-node-0"
@@ -40,12 +43,30 @@ class ControlPlane:
     state_dir: Path
     with_kuberay: bool = True
     external_kubeconfig: Path | None = None
+    #: "kwok" (simulated, the default) or "real" (node.py; needs the images it runs)
+    node: str = "kwok"
+    images: dict[str, Path] = field(default_factory=dict)
+    purpose: str = "test"  # "test" or "dev": which cached image store a real node uses
     apiserver_port: int = 0
     token: str = ""
     procs: Supervisor = field(init=False)
+    real_node: RealNode | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.procs = Supervisor(self.state_dir)
+        if self.node == "real":
+            self.real_node = RealNode(
+                self.binaries, self.state_dir / "node", self.procs, self.kubeconfig, self.purpose
+            )
+
+    @property
+    def node_name(self) -> str:
+        return REAL_NODE_NAME if self.real_node else NODE_NAME
+
+    @property
+    def host(self) -> str:
+        """Where the API server (and, for a real node, the host's services) listen."""
+        return NODE_IP if self.real_node else "127.0.0.1"
 
     @property
     def kubeconfig(self) -> Path:
@@ -53,7 +74,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -63,12 +84,18 @@ class ControlPlane:
         try:
             if not self.external_kubeconfig:
                 self._write_credentials()
+                if self.real_node:
+                    self.real_node.prepare_network()
                 self._start_etcd(timeout)
                 self._start_apiserver(timeout)
                 self._write_kubeconfig()
                 self.procs.spawn("kube-controller-manager", self._controller_manager_args())
                 self.procs.spawn("kube-scheduler", self._scheduler_args())
-                self._start_kwok(timeout)
+                if self.real_node:
+                    self.real_node.start(self.images, timeout)
+                    self.procs.wait("real node Ready", self._node_ready, timeout)
+                else:
+                    self._start_kwok(timeout)
             if self.with_kuberay:
                 self._start_kuberay(timeout)
         except BaseException:
@@ -133,8 +160,9 @@ class ControlPlane:
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={'0.0.0.0' if self.real_node else '127.0.0.1'}",
+                f"--advertise-address={self.host}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={pki}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
@@ -265,7 +293,7 @@ class ControlPlane:
 
     def _node_ready(self) -> bool:
         try:
-            node = json.loads(self.kubectl("get", "node", NODE_NAME, "-o", "json"))
+            node = json.loads(self.kubectl("get", "node", self.node_name, "-o", "json"))
         except RuntimeError:
             return False
         return _condition(node, "Ready")

@@ -39,7 +39,7 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
     state = tmp_path / "dev"
     bystander = subprocess.Popen(["sleep", "300"])  # something `down` must not touch
     try:
-        up = _testbed("up", "--state-dir", str(state))
+        up = _testbed("up", "--node", "kwok", "--state-dir", str(state))
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"export KUBECONFIG={os.path.relpath(state)}/kubeconfig" in up.stdout
         assert "kubectl get nodes" in up.stdout
@@ -63,7 +63,7 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
             assert resp.status == 200
 
         # A second `up` on the same state dir refuses instead of starting twice.
-        again = _testbed("up", "--state-dir", str(state))
+        again = _testbed("up", "--node", "kwok", "--state-dir", str(state))
         assert again.returncode != 0 and "already holds a running control plane" in again.stderr
 
         down = _testbed("down", "--state-dir", str(state))

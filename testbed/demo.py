@@ -1,0 +1,67 @@
+"""`make demo`: examples/count_to.py deployed to a pool on `make up`'s real node.
+
+A pool named `demo` runs the example flow image (examples/flows/Dockerfile: the
+pools' default image plus the flow code); the flow is deployed to its work pool,
+one run is started, and the demo prints its state, its task runs and the Ray nodes
+(pods) that ran them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from testbed.node import NODE_NAME
+from testbed.pooldriver import PoolDriver, pool_manifest
+
+IN_CLUSTER_PREFECT = "http://prefect-server.prefect.svc:4200/api"  # see devenv.expose_prefect
+
+
+def main(state: Path) -> int:
+    kubeconfig = state / "kubeconfig"
+    api_url_file = state / "prefect-api-url"
+    if not kubeconfig.exists() or not api_url_file.exists():
+        print("make demo: nothing is running; start it with `make up`", file=sys.stderr)
+        return 1
+
+    def kubectl(*args: str, stdin: str | None = None) -> str:
+        out = subprocess.run(
+            [str(state / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    if NODE_NAME not in kubectl("get", "nodes", "-o", "name"):
+        print(
+            "make demo: needs `make up` with a real node (this one is simulated)", file=sys.stderr
+        )
+        return 1
+    driver = PoolDriver(kubeconfig, kubectl, api_url_file.read_text().strip(), "default")
+    t0 = time.monotonic()
+    driver.apply(pool_manifest("demo", IN_CLUSTER_PREFECT, "ZeroCapacityNode"))
+    driver.wait_ready("demo", timeout=600)
+    print(f"pool demo Ready after {time.monotonic() - t0:.1f}s")
+    run_id = driver.run_deployment(
+        "demo", "count_to.py:count_to", "count-to", {"highest_number": 10}
+    )
+    run = driver.wait_final(run_id)
+    with driver.prefect() as c:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        task_runs = c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    pods = {p.status.pod_ip: p.metadata.name for p in driver.pods("ray.io/cluster=demo")}
+    ran_on = driver.ray_nodes_of_finished_tasks("demo", "run_task")
+    print(f"flow run {run.name}: {run.state.type.value}, {len(task_runs)} task runs")
+    for ip in sorted(set(ran_on.values())):
+        count = sum(1 for v in ran_on.values() if v == ip)
+        print(f"  {count} Ray task(s) ran on {pods.get(ip, ip)}")
+    print("Delete the pool with `kubectl delete prp demo`.")
+    return 0 if run.state.type.value == "COMPLETED" else 1

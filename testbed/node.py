@@ -1,0 +1,284 @@
+"""A real Kubernetes node: kubelet + containerd + runc + CNI, CoreDNS and kube-proxy.
+
+Where kwok's simulated node only reports pods Running, this one runs them. It lives
+in the network namespace of the process that starts it (the suite's private one,
+see tests/isolated.sh): a bridge `raypool0` with the node's address is the pods'
+gateway, each pod gets its own address on it (so each pod is its own host), the
+control plane and the Prefect server listen on the node's address so pods reach
+them, CoreDNS answers `<svc>.<ns>.svc.cluster.local` there, and kube-proxy makes
+ClusterIP Services (the `kubernetes` Service above all) work.
+
+The facts it rests on (checked on this machine kind; see DESIGN.md): containerd 1.6
+needs CRI's `restrict_oom_score_adj`; the sandbox image is built here (images.py);
+kubelet runs with cgroupfs, no QoS cgroups, and no swap check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.binaries import Binaries, cache_dir
+from testbed.processes import Supervisor, free_port, http_ok
+
+NODE_NAME = "raypool-node-0"
+BRIDGE = "raypool0"
+POD_CIDR = "10.244.0.0/24"
+NODE_IP = "10.244.0.1"  # the bridge's address: the pods' gateway and the node's IP
+CLUSTER_DOMAIN = "cluster.local"
+#: What the real node needs from Debian (installed when missing).
+DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack")
+CNI_BIN_DIR = "/usr/lib/cni"
+
+
+def unavailable_reason() -> str | None:
+    """Why a real node cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "a real node needs root (containerd, runc, network set-up); run as root"
+    if not Path("/proc/sys/net/ipv4/ip_forward").exists():
+        return "no IPv4 forwarding in this kernel"
+    if _has_default_route():
+        return (
+            "a real node runs only in a private network namespace with no route out "
+            "(tests/isolated.sh, or the one `make up` makes); this one has a default route"
+        )
+    return None
+
+
+def _has_default_route() -> bool:
+    """True on a host network: pods and Ray must not reach past this machine."""
+    lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    return any(line.split()[1] == "00000000" for line in lines if line.strip())
+
+
+@dataclass
+class RealNode:
+    """One node named NODE_NAME; `start()` returns once it is Ready."""
+
+    binaries: Binaries
+    state_dir: Path
+    procs: Supervisor
+    kubeconfig: Path
+    #: containerd's content store persists under the cache, one per purpose ("test",
+    #: "dev"): image imports take minutes, and two containerds cannot share one.
+    purpose: str = "test"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.state_dir / "containerd" / "containerd.sock"
+
+    def start(self, images: dict[str, Path], timeout: float = 180) -> None:
+        """Everything but the network (`prepare_network`, before the API server)."""
+        self._containerd(timeout)
+        self.load_images(images)
+        self._coredns(timeout)
+        self._kubelet()
+        self._kube_proxy(timeout)
+
+    # ---- network ---------------------------------------------------------------
+
+    def prepare_network(self) -> None:
+        if not Path(f"/sys/class/net/{BRIDGE}").exists():
+            _run("ip", "link", "add", BRIDGE, "type", "bridge")
+            _run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        # Pod -> Service -> pod on the same bridge: the reply must pass netfilter to
+        # be un-NATed, and routed traffic must be forwarded. Both are per namespace.
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        if nf.exists():
+            nf.write_text("1\n")
+        cni = self.state_dir / "cni"
+        (cni / "net.d").mkdir(parents=True, exist_ok=True)
+        conf = {
+            "cniVersion": "0.4.0",
+            "name": "raypool",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "subnet": POD_CIDR,
+                        "gateway": NODE_IP,
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(cni / "ipam"),  # leases die with the node
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+        (cni / "net.d" / "10-raypool.conflist").write_text(json.dumps(conf, indent=2))
+
+    # ---- containerd ------------------------------------------------------------
+
+    def _containerd(self, timeout: float) -> None:
+        from testbed.images import PAUSE_IMAGE
+
+        state = self.state_dir / "containerd"
+        state.mkdir(parents=True, exist_ok=True)
+        # The content store and snapshots persist across runs (image imports take
+        # minutes); the runtime state is per node.
+        root = cache_dir() / f"containerd-{self.purpose}"
+        root.mkdir(parents=True, exist_ok=True)
+        config = state / "config.toml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                version = 2
+                root = "{root}"
+                state = "{state / "run"}"
+                [grpc]
+                  address = "{self.containerd_socket}"
+                [plugins."io.containerd.grpc.v1.cri"]
+                  sandbox_image = "{PAUSE_IMAGE}"
+                  restrict_oom_score_adj = true
+                  enable_selinux = false
+                  [plugins."io.containerd.grpc.v1.cri".containerd]
+                    snapshotter = "overlayfs"
+                    default_runtime_name = "runc"
+                    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+                      runtime_type = "io.containerd.runc.v2"
+                      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+                        SystemdCgroup = false
+                  [plugins."io.containerd.grpc.v1.cri".cni]
+                    bin_dir = "{CNI_BIN_DIR}"
+                    conf_dir = "{self.state_dir / "cni" / "net.d"}"
+                """
+            )
+        )
+        self.procs.spawn("containerd", [shutil.which("containerd") or "containerd",
+                                        f"--config={config}"])  # fmt: skip
+        self.procs.wait("containerd", self.containerd_socket.exists, timeout)
+        self._forget_old_containers()
+
+    def _forget_old_containers(self) -> None:
+        """Containers of an earlier node (whose runtime state is gone) would come back
+        as unknown pods for the new kubelet: remove them, keep the images."""
+        old = self.ctr("containers", "list", "--quiet").split()
+        if old:
+            self.ctr("containers", "delete", *old)
+
+    def ctr(self, *args: str) -> str:
+        out = subprocess.run(
+            ["ctr", f"--address={self.containerd_socket}", "-n", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def load_images(self, images: dict[str, Path]) -> None:
+        from testbed.images import import_into_containerd
+
+        import_into_containerd(images, self.containerd_socket)
+
+    # ---- DNS and Services ------------------------------------------------------
+
+    def _coredns(self, timeout: float) -> None:
+        corefile = self.state_dir / "Corefile"
+        health = free_port()
+        corefile.write_text(
+            textwrap.dedent(
+                f"""\
+                .:53 {{
+                    bind {NODE_IP}
+                    errors
+                    health 127.0.0.1:{health}
+                    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+                        kubeconfig {self.kubeconfig}
+                        pods insecure
+                        fallthrough in-addr.arpa ip6.arpa
+                        ttl 5
+                    }}
+                    cache 5
+                }}
+                """
+            )
+        )
+        self.procs.spawn("coredns", [str(self.binaries.coredns), "-conf", str(corefile)])
+        self.procs.wait("CoreDNS", lambda: http_ok(f"http://127.0.0.1:{health}/health"), timeout)
+
+    def _kube_proxy(self, timeout: float) -> None:
+        health = free_port()
+        self.procs.spawn(
+            "kube-proxy",
+            [
+                str(self.binaries.kube_proxy),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                "--proxy-mode=iptables",
+                f"--cluster-cidr={POD_CIDR}",
+                "--masquerade-all",  # replies from a pod come back through us, un-NATed
+                "--conntrack-max-per-core=0",  # leave the (read-only) sysctl alone
+                f"--healthz-bind-address=127.0.0.1:{health}",
+                f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            ],
+        )
+        self.procs.wait(
+            "kube-proxy", lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), timeout
+        )
+
+    # ---- kubelet ---------------------------------------------------------------
+
+    def _kubelet(self) -> None:
+        root = self.state_dir / "kubelet"
+        root.mkdir(parents=True, exist_ok=True)
+        resolv = self.state_dir / "resolv.conf"  # pods get cluster DNS; no host resolver
+        resolv.write_text(f"nameserver {NODE_IP}\n")
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "cgroupDriver": "cgroupfs",
+            "cgroupsPerQOS": False,
+            "enforceNodeAllocatable": [],
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "address": NODE_IP,
+            "port": free_port(),
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": free_port(),
+            # The API server is the only client, inside this private namespace.
+            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "clusterDNS": [NODE_IP],
+            "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": str(resolv),
+            "podCIDR": POD_CIDR,
+            # Images are loaded by hand and never pulled: never garbage-collect them.
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi"},
+            "localStorageCapacityIsolation": False,
+            "serializeImagePulls": False,
+            "nodeStatusReportFrequency": "10s",
+        }
+        config_path = self.state_dir / "kubelet-config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self.procs.spawn(
+            "kubelet",
+            [
+                str(self.binaries.kubelet),
+                f"--config={config_path}",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--root-dir={root}",
+                f"--cert-dir={root / 'pki'}",
+                f"--node-ip={NODE_IP}",
+                f"--hostname-override={NODE_NAME}",
+                "--node-labels=prefectray.io/test-node=real",
+            ],
+        )
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, text=True)

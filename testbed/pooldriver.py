@@ -1,0 +1,203 @@
+"""Driving pools and flow runs on a real node as a user would, with kubectl and Prefect:
+for the end-to-end tests and `make demo`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+
+from testbed.images import image_ref
+from testbed.waiting import eventually
+
+FLOW_IMAGE = image_ref("flows")
+FLOW_DIR = "/opt/flows"  # where examples/flows/Dockerfile puts the flow code
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def pool_manifest(
+    name: str, api_url: str, placement: str, image: str = FLOW_IMAGE
+) -> dict[str, Any]:
+    """A small pool for a 2-CPU node: the head takes no tasks, one worker takes two."""
+    return {
+        "apiVersion": "prefectray.io/v1alpha1",
+        "kind": "PrefectRayPool",
+        "metadata": {"name": name},
+        "spec": {
+            "placement": placement,
+            "ray": {
+                "image": image,
+                "head": {
+                    "resources": {"cpu": "200m", "memory": "2Gi"},
+                    "rayStartParams": {"num-cpus": "0"},
+                },
+                "workerGroups": [
+                    {
+                        "name": "cpu",
+                        "replicas": 1,
+                        "resources": {"cpu": "300m", "memory": "2Gi"},
+                        "rayStartParams": {"num-cpus": "2"},
+                    }
+                ],
+            },
+            "prefect": {
+                "apiUrl": api_url,
+                "replicas": 1,
+                "resources": {"cpu": "100m", "memory": "1Gi"},
+            },
+        },
+    }
+
+
+@dataclass
+class PoolDriver:
+    """Pools in one namespace of the cluster at `kubeconfig`, flows on `prefect_api_url`."""
+
+    kubeconfig: Path
+    kubectl: Callable[..., str]
+    prefect_api_url: str
+    namespace: str
+
+    def __post_init__(self) -> None:
+        api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+
+    def create_namespace(self, labels: dict[str, str] | None = None) -> None:
+        meta = client.V1ObjectMeta(name=self.namespace, labels=labels or {})
+        self.core.create_namespace(client.V1Namespace(metadata=meta))
+        eventually(
+            lambda: _exists(
+                lambda: self.core.read_namespaced_service_account("default", self.namespace)
+            ),
+            60,
+            "the namespace's default ServiceAccount",
+        )
+
+    def delete(self) -> None:
+        """Delete the namespace and wait for its pods to go: the next test needs the CPUs."""
+        self.core.delete_namespace(self.namespace, propagation_policy="Foreground")
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: not self.core.list_namespaced_pod(self.namespace).items, 120)
+
+    # ---- pools -------------------------------------------------------------------
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+
+    def pool(self, name: str) -> dict[str, Any]:
+        return dict(
+            self.custom.get_namespaced_custom_object(
+                "prefectray.io", "v1alpha1", self.namespace, "prefectraypools", name
+            )
+        )
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        for cond in self.pool(name).get("status", {}).get("conditions", []):
+            if cond["type"] == kind:
+                return dict(cond)
+        return {}
+
+    def wait_ready(self, name: str, timeout: float = 420) -> dict[str, Any]:
+        try:
+            return dict(
+                eventually(
+                    lambda: (
+                        self.condition(name, "Ready").get("status") == "True" and self.pool(name)
+                    ),
+                    timeout,
+                    f"pool {name} Ready",
+                    interval=2,
+                )
+            )
+        except AssertionError:
+            print(json.dumps(self.pool(name).get("status"), indent=1))
+            print(self.kubectl("get", "pods", "-n", self.namespace, "-o", "wide"))
+            raise
+
+    def pods(self, selector: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def head_pod(self, cluster: str) -> Any:
+        return self.pods(f"ray.io/cluster={cluster},ray.io/node-type=head")[0]
+
+    def ray_in_head(self, cluster: str, code: str) -> Any:
+        """Run Python in the head pod's Ray container; return what it prints as JSON."""
+        pod = self.head_pod(cluster)
+        out = self.kubectl(
+            "exec", "-n", self.namespace, pod.metadata.name, "-c", pod.spec.containers[0].name,
+            "--", "python", "-c", code,
+        )  # fmt: skip
+        return json.loads(out.strip().splitlines()[-1])
+
+    def ray_nodes_of_finished_tasks(self, cluster: str, function: str) -> dict[str, str]:
+        """Ray's state API, in the head pod: {task id: IP of the node that ran it}."""
+        code = (
+            "import json; from ray.util.state import list_nodes, list_tasks\n"
+            "ips = {n.node_id: n.node_ip for n in list_nodes(limit=1000)}\n"
+            f"tasks = list_tasks(filters=[('state', '=', 'FINISHED')], limit=10000)\n"
+            f"print(json.dumps({{t.task_id: ips.get(t.node_id, '?') for t in tasks"
+            f" if {function!r} in t.name}}))"
+        )
+        return dict(self.ray_in_head(cluster, code))
+
+    # ---- Prefect -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def prefect(self) -> Iterator[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: self.prefect_api_url}),
+            get_client(sync_client=True) as prefect_client,
+        ):
+            yield prefect_client
+
+    def run_deployment(
+        self, work_pool: str, entrypoint: str, flow_name: str, parameters: dict[str, Any]
+    ) -> Any:
+        """Deploy a flow baked into the pool's image and start one run; return its id."""
+        with self.prefect() as c:
+            flow_id = c.create_flow_from_name(flow_name)
+            deployment_id = c.create_deployment(
+                flow_id=flow_id,
+                name=f"{work_pool}-{uuid.uuid4().hex[:4]}",
+                work_pool_name=work_pool,
+                entrypoint=entrypoint,
+                # The code is in the image; the run starts there (not in a laptop path).
+                pull_steps=[
+                    {"prefect.deployments.steps.set_working_directory": {"directory": FLOW_DIR}}
+                ],
+                parameters=parameters,
+            )
+            return c.create_flow_run_from_deployment(deployment_id).id
+
+    def wait_final(self, flow_run_id: Any, timeout: float = 300) -> Any:
+        def final() -> Any:
+            with self.prefect() as c:
+                run = c.read_flow_run(flow_run_id)
+            return run if run.state and run.state.type.value in FINAL else None
+
+        t0 = time.monotonic()
+        run = eventually(final, timeout, f"flow run {flow_run_id} in a final state", interval=1)
+        print(f"flow run {flow_run_id}: {run.state.type.value} after {time.monotonic() - t0:.1f}s")
+        return run
+
+
+def _exists(read: Any) -> bool:
+    try:
+        read()
+        return True
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise

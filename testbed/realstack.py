@@ -1,0 +1,120 @@
+"""Everything a flow run needs, for real: a control plane with a real node, the images
+loaded into it, a Prefect server the pods reach, and the operator installed from its
+Helm chart, running as a pod from the image built here.
+
+Used by the end-to-end tests (tests/e2e) and by `make up` where a real node can run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import REPO
+from testbed.binaries import ensure_binaries
+from testbed.controlplane import ControlPlane
+from testbed.node import DEBIAN_PACKAGES, NODE_IP, unavailable_reason
+from testbed.prefect_server import PrefectServer, start_prefect_server
+from testbed.processes import log
+
+OPERATOR_NAMESPACE = "raypool-system"
+OPERATOR_RELEASE = "raypool-operator"
+
+
+class RealNodeUnavailable(Exception):
+    """A real node cannot run here; the message says why."""
+
+
+@dataclass
+class RealStack:
+    control_plane: ControlPlane
+    prefect: PrefectServer
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        return self.control_plane.kubectl(*args, stdin=stdin)
+
+    def helm(self, *args: str) -> str:
+        out = subprocess.run(
+            [str(self.control_plane.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def stop(self) -> None:
+        self.control_plane.stop()
+
+
+def start_real_stack(state_dir: Path, purpose: str = "test", timeout: float = 300) -> RealStack:
+    """`purpose` "test" (the suite: scheduling services off) or "dev" (`make up`)."""
+    reason = unavailable_reason()
+    if reason:
+        raise RealNodeUnavailable(reason)
+    from testbed.host_packages import missing_debian_packages
+    from testbed.images import ensure_images
+
+    # Installed by `make images` on the host network: this namespace has no way out.
+    missing = missing_debian_packages(*DEBIAN_PACKAGES)
+    if missing:
+        raise RuntimeError(f"a real node needs {', '.join(missing)}: run `make images` first")
+    images = ensure_images()
+    cp = ControlPlane(
+        binaries=ensure_binaries(), state_dir=state_dir, node="real", images=images, purpose=purpose
+    )
+    cp.start()
+    try:
+        prefect = start_prefect_server(
+            state_dir / "prefect", for_tests=purpose == "test", host=NODE_IP, supervisor=cp.procs
+        )
+        stack = RealStack(cp, prefect)
+        install_operator(stack, timeout)
+    except BaseException:
+        cp.stop()
+        raise
+    return stack
+
+
+def install_operator(stack: RealStack, timeout: float) -> None:
+    """`helm install` the operator chart (its CRD included) with the image built here."""
+    t0 = time.monotonic()
+    stack.helm(
+        "install", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
+        "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+        "--set", "image.pullPolicy=Never",  # loaded into the node, never pulled
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not operator_pod_ready(stack):
+        if time.monotonic() > deadline:
+            pods = stack.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide")
+            raise TimeoutError(f"the operator pod is not Ready after {timeout:.0f}s:\n{pods}")
+        time.sleep(1)
+    log(f"operator pod from the chart Ready ({time.monotonic() - t0:.1f}s)")
+
+
+def operator_pod_ready(stack: RealStack) -> bool:
+    pods = json.loads(
+        stack.kubectl(
+            "get",
+            "pods",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "-o",
+            "json",
+            "-l",
+            "app.kubernetes.io/name=prefect-raypool-operator",
+        )  # fmt: skip
+    )["items"]
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for pod in pods
+        for c in pod.get("status", {}).get("conditions", [])
+    )

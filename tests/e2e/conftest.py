@@ -1,0 +1,50 @@
+"""End-to-end fixtures: a control plane with a real node running the generated pods.
+
+`real_stack` (once for this package): the control plane with a real node (kubelet,
+containerd, CNI, CoreDNS, kube-proxy), the project's images loaded into it, a
+Prefect server the pods reach at the node's address, and the operator installed
+from its chart. Skipped, with the reason, where a real node cannot run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed.pooldriver import PoolDriver
+from testbed.realstack import RealNodeUnavailable, RealStack, start_real_stack
+
+
+@pytest.fixture(scope="package")
+def real_stack() -> Iterator[RealStack]:
+    state = Path(tempfile.mkdtemp(prefix="raypool-real-"))
+    try:
+        stack = start_real_stack(state)
+    except RealNodeUnavailable as e:
+        pytest.skip(f"no real node here: {e}")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def pools(real_stack: RealStack) -> Iterator[PoolDriver]:
+    """A fresh namespace on the real node and helpers to run pools and flows in it."""
+    driver = PoolDriver(
+        real_stack.kubeconfig,
+        real_stack.kubectl,
+        real_stack.prefect.api_url,
+        f"e2e-{uuid.uuid4().hex[:6]}",
+    )
+    driver.create_namespace()
+    try:
+        yield driver
+    finally:
+        driver.delete()

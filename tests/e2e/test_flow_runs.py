@@ -1,0 +1,67 @@
+"""A flow deployed to a pool runs in the pods the operator generates, on a real node.
+
+The pool's image is the example flow image (examples/flows/Dockerfile: the pools'
+default image plus the flow code), so the Prefect worker, the driver and the Ray
+workers all have the flow. Ray's own state API, asked in the head pod, says which
+node ran each task: they must be the Ray worker pods.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.pooldriver import PoolDriver, pool_manifest
+
+pytestmark = pytest.mark.e2e
+
+COUNT = 6
+
+
+def _run_count_to(pools: PoolDriver, name: str) -> None:
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    run_id = pools.run_deployment(
+        name, "count_to.py:count_to", "count-to", {"highest_number": COUNT}
+    )
+    run = pools.wait_final(run_id)
+    assert run.state.type.value == "COMPLETED", run.state
+    with pools.prefect() as c:
+        task_runs = c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert len(task_runs) == COUNT
+    assert {t.state.type.value for t in task_runs} == {"COMPLETED"}
+    # Task runs' own log lines reached Prefect from the Ray worker pods.
+    task_log_runs = {log.task_run_id for log in logs if log.task_run_id}
+    assert task_log_runs == {t.id for t in task_runs}, [log.message for log in logs][-20:]
+
+    worker_ips = {
+        p.status.pod_ip for p in pools.pods(f"ray.io/cluster={name},ray.io/node-type=worker")
+    }
+    ran_on = pools.ray_nodes_of_finished_tasks(name, "run_task")
+    assert len(ran_on) >= 1 and set(ran_on.values()) <= worker_ips, (ran_on, worker_ips)
+
+
+def test_zero_capacity_pool_runs_a_flow_on_its_ray_workers(pools: PoolDriver) -> None:
+    api_url = pools.prefect_api_url
+    pools.apply(pool_manifest("zc", api_url, "ZeroCapacityNode"))
+    pools.wait_ready("zc")
+    # The Prefect worker pod joined Ray with zero CPUs and runs the real worker.
+    (worker,) = pools.pods("prefectray.io/pool=zc,prefectray.io/component=prefect-worker")
+    assert worker.status.container_statuses[0].ready
+    _run_count_to(pools, "zc")
+
+
+def test_head_sidecar_pool_runs_a_flow_on_its_ray_workers(pools: PoolDriver) -> None:
+    api_url = pools.prefect_api_url
+    pools.apply(pool_manifest("hs", api_url, "HeadSidecar"))
+    pools.wait_ready("hs")
+    head = pools.head_pod("hs")
+    assert [c.name for c in head.spec.containers][1:] == ["prefect-worker"]
+    _run_count_to(pools, "hs")

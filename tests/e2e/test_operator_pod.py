@@ -1,0 +1,37 @@
+"""The operator as users install it: `helm install` of its chart, a pod from its image."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testbed.realstack import OPERATOR_NAMESPACE, RealStack
+
+pytestmark = pytest.mark.e2e
+
+
+def test_operator_pod_from_the_chart_runs_and_its_probes_pass(real_stack: RealStack) -> None:
+    pods = json.loads(
+        real_stack.kubectl(
+            "get",
+            "pods",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "-o",
+            "json",
+            "-l",
+            "app.kubernetes.io/name=prefect-raypool-operator",
+        )  # fmt: skip
+    )["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    (container,) = pod["status"]["containerStatuses"]
+    assert container["ready"] and "running" in container["state"], container
+    assert container["restartCount"] == 0, container
+    # The readiness probe is the liveness endpoint: Ready means /healthz answered.
+    spec = pod["spec"]["containers"][0]
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert spec["imagePullPolicy"] == "Never"  # it ran from the image loaded here
+    logs = real_stack.kubectl("logs", "-n", OPERATOR_NAMESPACE, pod["metadata"]["name"])
+    assert "Traceback" not in logs, logs[-3000:]
