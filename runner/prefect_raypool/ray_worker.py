@@ -1,11 +1,11 @@
-"""What runs inside a Ray worker process: one Prefect task run per Ray task.
+"""What runs inside a Ray worker process: the task runs the driver sends (see wire.py).
 
 prefect-ray rebuilds Prefect's whole context (settings, a new API client, the
 flow run context) for every task run; that is most of its per-task cost. Here a
-worker process does it once per flow-run context and keeps the result in a
+Ray worker process does it once per flow-run context and keeps the result in a
 `contextvars.Context`; each task run then runs in a cheap copy of it. The task
 object and the serialized context travel once through the object store (the
-driver passes their ObjectRefs nested in a list, so Ray does not resolve them)
+driver passes their ObjectRefs inside the request, so Ray does not resolve them)
 and are cached here by ObjectRef id.
 """
 
@@ -23,47 +23,28 @@ from uuid import UUID
 import ray
 from prefect.cache_policies import CompoundCachePolicy, TaskSource
 
-#: Cached objects fetched from the object store, by ObjectRef hex.
-_objects: OrderedDict[str, Any] = OrderedDict()
+from prefect_raypool.wire import (
+    WORKER_SETUP_KEY,
+    ArgSlot,
+    BatchRequest,
+    FlushLogsRequest,
+    SharedArgSlot,
+    TaskAndContext,
+    TaskRunCall,
+    TaskRunRequest,
+    WorkerSetup,
+)
+
+#: Task objects and serialized contexts fetched from the object store, by ObjectRef hex.
+_fetched_objects: OrderedDict[str, Any] = OrderedDict()
 #: Prepared contexts (context, exit stack), by serialized-context ObjectRef hex.
 _contexts: OrderedDict[str, tuple[contextvars.Context, ExitStack]] = OrderedDict()
 _lock = threading.Lock()
 _CACHE_SIZE = 32
 
-
-class Slot:
-    """Placeholder for the i-th top-level Ray argument, which Ray resolves before the call.
-
-    Upstream task results and shared (unmapped) objects travel as top-level
-    ObjectRef arguments: Ray waits for them and fetches them worker-side, so
-    nothing round-trips through the driver.
-    """
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self) -> tuple[type[Slot], tuple[int]]:
-        return (Slot, (self.index,))
-
-
-class SharedSlot:
-    """Placeholder for an immutable shared argument (bytes, str) of a map.
-
-    Ray would deserialize a top-level argument again for every task, copying a
-    large bytes object each time; an immutable value can instead be fetched once
-    per worker process and reused (as a thread-pool runner shares it).
-    """
-
-    __slots__ = ("ref",)
-
-    def __init__(self, ref: ray.ObjectRef) -> None:
-        self.ref = ref
-
-
-_shared: OrderedDict[str, Any] = OrderedDict()
-_SHARED_CACHE_SIZE = 4
+#: Immutable shared arguments of maps (see wire.SharedArgSlot), by ObjectRef hex.
+_shared_args: OrderedDict[str, Any] = OrderedDict()
+_SHARED_ARGS_CACHE_SIZE = 4
 
 
 def _lru_get(
@@ -89,16 +70,16 @@ def _lru_get(
 
 
 def _shared_get(ref: ray.ObjectRef) -> Any:
-    return _lru_get(_shared, _SHARED_CACHE_SIZE, ref)
+    return _lru_get(_shared_args, _SHARED_ARGS_CACHE_SIZE, ref)
 
 
 def _cached_get(ref: ray.ObjectRef) -> Any:
-    return _lru_get(_objects, _CACHE_SIZE, ref)
+    return _lru_get(_fetched_objects, _CACHE_SIZE, ref)
 
 
 def _prepared_task(ref: ray.ObjectRef) -> Any:
     """The task object, fetched once per worker process and ready to run."""
-    return _lru_get(_objects, _CACHE_SIZE, ref, prepare=_memoize_source_key)
+    return _lru_get(_fetched_objects, _CACHE_SIZE, ref, prepare=_memoize_source_key)
 
 
 def _memoize_source_key(task: Any) -> None:
@@ -174,19 +155,21 @@ def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
     }
     FlowRunContext.model_rebuild(_types_namespace=types)
     TaskRunContext.model_rebuild(_types_namespace=types)
-    ours = serialized.get("prefect_raypool", {})
+    setup: WorkerSetup | None = serialized.get(WORKER_SETUP_KEY)
     if settings := serialized.get("settings_context"):
         settings_ctx = stack.enter_context(SettingsContext(**settings))
         _export_settings(settings_ctx.settings)
     ensure_logging_setup()
-    if ours.get("quiet_workers"):
+    if setup is not None and setup.quiet_console:
         _quiet_console()
     client_ctx = stack.enter_context(SyncClientContext())
     if flow_run := serialized.get("flow_run_context"):
+        from prefect_raypool.task_runners import RayTaskRunner
+
         runner = flow_run["flow"].task_runner.duplicate()
-        if "env_options" in ours and hasattr(runner, "_env_options"):
+        if setup is not None and isinstance(runner, RayTaskRunner):
             # The driver's PREFECT_RAYPOOL_TASK_* defaults, for nested task runs.
-            runner._env_options = dict(ours["env_options"])
+            runner.use_env_remote_options(setup.env_remote_options)
         task_runner = stack.enter_context(runner)
         stack.enter_context(
             FlowRunContext(
@@ -271,9 +254,9 @@ def _fill_slots(value: Any, resolved: tuple[Any, ...]) -> Any:
     from prefect.utilities.collections import visit_collection
 
     def fill(expr: Any) -> Any:
-        if isinstance(expr, Slot):
+        if isinstance(expr, ArgSlot):
             return resolved[expr.index]
-        if isinstance(expr, SharedSlot):
+        if isinstance(expr, SharedArgSlot):
             return _shared_get(expr.ref)
         return expr
 
@@ -292,83 +275,63 @@ def _flush_events() -> None:
         EventsWorker.instance().wait_until_empty()
 
 
-def run_task_run(
-    handles: list[ray.ObjectRef],
-    task_run_id: UUID,
-    parameters: dict[str, Any],
-    wait_for: Any,
-    dependencies: dict[str, Any] | None,
-    has_slots: bool,
-    *resolved: Any,
-) -> Any:
-    """The Ray task body: run one Prefect task run and return its final State.
+def run_task_run(request: TaskRunRequest | FlushLogsRequest, *resolved: Any) -> Any:
+    """The Ray task body of one task run: run it and return its final State.
 
-    `handles` is [task ref, serialized-context ref]; `resolved` holds the values
-    Ray fetched for the top-level ObjectRef arguments (upstream States, shared
-    objects) that `Slot`s in `parameters`/`wait_for` point at.
+    `resolved` holds the values Ray fetched for the top-level ObjectRef arguments
+    (upstream States, shared objects) that the call's `ArgSlot`s point at.
     """
-    if not handles:
+    if isinstance(request, FlushLogsRequest):
         return _flush_logs_and_linger()
-    task_ref, context_ref = handles
-    task = _prepared_task(task_ref)
-    ctx = _prepared_context(context_ref)
+    task, ctx = _prepared(request.task_and_context)
     try:
-        return _run_one(
-            task, ctx, task_run_id, parameters, wait_for, dependencies, has_slots, resolved
-        )
+        return _run_one(task, ctx, request.call, resolved)
     finally:
         ctx.run(_flush_events)
 
 
-def run_task_runs(
-    handles: list[ray.ObjectRef],
-    specs: list[tuple[UUID, dict[str, Any], Any, dict[str, Any] | None, bool, int, int]],
-    *resolved: Any,
-) -> Any:
+def run_task_runs(request: BatchRequest, *resolved: Any) -> Any:
     """The Ray task body of a batch of a map's task runs: run them one after the
     other and return their final States, one Ray return value each.
 
-    Each spec is (task run id, parameters, wait_for, dependencies, has_slots,
-    offset, count): its `Slot`s point into `resolved[offset:offset + count]`. Events are flushed
-    once, after the last run, before the driver hears of any of them.
+    Events are flushed once, after the last run, before the driver hears of any of them.
     """
-    task_ref, context_ref = handles
-    task = _prepared_task(task_ref)
-    ctx = _prepared_context(context_ref)
+    task, ctx = _prepared(request.task_and_context)
     states = []
     try:
-        for run_id, parameters, wait_for, dependencies, has_slots, offset, count in specs:
-            own = resolved[offset : offset + count]
-            states.append(
-                _run_one(task, ctx, run_id, parameters, wait_for, dependencies, has_slots, own)
-            )
+        for call in request.calls:
+            states.append(_run_one(task, ctx, call, resolved))
     finally:
         ctx.run(_flush_events)
     return tuple(states) if len(states) > 1 else states[0]
 
 
+def _prepared(task_and_context: TaskAndContext) -> tuple[Any, contextvars.Context]:
+    """The task object and the Prefect context to run it in, cached per process."""
+    task = _prepared_task(task_and_context.task_ref)
+    return task, _prepared_context(task_and_context.context_ref)
+
+
 def _run_one(
     task: Any,
     base_ctx: contextvars.Context,
-    task_run_id: UUID,
-    parameters: dict[str, Any],
-    wait_for: Any,
-    dependencies: dict[str, Any] | None,
-    has_slots: bool,
+    call: TaskRunCall,
     resolved: tuple[Any, ...],
 ) -> Any:
     from prefect.task_engine import run_task_async, run_task_sync
 
     ctx = base_ctx.copy()
-    if has_slots:
-        parameters = _fill_slots(parameters, resolved)
-        wait_for = _fill_slots(wait_for, resolved)
+    parameters, wait_for = call.parameters, call.wait_for
+    if call.has_slots:
+        own = resolved[call.first_arg : call.first_arg + call.arg_count]
+        parameters = _fill_slots(parameters, own)
+        wait_for = _fill_slots(wait_for, own)
     kwargs: dict[str, Any] = {
         "task": task,
-        "task_run_id": task_run_id,
+        "task_run_id": call.task_run_id,
         "parameters": parameters,
         "wait_for": wait_for,
-        "dependencies": dependencies,
+        "dependencies": call.dependencies,
         "return_type": "state",
     }
     if task.isasync:
@@ -379,10 +342,11 @@ def _run_one(
 def _flush_logs_and_linger() -> int:
     """Send this process's buffered Prefect logs now; returns the process id.
 
-    Ray kills a job's workers without running exit handlers when the driver
-    disconnects, and Prefect batches logs for a few seconds, so the driver calls
-    this (through the same remote function, to land on the workers it leased)
-    before it disconnects. Lingering a little spreads the calls over workers.
+    Ray kills a job's Ray worker processes without running exit handlers when the
+    driver disconnects, and Prefect batches logs for a few seconds, so the driver
+    sends a FlushLogsRequest (through the same remote function as task runs, to
+    land on the processes it leased) before it disconnects. Lingering a little
+    spreads the requests over processes.
     """
     import os
     import time
