@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from prefect_raypool_operator.devenv.binaries import Binaries
-from prefect_raypool_operator.render import parse_pool
+from prefect_raypool_operator.refusals import parse_pool
 
 pytestmark = pytest.mark.unit
 CHARTS = Path(__file__).resolve().parents[2] / "charts"
