@@ -103,46 +103,64 @@ class _SecretValues:
 
 
 def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
-    """Check what only the cluster knows, then make it so; return what was found."""
+    """Check what only the cluster knows, then make it so, step by step; return what
+    was found. `repair=False` applies only what is missing."""
     if desired.spec is None or desired.refusal is not None:
         return Found()
-    namespace, pool_name = desired.namespace, desired.pool_name
-    values = _SecretValues(io, namespace)
-    missing = [
-        secret_not_found(where, ref, namespace)
-        for where, ref in desired.secret_refs
-        if values.get(ref) is None
-    ]
-    if not io.kuberay_installed(namespace):
-        missing.append(KUBERAY_NOT_INSTALLED)
-    if missing:
-        return Found(refusal=missing[0])
-
+    values = _SecretValues(io, desired.namespace)
+    refusal = _cluster_refusal(desired, io, values)
+    if refusal is not None:
+        return Found(refusal=refusal)
     found = Found()
-    if repair and desired.makes_ray_token and not recent(memory.ray_token_seen_at):
-        secret = build_ray_token_secret(pool_name, namespace, secrets.token_urlsafe(32))
-        kopf.adopt(secret, owner=kopf.Body(cast(Any, desired.body)))
-        if io.create_secret(secret):
-            found.created.append(f"Secret/{secret['metadata']['name']}")
-        memory.ray_token_seen_at = time.monotonic()
+    if repair and desired.makes_ray_token:
+        _ensure_ray_token(desired, io, memory, found)
+    _apply_owned(desired, io, memory, repair, found)
+    if desired.sidecar:
+        found.head_pod = io.head_pod(desired.namespace, desired.pool_name)
+    found.work_pool = _work_pool(desired, io, memory, values)
+    return found
+
+
+def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Problem | None:
+    """The first of what only the cluster knows that stops the pool, if any."""
+    for where, ref in desired.secret_refs:
+        if values.get(ref) is None:
+            return secret_not_found(where, ref, desired.namespace)
+    if not io.kuberay_installed(desired.namespace):
+        return KUBERAY_NOT_INSTALLED
+    return None
+
+
+def _ensure_ray_token(desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
+    if recent(memory.ray_token_seen_at):
+        return
+    token = secrets.token_urlsafe(32)
+    secret = build_ray_token_secret(desired.pool_name, desired.namespace, token)
+    kopf.adopt(secret, owner=kopf.Body(cast(Any, desired.body)))
+    if io.create_secret(secret):
+        found.created.append(f"Secret/{secret['metadata']['name']}")
+    memory.ray_token_seen_at = time.monotonic()
+
+
+def _apply_owned(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, found: Found
+) -> None:
+    """Apply each desired object (only when missing unless repairing), delete the owned
+    ones the plan no longer wants, remember each one's generation."""
+    namespace, pool_name = desired.namespace, desired.pool_name
     before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
     for owned, manifest in desired.desired.items():
         live = before[owned]
+        name = manifest["metadata"]["name"]
         if repair or live is None:
             live, created = io.apply(owned.merge_live(manifest, live))
             if created:
-                found.created.append(f"{owned.kind.kind}/{manifest['metadata']['name']}")
-        memory.generations[(owned.kind.kind, manifest["metadata"]["name"])] = live["metadata"].get(
-            "generation"
-        )
+                found.created.append(f"{owned.kind.kind}/{name}")
+        memory.generations[(owned.kind.kind, name)] = live["metadata"].get("generation")
         found.live[owned] = live
     for owned in OWNED:
         if owned not in desired.desired and before[owned] is not None:
             io.delete(owned, namespace, pool_name)
-    if desired.sidecar:
-        found.head_pod = io.head_pod(namespace, pool_name)
-    found.work_pool = _work_pool(desired, io, memory, values)
-    return found
 
 
 def _work_pool(desired: Plan, io: ClusterIO, memory: PoolMemory, values: _SecretValues) -> Check:
