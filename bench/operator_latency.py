@@ -27,13 +27,14 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 
+from prefect_raypool_operator import kinds
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.operator_process import OperatorProcess, apply_pool_crd
 from testbed.prefect_server import start_prefect_server
 from testbed.processes import free_port, stop_recorded
 
-POOL = "prefectray.io", "v1alpha1", "prefectraypools"
+POOL = kinds.GROUP, kinds.VERSION, kinds.PLURAL
 RAY = "ray.io", "v1", "rayclusters"
 TINY = {"cpu": "10m", "memory": "64Mi"}
 ROUNDS_OF_ONE = 10  # "1 at once" is measured this many times, one after another

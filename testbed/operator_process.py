@@ -12,18 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect_raypool_operator import crd
+from prefect_raypool_operator import crd, kinds
 from testbed import REPO
 from testbed.processes import http_ok, spawn_logged, wait_until
 
-CRD_NAME = "prefectraypools.prefectray.io"
+CRD_NAME = f"{kinds.PLURAL}.{kinds.GROUP}"
 
 
 def operator_argv(health_url: str, scope: tuple[str, ...] = ("--all-namespaces",)) -> list[str]:
     """The operator's command line: what the image and the chart run too."""
-    kopf = str(Path(sys.executable).with_name("kopf"))
-    return [kopf, "run", "-m", "prefect_raypool_operator.main", "--standalone", *scope,
-            f"--liveness={health_url}"]  # fmt: skip
+    return [sys.executable, "-m", "prefect_raypool_operator", *scope, f"--liveness={health_url}"]
 
 
 def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

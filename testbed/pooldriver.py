@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
+from prefect_raypool_operator import kinds
 from testbed.images import image_ref
 from testbed.waiting import eventually
 
@@ -96,7 +97,7 @@ class PoolDriver:
     def pool(self, name: str) -> dict[str, Any]:
         return dict(
             self.custom.get_namespaced_custom_object(
-                "prefectray.io", "v1alpha1", self.namespace, "prefectraypools", name
+                kinds.GROUP, kinds.VERSION, self.namespace, kinds.PLURAL, name
             )
         )
 

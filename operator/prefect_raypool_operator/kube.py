@@ -1,26 +1,29 @@
-"""Kubernetes I/O for the reconciler: server-side apply, reads, the token Secret.
+"""Kubernetes I/O for the controller: server-side apply, reads, Events, status writes.
 
-Thin wrappers over the kubernetes client so the reconciler reads as a list of steps.
-Server-side apply with `force` makes every reconcile level-triggered: whatever was
-edited or deleted by hand in the fields we own is put back.
+Thin wrappers over the kubernetes client, and `KubeIO`, the real `ClusterIO` the
+controller gives each reconcile. Server-side apply with `force` makes every reconcile
+level-triggered: whatever was edited or deleted by hand in the fields we own is put back.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import secrets
 import time
 from typing import Any, cast
 
 import kopf
 from kubernetes import client
 
-from prefect_raypool_operator import naming, spec
-from prefect_raypool_operator.settings import CONFIG
+from prefect_raypool_operator import kinds, naming, workpool
+from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.memory import NEVER, recent
+from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
+from prefect_raypool_operator.spec import KeyRef
+from prefect_raypool_operator.status import Check
+from prefect_raypool_operator.watchcache import Reads
 
 APPLY = "application/apply-patch+yaml"
-RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayclusters"
 
 Obj = dict[str, Any]
 
@@ -48,37 +51,42 @@ def apply(api: client.ApiClient, manifest: Obj) -> tuple[Obj, bool]:
     """Server-side apply of one of the kinds a pool owns: (the live object, whether
     this apply created it; the server answers 201 then)."""
     meta = manifest["metadata"]
-    kwargs: Obj = {
-        "field_manager": naming.FIELD_MANAGER,
-        "force": True,
-        "_content_type": APPLY,
-        "_request_timeout": _timeout(),
-    }
-    kind = manifest["kind"]
-    response: Any
-    if kind == "RayCluster":
-        # Raw: the client's deserialisation of an apply response to a custom object
-        # yields None (kubernetes 37), and raw is cheaper anyway.
-        response = client.CustomObjectsApi(api).patch_namespaced_custom_object(
-            RAY_GROUP,
-            RAY_VERSION,
-            meta["namespace"],
-            RAY_PLURAL,
-            meta["name"],
-            manifest,
-            _preload_content=False,
-            **kwargs,
-        )
-    elif kind == "Deployment":
-        response = client.AppsV1Api(api).patch_namespaced_deployment(
-            meta["name"], meta["namespace"], manifest, _preload_content=False, **kwargs
-        )
-    else:
-        raise ValueError(f"apply: unsupported kind {kind}")
+    group, version, plural = BY_KIND[manifest["kind"]].kind.resource
+    # The custom-objects API is a plain /apis/<group>/<version>/... client, good for
+    # any grouped kind. Raw: its deserialisation of an apply response yields None
+    # (kubernetes 37), and raw is cheaper anyway.
+    response: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        group,
+        version,
+        meta["namespace"],
+        plural,
+        meta["name"],
+        manifest,
+        field_manager=naming.FIELD_MANAGER,
+        force=True,
+        _content_type=APPLY,
+        _request_timeout=_timeout(),
+        _preload_content=False,
+    )
     return _json(response), response.status == 201
 
 
-_kuberay_seen = -1e9
+def delete(api: client.ApiClient, owned: Owned, namespace: str, pool_name: str) -> bool:
+    """Remove an owned object the spec no longer wants; False if it was gone already."""
+    group, version, plural = owned.kind.resource
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            group, version, namespace, plural, owned.object_name(pool_name),
+            _request_timeout=_timeout(),
+        )  # fmt: skip
+        return True
+    except client.ApiException as exc:
+        if not_found(exc):
+            return False
+        raise
+
+
+_kuberay_seen = NEVER
 
 
 def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
@@ -87,11 +95,12 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
     A yes is remembered for most of a resync interval (CRDs rarely vanish).
     """
     global _kuberay_seen
-    if time.monotonic() - _kuberay_seen < 0.9 * CONFIG.resync_seconds:
+    if recent(_kuberay_seen):
         return True
+    group, version, plural = RAY_CLUSTER.kind.resource
     try:
         client.CustomObjectsApi(api).list_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, limit=1, _request_timeout=_timeout()
+            group, version, namespace, plural, limit=1, _request_timeout=_timeout()
         )
         _kuberay_seen = time.monotonic()
         return True
@@ -101,24 +110,12 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
         raise
 
 
-def delete_deployment(api: client.ApiClient, name: str, namespace: str) -> bool:
-    """Remove the worker Deployment (placement switched away from ZeroCapacityNode)."""
-    try:
-        client.AppsV1Api(api).delete_namespaced_deployment(
-            naming.worker_deployment(name), namespace, _request_timeout=_timeout()
-        )
-        return True
-    except client.ApiException as exc:
-        if not_found(exc):
-            return False
-        raise
-
-
-def read_head_pod(api: client.ApiClient, name: str, namespace: str) -> Obj | None:
+def read_head_pod(api: client.ApiClient, namespace: str, pool_name: str) -> Obj | None:
+    cluster = naming.ray_cluster(pool_name)
     pods = _json(
         client.CoreV1Api(api).list_namespaced_pod(
             namespace,
-            label_selector=f"ray.io/cluster={naming.ray_cluster(name)},ray.io/node-type=head",
+            label_selector=f"ray.io/cluster={cluster},ray.io/node-type=head",
             _request_timeout=_timeout(),
             _preload_content=False,
         )
@@ -127,7 +124,7 @@ def read_head_pod(api: client.ApiClient, name: str, namespace: str) -> Obj | Non
     return dict(items[0]) if items else None
 
 
-def read_secret_key(api: client.ApiClient, ref: spec.KeyRef, namespace: str) -> str | None:
+def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
     """The decoded value of a Secret key, or None when the Secret or key is missing."""
     try:
         secret = client.CoreV1Api(api).read_namespaced_secret(
@@ -141,57 +138,79 @@ def read_secret_key(api: client.ApiClient, ref: spec.KeyRef, namespace: str) -> 
     return base64.b64decode(raw).decode() if raw is not None else None
 
 
-# (namespace, pool) -> (pool uid, when its token Secret was last known to exist): every
-# repair reconcile would otherwise cost a create answered 409.
-_token_seen: dict[tuple[str, str], tuple[str, float]] = {}
-
-
-def forget_pool(namespace: str, name: str) -> None:
-    _token_seen.pop((namespace, name), None)
-
-
-def ensure_token_secret(api: client.ApiClient, owner: Obj, name: str, namespace: str) -> bool:
-    """Create `<pool>-ray-token` with a fresh random token unless it exists; True if made.
-
-    Created, never applied: a token is not rotated behind running Ray nodes' backs.
-    """
-    uid = owner["metadata"]["uid"]
-    seen_uid, seen_at = _token_seen.get((namespace, name), ("", -1e9))
-    if seen_uid == uid and time.monotonic() - seen_at < 0.9 * CONFIG.resync_seconds:
-        return False
-    body: Obj = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": naming.ray_token_secret(name),
-            "namespace": namespace,
-            "labels": naming.labels(name, "ray-token"),
-        },
-        "stringData": {naming.RAY_TOKEN_KEY: secrets.token_urlsafe(32)},
-    }
-    kopf.adopt(body, owner=as_body(owner))
+def create_secret(api: client.ApiClient, manifest: Obj) -> bool:
+    """Create a Secret unless it exists; True if made. Created, never applied: a token
+    is not rotated behind running Ray nodes' backs."""
     try:
         client.CoreV1Api(api).create_namespaced_secret(
-            namespace, cast(Any, body), _request_timeout=_timeout()
+            manifest["metadata"]["namespace"], cast(Any, manifest), _request_timeout=_timeout()
         )
-        created = True
+        return True
     except client.ApiException as exc:
         if exc.status != 409:
             raise
-        created = False
-    _token_seen[(namespace, name)] = (uid, time.monotonic())
-    return created
+        return False
 
 
-def write_status(api: client.ApiClient, name: str, namespace: str, status: Obj) -> None:
+def write_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        spec.GROUP,
-        spec.VERSION,
+        kinds.GROUP,
+        kinds.VERSION,
         namespace,
-        spec.PLURAL,
+        kinds.PLURAL,
         name,
         {"status": status},
         _content_type="application/merge-patch+json",
         _request_timeout=_timeout(),
     )
+
+
+class KubeIO:
+    """The real `ClusterIO`: reads from the watches' cache, writes to the API server,
+    the work pool through the Prefect API."""
+
+    def __init__(self, api: client.ApiClient, reads: Reads) -> None:
+        self.api, self.reads = api, reads
+
+    def pool(self, namespace: str, name: str) -> Obj | None:
+        return self.reads.pool(namespace, name)
+
+    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
+        return self.reads.owned(owned, namespace, pool_name)
+
+    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
+        return apply(self.api, manifest)
+
+    def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
+        return delete(self.api, owned, namespace, pool_name)
+
+    def create_secret(self, manifest: Obj) -> bool:
+        return create_secret(self.api, manifest)
+
+    def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
+        return read_secret_key(self.api, namespace, ref)
+
+    def kuberay_installed(self, namespace: str) -> bool:
+        return kuberay_installed(self.api, namespace)
+
+    def head_pod(self, namespace: str, pool_name: str) -> Obj | None:
+        return read_head_pod(self.api, namespace, pool_name)
+
+    def ensure_work_pool(
+        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+    ) -> Check:
+        return workpool.ensure_work_pool(
+            CONFIG.operator_prefect_url(api_url),
+            name,
+            concurrency_limit,
+            api_key=api_key,
+            timeout=CONFIG.prefect_timeout,
+        )
+
+    def write_status(self, namespace: str, name: str, status: Obj) -> None:
+        write_status(self.api, namespace, name, status)
+
+    def post_event(self, owner: Obj, type: str, reason: str, message: str) -> None:
+        # kopf.event, not kopf.info: kopf's own per-handler chatter is not posted (the
+        # posting level is WARNING), ours is.
+        kopf.event(as_body(owner), type=type, reason=reason, message=message)

@@ -1,7 +1,7 @@
-"""Handler registration, in one place. Run with:
+"""Every kopf handler, registered in one place; each delegates to the controller.
 
-    kopf run -m prefect_raypool_operator.main --standalone \\
-        --liveness=http://0.0.0.0:8080/healthz --namespace=NS   # or --all-namespaces
+Run with `python -m prefect_raypool_operator --namespace=NS` (or --all-namespaces);
+see __main__.py.
 """
 
 from __future__ import annotations
@@ -10,44 +10,52 @@ from typing import Any
 
 import kopf
 
-from prefect_raypool_operator import naming, settings, spec, watchcache
-from prefect_raypool_operator.handlers import health, pool
+from prefect_raypool_operator import config, kinds, naming, watchcache
+from prefect_raypool_operator.controller import CONTROLLER, Logger, api_client
+from prefect_raypool_operator.owned import OWNED
 
-POOLS = (spec.GROUP, spec.VERSION, spec.PLURAL)
-OWNED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
+POOLS = kinds.POOL.resource
+MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
 
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    _configure(settings)
-    pool.api_client()
+    config.configure_kopf(settings)
+    api_client()  # fail at start, not at the first pool, when there is no cluster config
 
 
-def _configure(kopf_settings: kopf.OperatorSettings) -> None:
-    settings.configure(kopf_settings)
+# What reconciles read instead of GETs (watchcache.Reads): the pools and what they own.
+kopf.index(*POOLS, id=watchcache.POOL_INDEX)(watchcache.index_by_name)
+for owned_kind in OWNED:
+    kopf.index(*owned_kind.kind.resource, labels=MANAGED, id=owned_kind.index)(
+        watchcache.index_by_name
+    )
 
 
-# What reconciles read instead of GETs (watchcache.Reads names these three ids).
-kopf.index(*POOLS, id="pool_index")(watchcache.index_by_name)
-kopf.index("ray.io", "v1", "rayclusters", labels=OWNED, id="raycluster_index")(
-    watchcache.index_by_name
+@kopf.on.create(*POOLS)
+@kopf.on.update(*POOLS, field="spec")
+@kopf.on.resume(*POOLS)
+def on_spec(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+    CONTROLLER.on_spec(namespace, name, logger, kwargs)
+
+
+@kopf.timer(
+    *POOLS, interval=config.CONFIG.resync_seconds, initial_delay=config.CONFIG.resync_seconds
 )
-kopf.index("apps", "v1", "deployments", labels=OWNED, id="deployment_index")(
-    watchcache.index_by_name
-)
+def on_resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+    CONTROLLER.on_resync(namespace, name, logger, kwargs)
 
-kopf.on.create(*POOLS)(pool.on_spec)
-kopf.on.update(*POOLS, field="spec")(pool.on_spec)
-kopf.on.resume(*POOLS)(pool.on_spec)
-kopf.timer(
-    *POOLS,
-    interval=settings.CONFIG.resync_seconds,
-    initial_delay=settings.CONFIG.resync_seconds,
-)(pool.on_resync)
-kopf.on.event("ray.io", "v1", "rayclusters", labels=OWNED)(pool.on_owned_change)
-kopf.on.event("apps", "v1", "deployments", labels=OWNED)(pool.on_owned_change)
+
+def on_owned_change(
+    type: str | None, body: kopf.Body, namespace: str | None, logger: Logger, **kwargs: Any
+) -> None:
+    CONTROLLER.on_owned_change(type, body, namespace, logger, kwargs)
+
+
+for owned_kind in OWNED:
+    kopf.on.event(*owned_kind.kind.resource, labels=MANAGED)(on_owned_change)
 
 
 @kopf.on.probe(id="reconcile")
 def reconcile_probe(**_: Any) -> dict[str, Any]:
-    return health.check()
+    return CONTROLLER.liveness()

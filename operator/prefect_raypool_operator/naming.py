@@ -1,10 +1,15 @@
-"""Every name and label the operator gives to the objects it generates."""
+"""Every name and label the operator gives to the objects it generates.
+
+`pool_name` is always the PrefectRayPool's metadata.name; the Prefect work pool is
+`work_pool_name`.
+"""
 
 from __future__ import annotations
 
-from prefect_raypool_operator import spec
+from prefect_raypool_operator import kinds
+from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
-DOMAIN = spec.GROUP
+DOMAIN = kinds.GROUP
 MANAGED_BY = "prefect-raypool-operator"
 FIELD_MANAGER = MANAGED_BY
 
@@ -27,49 +32,49 @@ CLIENT_PORT = 10001
 RAY_TOKEN_KEY = "token"
 
 
-def ray_cluster(pool: str) -> str:
-    return pool
+def ray_cluster(pool_name: str) -> str:
+    return pool_name
 
 
-def head_service(pool: str) -> str:
-    """KubeRay's name for the head service of the RayCluster `pool`."""
-    return f"{ray_cluster(pool)}-head-svc"
+def head_service(pool_name: str) -> str:
+    """KubeRay's name for the head service of the pool's RayCluster."""
+    return f"{ray_cluster(pool_name)}-head-svc"
 
 
-def head_address(pool: str) -> str:
-    return f"{head_service(pool)}:{GCS_PORT}"
+def head_address(pool_name: str) -> str:
+    return f"{head_service(pool_name)}:{GCS_PORT}"
 
 
-def head_service_fqdn(pool: str, namespace: str) -> str:
-    return f"{head_service(pool)}.{namespace}.svc"
+def head_service_fqdn(pool_name: str, namespace: str) -> str:
+    return f"{head_service(pool_name)}.{namespace}.svc"
 
 
-def dashboard_url(pool: str, namespace: str) -> str:
-    return f"http://{head_service_fqdn(pool, namespace)}:{DASHBOARD_PORT}"
+def dashboard_url(pool_name: str, namespace: str) -> str:
+    return f"http://{head_service_fqdn(pool_name, namespace)}:{DASHBOARD_PORT}"
 
 
-def worker_deployment(pool: str) -> str:
-    return f"{pool}-prefect-worker"
+def prefect_worker_deployment(pool_name: str) -> str:
+    return f"{pool_name}-prefect-worker"
 
 
-def ray_token_secret(pool: str) -> str:
-    return f"{pool}-ray-token"
+def ray_token_secret(pool_name: str) -> str:
+    return f"{pool_name}-ray-token"
 
 
-def work_pool(pool: str, pool_spec: spec.PrefectRayPoolSpec) -> str:
-    return pool_spec.prefect.workPool.name or pool
+def work_pool_name(pool_name: str, spec: PrefectRayPoolSpec) -> str:
+    return spec.prefect.workPool.name or pool_name
 
 
-def labels(pool: str, component: str) -> dict[str, str]:
+def labels(pool_name: str, component: str) -> dict[str, str]:
     """Labels on every generated object; selectors use the first two."""
     return {
-        POOL_LABEL: pool,
+        POOL_LABEL: pool_name,
         COMPONENT_LABEL: component,
         MANAGED_BY_LABEL: MANAGED_BY,
         "app.kubernetes.io/name": "prefect-raypool",
-        "app.kubernetes.io/instance": pool,
+        "app.kubernetes.io/instance": pool_name,
     }
 
 
-def selector(pool: str, component: str) -> dict[str, str]:
-    return {POOL_LABEL: pool, COMPONENT_LABEL: component}
+def selector(pool_name: str, component: str) -> dict[str, str]:
+    return {POOL_LABEL: pool_name, COMPONENT_LABEL: component}

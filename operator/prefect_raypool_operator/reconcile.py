@@ -1,47 +1,68 @@
-"""One level-triggered reconcile of a PrefectRayPool: observe, check, apply, report.
+"""One level-triggered reconcile of a PrefectRayPool: plan, apply, observe.
+
+- plan (pure, plan.py): the pool's body to the objects it should own, or a refusal;
+- apply (here): every check that needs the cluster, then the writes, all through
+  `ClusterIO`, the only I/O a reconcile does. All checks that can refuse the pool run
+  before the first write: nothing is half-created;
+- observe (pure, observe.py): what apply found to the pool's status.
 
 Called the same way from every trigger (create, update, resume, the resync timer,
-an owned object changing or vanishing). Order matters for "nothing half-created":
-all checks that can refuse the pool run before the first object is written.
+an owned object changing or vanishing).
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import kopf
-import pydantic
-from kubernetes import client
 
-from prefect_raypool_operator import kube, naming
-from prefect_raypool_operator.builders import build_manifests
-from prefect_raypool_operator.preflight import Problem, spec_problems
-from prefect_raypool_operator.render import format_validation_error
-from prefect_raypool_operator.settings import CONFIG
-from prefect_raypool_operator.spec import (
-    KeyRef,
-    Placement,
-    PrefectRayPoolSpec,
-    RayAuthMode,
-    name_problem,
-)
-from prefect_raypool_operator.status import (
-    Check,
-    Observed,
-    Transition,
-    build_status,
-    deployment_check,
-    ray_cluster_check,
-    sidecar_check,
-    transitions,
-)
-from prefect_raypool_operator.watchcache import Reads
-from prefect_raypool_operator.workpool import ensure_work_pool
+from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
+from prefect_raypool_operator.memory import NEVER, PoolMemory, recent
+from prefect_raypool_operator.observe import Found, observe
+from prefect_raypool_operator.owned import OWNED, Owned
+from prefect_raypool_operator.plan import Plan, plan
+from prefect_raypool_operator.refusals import KUBERAY_NOT_INSTALLED, Problem, secret_not_found
+from prefect_raypool_operator.spec import KeyRef
+from prefect_raypool_operator.status import Check, Transition, transitions
 
 Obj = dict[str, Any]
+
+
+class ClusterIO(Protocol):
+    """Everything the controller reads and writes outside its own memory: the
+    Kubernetes API (reads from the watches' cache) and the Prefect API."""
+
+    def pool(self, namespace: str, name: str) -> Obj | None: ...
+
+    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None: ...
+
+    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
+        """Server-side apply: (the live object, whether this apply created it)."""
+        ...
+
+    def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool: ...
+
+    def create_secret(self, manifest: Obj) -> bool:
+        """Create unless it exists (never overwritten); True if this call made it."""
+        ...
+
+    def secret_value(self, namespace: str, ref: KeyRef) -> str | None: ...
+
+    def kuberay_installed(self, namespace: str) -> bool: ...
+
+    def head_pod(self, namespace: str, pool_name: str) -> Obj | None: ...
+
+    def ensure_work_pool(
+        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+    ) -> Check: ...
+
+    def write_status(self, namespace: str, name: str, status: Obj) -> None: ...
+
+    def post_event(self, owner: Obj, type: str, reason: str, message: str) -> None: ...
 
 
 @dataclass
@@ -50,181 +71,110 @@ class Outcome:
     transitions: list[Transition]
     problem: Problem | None = None  # why the pool is not fully reconciled
     created: list[str] = field(default_factory=list)
-    # (kind, namespace, name) -> metadata.generation of each owned object we saw
-    generations: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
 
 
-def parse(body: Obj) -> tuple[PrefectRayPoolSpec | None, Problem | None]:
-    name = body["metadata"]["name"]
-    bad_name = name_problem(name)
-    if bad_name:
-        return None, Problem("InvalidName", f"metadata.name {name!r}: {bad_name}", True)
-    try:
-        return PrefectRayPoolSpec.model_validate(body.get("spec") or {}), None
-    except pydantic.ValidationError as exc:
-        return None, Problem("InvalidSpec", format_validation_error(exc), True)
+def reconcile(
+    body: Obj, io: ClusterIO, memory: PoolMemory, previous: Obj, repair: bool = True
+) -> Outcome:
+    """Reconcile one pool against its `previous` status. `repair=False` only observes
+    objects that exist (an owned object's status changed); a missing one is created."""
+    desired = plan(body)
+    found = apply(desired, io, memory, repair)
+    status = observe(desired, found, previous)
+    problem = desired.refusal or found.refusal
+    if problem is None and found.work_pool is not None and found.work_pool.ok is False:
+        problem = Problem(found.work_pool.reason, found.work_pool.message, permanent=False)
+    return Outcome(status, transitions(previous, status), problem, found.created)
 
 
-class SecretReads:
+class _SecretValues:
     """Referenced Secret keys, each read at most once per reconcile (the Prefect API
     key is checked for existence first and used for the work pool after)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self._api, self._namespace = api, namespace
+    def __init__(self, io: ClusterIO, namespace: str) -> None:
+        self._io, self._namespace = io, namespace
         self._values: dict[tuple[str, str], str | None] = {}
 
     def get(self, ref: KeyRef) -> str | None:
         key = (ref.name, ref.key)
         if key not in self._values:
-            self._values[key] = kube.read_secret_key(self._api, ref, self._namespace)
+            self._values[key] = self._io.secret_value(self._namespace, ref)
         return self._values[key]
 
 
-def cluster_problems(
-    api: client.ApiClient, namespace: str, pool: PrefectRayPoolSpec, secrets: SecretReads
-) -> list[Problem]:
-    """What only the cluster knows: referenced Secrets exist, KubeRay is installed."""
-    problems = []
-    refs = []
-    if pool.prefect.apiKey:
-        refs.append(("spec.prefect.apiKey", pool.prefect.apiKey.secretKeyRef))
-    if pool.ray.auth.mode == RayAuthMode.TOKEN and pool.ray.auth.secretKeyRef:
-        refs.append(("spec.ray.auth.secretKeyRef", pool.ray.auth.secretKeyRef))
-    for i, env in enumerate(pool.prefect.env):
-        if env.valueFrom and env.valueFrom.secretKeyRef:
-            refs.append((f"spec.prefect.env[{i}]", env.valueFrom.secretKeyRef))
-    for where, ref in refs:
-        if secrets.get(ref) is None:
-            problems.append(
-                Problem(
-                    "SecretNotFound",
-                    f"{where}: Secret {ref.name!r} with key {ref.key!r} not found in "
-                    f"namespace {namespace!r}: create it (the pool waits for it)",
-                    permanent=False,
-                )
-            )
-    if not kube.kuberay_installed(api, namespace):
-        problems.append(
-            Problem(
-                "KubeRayNotInstalled",
-                "the API server does not serve ray.io/v1 RayCluster: install the KubeRay "
-                "operator (v1.5) and its CRDs; the pool waits for it",
-                permanent=False,
-            )
-        )
-    return problems
+def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
+    """Check what only the cluster knows, then make it so, step by step; return what
+    was found. `repair=False` applies only what is missing."""
+    if desired.spec is None or desired.refusal is not None:
+        return Found()
+    values = _SecretValues(io, desired.namespace)
+    refusal = _cluster_refusal(desired, io, values)
+    if refusal is not None:
+        return Found(refusal=refusal)
+    found = Found()
+    if repair and desired.makes_ray_token:
+        _ensure_ray_token(desired, io, memory, found)
+    _apply_owned(desired, io, memory, repair, found)
+    if desired.sidecar:
+        found.head_pod = io.head_pod(desired.namespace, desired.pool_name)
+    found.work_pool = _work_pool(desired, io, memory, values)
+    return found
 
 
-def keep_autoscaled_replicas(desired: Obj, live: Obj | None) -> Obj:
-    """With the autoscaler on, the live worker-group replicas are its call, not ours."""
-    if live is None or not desired["spec"].get("enableInTreeAutoscaling"):
-        return desired
-    live_groups = {g.get("groupName"): g for g in live.get("spec", {}).get("workerGroupSpecs", [])}
-    for group in desired["spec"]["workerGroupSpecs"]:
-        current = live_groups.get(group["groupName"], {}).get("replicas")
-        if current is not None:
-            group["replicas"] = max(group["minReplicas"], min(group["maxReplicas"], current))
-    return desired
+def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Problem | None:
+    """The first of what only the cluster knows that stops the pool, if any."""
+    for where, ref in desired.secret_refs:
+        if values.get(ref) is None:
+            return secret_not_found(where, ref, desired.namespace)
+    if not io.kuberay_installed(desired.namespace):
+        return KUBERAY_NOT_INSTALLED
+    return None
 
 
-def reconcile(
-    api: client.ApiClient, body: Obj, reads: Reads, previous: Obj, repair: bool = True
-) -> Outcome:
-    """Reconcile one pool against its `previous` status. `repair=False` only observes
-    objects that exist (an owned object's status changed); a missing one is created."""
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    pool, problem = parse(body)
-    secrets = SecretReads(api, namespace)
-    if pool is not None:
-        problems = spec_problems(pool) or cluster_problems(api, namespace, pool, secrets)
-        problem = problems[0] if problems else None
-    work_pool = naming.work_pool(name, pool) if pool else name
-    base = Observed(name, namespace, meta.get("generation"), work_pool)
-    if pool is None or problem is not None:
-        assert problem is not None
-        status = build_status(_blocked(base, problem), previous)
-        return Outcome(status, transitions(previous, status), problem)
-
-    created = []
-    if repair and pool.ray.auth.mode == RayAuthMode.TOKEN and not pool.ray.auth.secretKeyRef:
-        if kube.ensure_token_secret(api, body, name, namespace):
-            created.append(f"Secret/{naming.ray_token_secret(name)}")
-    live_cluster = reads.raycluster(namespace, name)
-    live_deployment = reads.deployment(namespace, name)
-    applied: dict[tuple[str, str, str], int | None] = {}
-    for manifest in build_manifests(name, namespace, pool):
-        kopf.adopt(manifest, owner=kube.as_body(body))
-        was_created = False
-        if manifest["kind"] == "RayCluster":
-            if repair or live_cluster is None:
-                desired = keep_autoscaled_replicas(manifest, live_cluster)
-                live_cluster, was_created = kube.apply(api, desired)
-            live = live_cluster
-        else:
-            if repair or live_deployment is None:
-                live_deployment, was_created = kube.apply(api, manifest)
-            live = live_deployment
-        if was_created:
-            created.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
-        key = (manifest["kind"], namespace, manifest["metadata"]["name"])
-        applied[key] = live["metadata"].get("generation")
-    if pool.placement != Placement.ZERO_CAPACITY_NODE and live_deployment is not None:
-        kube.delete_deployment(api, name, namespace)
-
-    cluster_check = ray_cluster_check(live_cluster)
-    ready_workers = ((live_cluster or {}).get("status") or {}).get("readyWorkerReplicas")
-    if pool.placement == Placement.ZERO_CAPACITY_NODE:
-        worker = deployment_check(live_deployment, pool.prefect.replicas)
-        ready_prefect = ((live_deployment or {}).get("status") or {}).get("readyReplicas") or 0
-    else:
-        worker = sidecar_check(kube.read_head_pod(api, name, namespace))
-        ready_prefect = 1 if worker.ok else 0
-    pool_check = _work_pool(secrets, pool, work_pool)
-    obs = Observed(
-        name,
-        namespace,
-        meta.get("generation"),
-        work_pool,
-        ray_cluster=cluster_check,
-        ready_worker_replicas=ready_workers,
-        worker=worker,
-        pool=pool_check,
-        ready_prefect_workers=ready_prefect,
-    )
-    status = build_status(obs, previous)
-    retry = None
-    if pool_check.ok is False:
-        retry = Problem(pool_check.reason, pool_check.message, permanent=False)
-    return Outcome(status, transitions(previous, status), retry, created, applied)
+def _ensure_ray_token(desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
+    if recent(memory.ray_token_seen_at):
+        return
+    token = secrets.token_urlsafe(32)
+    secret = build_ray_token_secret(desired.pool_name, desired.namespace, token)
+    kopf.adopt(secret, owner=kopf.Body(cast(Any, desired.body)))
+    if io.create_secret(secret):
+        found.created.append(f"Secret/{secret['metadata']['name']}")
+    memory.ray_token_seen_at = time.monotonic()
 
 
-def _blocked(base: Observed, problem: Problem) -> Observed:
-    return Observed(
-        base.name,
-        base.namespace,
-        base.generation,
-        base.work_pool,
-        blocking=Check(False, problem.reason, problem.message),
-        blocking_permanent=problem.permanent,
-    )
+def _apply_owned(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, found: Found
+) -> None:
+    """Apply each desired object (only when missing unless repairing), delete the owned
+    ones the plan no longer wants, remember each one's generation."""
+    namespace, pool_name = desired.namespace, desired.pool_name
+    before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
+    for owned, manifest in desired.desired.items():
+        live = before[owned]
+        name = manifest["metadata"]["name"]
+        if repair or live is None:
+            live, created = io.apply(owned.merge_live(manifest, live))
+            if created:
+                found.created.append(f"{owned.kind.kind}/{name}")
+        memory.generations[(owned.kind.kind, name)] = live["metadata"].get("generation")
+        found.live[owned] = live
+    for owned in OWNED:
+        if owned not in desired.desired and before[owned] is not None:
+            io.delete(owned, namespace, pool_name)
 
 
-# Successful work-pool checks, by what they checked: child-object events reconcile
-# often, the Prefect API need not be asked more than once per resync interval.
-_pool_checked: dict[tuple[str, str, int | None, str], float] = {}
-
-
-def _work_pool(secrets: SecretReads, pool: PrefectRayPoolSpec, work_pool: str) -> Check:
-    api_key = secrets.get(pool.prefect.apiKey.secretKeyRef) if pool.prefect.apiKey else None
-    url = CONFIG.operator_prefect_url(pool.prefect.apiUrl)
-    limit = pool.prefect.workPool.concurrencyLimit
-    key = (url, work_pool, limit, hashlib.sha256((api_key or "").encode()).hexdigest())
-    if time.monotonic() - _pool_checked.get(key, -1e9) < 0.9 * CONFIG.resync_seconds:
-        return Check(True, "WorkPoolInSync", f"work pool {work_pool!r} matches the spec")
-    check = ensure_work_pool(url, work_pool, limit, api_key=api_key, timeout=CONFIG.prefect_timeout)
+def _work_pool(desired: Plan, io: ClusterIO, memory: PoolMemory, values: _SecretValues) -> Check:
+    assert desired.spec is not None
+    prefect = desired.spec.prefect
+    api_key = values.get(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+    limit = prefect.workPool.concurrencyLimit
+    name = desired.work_pool_name
+    key = (prefect.apiUrl, name, limit, hashlib.sha256((api_key or "").encode()).hexdigest())
+    if recent(memory.work_pool_checked_at.get(key, NEVER)):
+        return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
+    check = io.ensure_work_pool(prefect.apiUrl, name, limit, api_key)
     if check.ok:
-        _pool_checked[key] = time.monotonic()
+        memory.work_pool_checked_at[key] = time.monotonic()
     else:
-        _pool_checked.pop(key, None)
+        memory.work_pool_checked_at.pop(key, None)
     return check

@@ -15,13 +15,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-GROUP = "prefectray.io"
-VERSION = "v1alpha1"
-KIND = "PrefectRayPool"
-PLURAL = "prefectraypools"
-SINGULAR = "prefectraypool"
-SHORT_NAME = "prp"
-
 DEFAULT_RAY_VERSION = "2.60.0"
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
@@ -339,6 +332,16 @@ class PrefectRayPoolSpec(_Model):
         return self
 
 
+class Phase(StrEnum):
+    """The pool's phase, the status's one-word summary."""
+
+    PENDING = "Pending"  # waiting on something outside the spec (a Secret, KubeRay)
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    DEGRADED = "Degraded"  # Ray is up, the Prefect worker or work pool is not
+    FAILED = "Failed"  # only a spec change helps
+
+
 class Condition(_Model):
     type: str
     status: str = Field(pattern=r"^(True|False|Unknown)$")
@@ -350,7 +353,8 @@ class Condition(_Model):
 
 class PrefectRayPoolStatus(_Model):
     observedGeneration: int | None = None
-    phase: str | None = Field(
+    # A plain string in the CRD: an enum there would change the published schema.
+    phase: Annotated[Phase, WithJsonSchema({"type": "string"})] | None = Field(
         default=None, description="Pending, Provisioning, Ready, Degraded, Failed."
     )
     conditions: list[Condition] = Field(default_factory=list)

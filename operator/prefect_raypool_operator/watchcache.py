@@ -1,7 +1,7 @@
 """Reads from the operator's own watch streams instead of GETs to the API server.
 
-Like controller-runtime's cached client: a reconcile reads pools, RayClusters and
-worker Deployments from memory and only writes go to the API server. The memory is
+Like controller-runtime's cached client: a reconcile reads pools and the objects they
+own (owned.py) from memory and only writes go to the API server. The memory is
 kopf indices, filled from the same watches that trigger the handlers; kopf runs no
 handler before every index has listed its objects, so a read is at least as fresh as
 the event being handled. With 100 pools this halves the requests per reconcile (the
@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from prefect_raypool_operator import naming
+from prefect_raypool_operator.owned import OWNED, Owned
 
 Obj = dict[str, Any]
 Key = tuple[str | None, str]
@@ -44,23 +44,23 @@ def _one(index: Mapping[Key, Any], key: Key) -> Obj | None:
     return None
 
 
+POOL_INDEX = "pool_index"
+
+
 @dataclass(frozen=True)
 class Reads:
-    """The three indices a reconcile reads, as kopf passes them to every handler."""
+    """The indices a reconcile reads (the pools' and each owned kind's), as kopf passes
+    them to every handler."""
 
-    pools: Mapping[Key, Any]
-    rayclusters: Mapping[Key, Any]
-    deployments: Mapping[Key, Any]
+    indices: Mapping[str, Mapping[Key, Any]]
 
     @classmethod
     def from_handler(cls, kwargs: Mapping[str, Any]) -> Reads:
-        return cls(kwargs["pool_index"], kwargs["raycluster_index"], kwargs["deployment_index"])
+        ids = [POOL_INDEX, *(owned.index for owned in OWNED)]
+        return cls({index: kwargs[index] for index in ids})
 
     def pool(self, namespace: str, name: str) -> Obj | None:
-        return _one(self.pools, (namespace, name))
+        return _one(self.indices[POOL_INDEX], (namespace, name))
 
-    def raycluster(self, namespace: str, pool: str) -> Obj | None:
-        return _one(self.rayclusters, (namespace, naming.ray_cluster(pool)))
-
-    def deployment(self, namespace: str, pool: str) -> Obj | None:
-        return _one(self.deployments, (namespace, naming.worker_deployment(pool)))
+    def owned(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
+        return _one(self.indices[owned.index], (namespace, owned.object_name(pool_name)))

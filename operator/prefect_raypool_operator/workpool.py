@@ -14,7 +14,7 @@ import httpx
 
 from prefect_raypool_operator.status import Check
 
-WORKER_TYPE = "process"
+WORK_POOL_TYPE = "process"  # the Prefect worker type that polls it
 
 
 def ensure_work_pool(
@@ -47,7 +47,7 @@ def _ensure(http: httpx.Client, name: str, limit: int | None) -> Check:
     response = http.get(f"/work_pools/{name}")
     if response.status_code == 404:
         created = http.post(
-            "/work_pools/", json={"name": name, "type": WORKER_TYPE, "concurrency_limit": limit}
+            "/work_pools/", json={"name": name, "type": WORK_POOL_TYPE, "concurrency_limit": limit}
         )
         if created.status_code == 409:  # created meanwhile by someone else: check it
             response = http.get(f"/work_pools/{name}")
@@ -57,15 +57,15 @@ def _ensure(http: httpx.Client, name: str, limit: int | None) -> Check:
             return _http_problem("create", name, created)
     if not response.is_success:
         return _http_problem("read", name, response)
-    pool: dict[str, Any] = response.json()
-    if pool.get("type") != WORKER_TYPE:
+    work_pool: dict[str, Any] = response.json()
+    if work_pool.get("type") != WORK_POOL_TYPE:
         return Check(
             False,
             "WorkPoolTypeMismatch",
-            f"work pool {name!r} has type {pool.get('type')!r}, not {WORKER_TYPE!r}: "
+            f"work pool {name!r} has type {work_pool.get('type')!r}, not {WORK_POOL_TYPE!r}: "
             "set spec.prefect.workPool.name to another pool",
         )
-    if pool.get("concurrency_limit") != limit:
+    if work_pool.get("concurrency_limit") != limit:
         patched = http.patch(f"/work_pools/{name}", json={"concurrency_limit": limit})
         if not patched.is_success:
             return _http_problem("update", name, patched)

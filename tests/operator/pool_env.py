@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from prefect_raypool_operator.spec import GROUP, PLURAL, VERSION
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed import REPO
 from testbed.cluster import Cluster, get_or_none
 from testbed.operator_process import OperatorProcess

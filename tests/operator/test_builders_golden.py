@@ -16,7 +16,8 @@ import yaml
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests
-from prefect_raypool_operator.render import parse_pool, render_text
+from prefect_raypool_operator.refusals import parse_pool
+from prefect_raypool_operator.render import render_text
 
 pytestmark = pytest.mark.unit
 GOLDEN = Path(__file__).parent / "golden"
@@ -104,7 +105,7 @@ def test_zero_capacity_worker_joins_the_head_service_then_execs_the_worker() -> 
     name, namespace, pool = _load(GOLDEN / "zero-capacity.pool.yaml")
     deployment = build_manifests(name, namespace, pool)[1]
     assert deployment["kind"] == "Deployment"
-    assert deployment["metadata"]["name"] == naming.worker_deployment(name)
+    assert deployment["metadata"]["name"] == naming.prefect_worker_deployment(name)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     script = container["command"][-1]
     ray_start = f"ray start --address={name}-head-svc:6379 --num-cpus=0 --num-gpus=0 --block"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from prefect_raypool_operator.render import parse_pool
+from prefect_raypool_operator.refusals import parse_pool
 from testbed.binaries import Binaries
 
 pytestmark = pytest.mark.unit
@@ -54,13 +54,7 @@ def test_operator_chart_all_namespaces() -> None:
     assert kinds.count("CustomResourceDefinition") == 1
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:5] == [
-        "kopf",
-        "run",
-        "-m",
-        "prefect_raypool_operator.main",
-        "--standalone",
-    ]
+    assert container["command"][:3] == ["python", "-m", "prefect_raypool_operator"]
     assert "--all-namespaces" in container["command"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["command"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

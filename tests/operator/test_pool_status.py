@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 
-from prefect_raypool_operator import settings
-from prefect_raypool_operator.handlers import health
-from prefect_raypool_operator.reconcile import keep_autoscaled_replicas, parse
-from prefect_raypool_operator.status import (
-    Check,
-    Observed,
-    build_status,
-    deployment_check,
+from prefect_raypool_operator import config
+from prefect_raypool_operator.memory import Memory
+from prefect_raypool_operator.observe import (
+    prefect_sidecar_check,
+    prefect_worker_deployment_check,
     ray_cluster_check,
-    sidecar_check,
-    transitions,
 )
+from prefect_raypool_operator.owned import keep_autoscaled_replicas
+from prefect_raypool_operator.plan import plan
+from prefect_raypool_operator.status import Check, Observed, build_status, transitions
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,11 +73,14 @@ def test_deployment_ready_needs_current_generation_and_ready_replicas() -> None:
         "metadata": meta,
         "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2},
     }
-    assert deployment_check(stale, 2).ok is False
-    assert deployment_check(fresh, 2).ok is True
-    assert deployment_check(fresh, 3).ok is False
-    assert deployment_check(None, 1).reason == "DeploymentMissing"
-    assert deployment_check({"metadata": meta, "status": {}}, 0).reason == "ScaledToZero"
+    assert prefect_worker_deployment_check(stale, 2).ok is False
+    assert prefect_worker_deployment_check(fresh, 2).ok is True
+    assert prefect_worker_deployment_check(fresh, 3).ok is False
+    assert prefect_worker_deployment_check(None, 1).reason == "DeploymentMissing"
+    assert (
+        prefect_worker_deployment_check({"metadata": meta, "status": {}}, 0).reason
+        == "ScaledToZero"
+    )
 
 
 def test_sidecar_ready_reads_the_prefect_container() -> None:
@@ -91,10 +92,10 @@ def test_sidecar_ready_reads_the_prefect_container() -> None:
             ]
         }
     }
-    assert sidecar_check(pod).reason == "SidecarNotReady"
+    assert prefect_sidecar_check(pod).reason == "SidecarNotReady"
     pod["status"]["containerStatuses"][1]["ready"] = True
-    assert sidecar_check(pod).ok is True
-    assert sidecar_check(None).ok is False
+    assert prefect_sidecar_check(pod).ok is True
+    assert prefect_sidecar_check(None).ok is False
 
 
 def _obs(**kw: Any) -> Observed:
@@ -104,7 +105,7 @@ def _obs(**kw: Any) -> Observed:
 def test_all_true_is_ready_and_addresses_are_reported() -> None:
     yes = Check(True, "OK")
     status = build_status(
-        _obs(ray_cluster=yes, worker=yes, pool=yes, ready_worker_replicas=2), None, T0
+        _obs(ray_cluster=yes, prefect_worker=yes, work_pool=yes, ready_ray_workers=2), None, T0
     )
     assert status["phase"] == "Ready" and status["observedGeneration"] == 3
     conds = {c["type"]: c for c in status["conditions"]}
@@ -118,7 +119,7 @@ def test_all_true_is_ready_and_addresses_are_reported() -> None:
 def test_unreachable_prefect_api_is_a_false_condition_not_ready() -> None:
     yes = Check(True, "OK")
     down = Check(False, "PrefectAPIUnreachable", "cannot reach the Prefect API")
-    status = build_status(_obs(ray_cluster=yes, worker=yes, pool=down), None, T0)
+    status = build_status(_obs(ray_cluster=yes, prefect_worker=yes, work_pool=down), None, T0)
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["WorkPoolReady"]["status"] == "False"
     assert conds["WorkPoolReady"]["reason"] == "PrefectAPIUnreachable"
@@ -136,12 +137,12 @@ def test_blocking_problem_phase() -> None:
 
 def test_transition_times_and_events_only_on_change() -> None:
     yes, no = Check(True, "OK"), Check(False, "HeadPodNotReady", "starting")
-    first = build_status(_obs(ray_cluster=no, worker=yes, pool=yes), None, T0)
-    again = build_status(_obs(ray_cluster=no, worker=yes, pool=yes), first, T1)
+    first = build_status(_obs(ray_cluster=no, prefect_worker=yes, work_pool=yes), None, T0)
+    again = build_status(_obs(ray_cluster=no, prefect_worker=yes, work_pool=yes), first, T1)
     assert transitions(first, again) == []
     ray = next(c for c in again["conditions"] if c["type"] == "RayClusterReady")
     assert ray["lastTransitionTime"] == "2026-01-01T00:00:00Z"
-    ready = build_status(_obs(ray_cluster=yes, worker=yes, pool=yes), again, T1)
+    ready = build_status(_obs(ray_cluster=yes, prefect_worker=yes, work_pool=yes), again, T1)
     changed = {(t.type, t.status) for t in transitions(again, ready)}
     assert changed == {("Ready", "True"), ("RayClusterReady", "True")}
     ray = next(c for c in ready["conditions"] if c["type"] == "RayClusterReady")
@@ -173,29 +174,40 @@ def test_autoscaler_owns_replicas_once_the_cluster_exists() -> None:
 
 
 def test_operator_refuses_a_spec_the_crd_would_have_refused() -> None:
-    body = {"metadata": {"name": "Bad_Name"}, "spec": {"prefect": {"apiUrl": "http://p/api"}}}
-    pool, problem = parse(body)
-    assert pool is None and problem is not None and problem.permanent
-    body = {"metadata": {"name": "ok"}, "spec": {"prefect": {"apiUrl": "ftp://p"}}}
-    pool, problem = parse(body)
-    assert problem is not None and "spec.prefect.apiUrl" in problem.message
+    def body(name: str, api_url: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "prefectray.io/v1alpha1",
+            "kind": "PrefectRayPool",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"prefect": {"apiUrl": api_url}},
+        }
+
+    refused = plan(body("Bad_Name", "http://p/api"))
+    assert refused.spec is None and refused.refusal is not None and refused.refusal.permanent
+    assert not refused.desired
+    refused = plan(body("ok", "ftp://p"))
+    assert refused.refusal is not None and "spec.prefect.apiUrl" in refused.refusal.message
 
 
 def test_liveness_fails_only_when_reconciles_stop_with_pools_known() -> None:
-    health.forget("ns", "p")
-    health.check(now=10**9)  # no pools: healthy however old
-    health.record("ns", "p")
-    assert health.check()["pools"] == 1
+    memory = Memory()
+    memory.liveness(now=10**9)  # no pools: healthy however old
+    memory.reconciled(memory.of(("ns", "p"), "uid-1"))
+    assert memory.liveness()["pools"] == 1
     with pytest.raises(RuntimeError, match="no reconcile"):
-        health.check(now=10**9)
-    health.forget("ns", "p")
+        memory.liveness(now=10**9)
+    memory.forget(("ns", "p"))
+    assert memory.liveness(now=10**9)["pools"] == 0
 
 
 def test_prefect_url_map_rewrites_only_the_prefix() -> None:
-    config = settings.Config(
-        prefect_url_map=settings._url_map("http://prefect.svc:4200=http://127.0.0.1:4200")
+    operator_config = config.Config(
+        prefect_url_map=config._url_map("http://prefect.svc:4200=http://127.0.0.1:4200")
     )
-    assert config.operator_prefect_url("http://prefect.svc:4200/api") == "http://127.0.0.1:4200/api"
-    assert config.operator_prefect_url("http://other:4200/api") == "http://other:4200/api"
+    assert (
+        operator_config.operator_prefect_url("http://prefect.svc:4200/api")
+        == "http://127.0.0.1:4200/api"
+    )
+    assert operator_config.operator_prefect_url("http://other:4200/api") == "http://other:4200/api"
     with pytest.raises(ValueError):
-        settings._url_map("nonsense")
+        config._url_map("nonsense")

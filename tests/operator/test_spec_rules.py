@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from prefect_raypool_operator.preflight import image_ray_version, spec_problems
-from prefect_raypool_operator.render import PoolFileError, parse_pool, render_text
+from prefect_raypool_operator.refusals import Refused, image_ray_version, parse_pool, spec_problems
+from prefect_raypool_operator.render import render_text
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 pytestmark = pytest.mark.unit
@@ -83,13 +83,13 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_is_refused_naming_the_field(case: str) -> None:
     doc, expected = BAD_INPUTS[case]
-    with pytest.raises(PoolFileError) as err:
+    with pytest.raises(Refused) as err:
         parse_pool(doc)
     assert expected in str(err.value)
 
 
 def test_literal_api_key_is_not_echoed() -> None:
-    with pytest.raises(PoolFileError) as err:
+    with pytest.raises(Refused) as err:
         parse_pool(_with("spec.prefect.apiKey", "pnu_abc123"))
     assert "pnu_abc123" not in str(err.value)
 
@@ -127,7 +127,7 @@ def test_image_with_another_ray_version_is_a_permanent_problem() -> None:
 
 def test_ephemeral_placement_is_refused_until_its_issue_lands() -> None:
     doc = _with("spec.placement", "Ephemeral")
-    with pytest.raises(PoolFileError, match="Ephemeral"):
+    with pytest.raises(Refused, match="Ephemeral"):
         render_text(yaml.safe_dump(doc))
 
 

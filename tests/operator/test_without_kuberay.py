@@ -9,6 +9,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from prefect_raypool_operator import kinds
 from testbed import REPO
 from testbed.binaries import ensure_binaries
 from testbed.cluster import Cluster
@@ -44,7 +45,7 @@ def test_pool_waits_for_kuberay_then_becomes_ready(
 
         def ready(status: str, reason: str | None = None) -> dict[str, Any] | None:
             pool = custom.get_namespaced_custom_object(
-                "prefectray.io", "v1alpha1", "default", "prefectraypools", "analytics"
+                kinds.GROUP, kinds.VERSION, "default", kinds.PLURAL, "analytics"
             )
             for cond in (pool.get("status") or {}).get("conditions", []):
                 if cond["type"] == "Ready" and cond["status"] == status:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
 from prefect_raypool_operator.builders.raycluster import build_raycluster
-from prefect_raypool_operator.builders.worker import build_worker_deployment
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec
 
 Manifest = dict[str, Any]
 
 
-def build_manifests(name: str, namespace: str, pool: PrefectRayPoolSpec) -> list[Manifest]:
+def build_manifests(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> list[Manifest]:
     """Every object a pool owns, in apply order (the RayCluster first)."""
-    manifests = [build_raycluster(name, namespace, pool)]
-    if pool.placement == Placement.ZERO_CAPACITY_NODE:
-        manifests.append(build_worker_deployment(name, namespace, pool))
+    manifests = [build_raycluster(pool_name, namespace, spec)]
+    if spec.placement == Placement.ZERO_CAPACITY_NODE:
+        manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))
     return manifests
 
 
-__all__ = ["Manifest", "build_manifests", "build_raycluster", "build_worker_deployment"]
+__all__ = ["Manifest", "build_manifests", "build_raycluster", "build_prefect_worker_deployment"]

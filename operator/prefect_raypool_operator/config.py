@@ -36,9 +36,10 @@ class Config:
     resync_seconds: float = 30.0  # drift repair and status refresh per pool
     kube_request_timeout: float = 30.0
     prefect_timeout: float = 10.0
-    # Reconciles running at once (kopf's executor threads). They mostly wait on the API
-    # server and Prefect, so more threads than cores start a burst of new pools sooner.
-    workers: int = 32
+    # Reconciles running at once (kopf's executor threads; RAYPOOL_WORKERS, the chart's
+    # `workers`). They mostly wait on the API server and Prefect, so more threads than
+    # cores start a burst of new pools sooner.
+    reconcile_threads: int = 32
     watch_server_timeout: float = 300.0  # the API server ends each watch after this
     watch_client_timeout: float = 330.0  # and we give up on a silent stream after this
     # For an operator outside the cluster (dev): rewrite the pool's in-cluster Prefect
@@ -51,7 +52,7 @@ class Config:
             resync_seconds=_float("RAYPOOL_RESYNC_SECONDS", 30.0),
             kube_request_timeout=_float("RAYPOOL_KUBE_REQUEST_TIMEOUT", 30.0),
             prefect_timeout=_float("RAYPOOL_PREFECT_TIMEOUT", 10.0),
-            workers=int(os.environ.get("RAYPOOL_WORKERS", 32)),
+            reconcile_threads=int(os.environ.get("RAYPOOL_WORKERS", 32)),
             watch_server_timeout=_float("RAYPOOL_WATCH_SERVER_TIMEOUT", 300.0),
             watch_client_timeout=_float("RAYPOOL_WATCH_CLIENT_TIMEOUT", 330.0),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
@@ -67,7 +68,7 @@ class Config:
 CONFIG = Config.from_env()
 
 
-def configure(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
     """kopf settings for real clusters: our own prefixes, timeouts and backoff."""
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -86,5 +87,5 @@ def configure(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
     # Our handlers post their own Events (kopf.event); kopf's per-handler INFO lines
     # ("Handler ... succeeded") would add two API writes per pool per change.
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = config.workers
+    settings.execution.max_workers = config.reconcile_threads
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call otherwise

@@ -1,0 +1,163 @@
+"""The PrefectRayPool controller: what every handler in main.py delegates to.
+
+It owns the API client, the memory of each pool, the status writes and the Events;
+`reconcile` does the rest through the `ClusterIO` the controller is given. One
+reconcile per pool runs at a time (bursts of triggers fold into one more).
+
+Error policy (deliberate): a problem only a spec change can fix raises
+kopf.PermanentError (no retry storm; the next spec change triggers again); a problem
+that may fix itself (missing Secret, KubeRay not installed yet, Prefect API down)
+raises kopf.TemporaryError with a delay. The resync timer never raises: the status
+already says what is wrong, and it keeps repairing drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from prefect_raypool_operator.coalesce import Coalescer
+from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.kube import KubeIO
+from prefect_raypool_operator.memory import Memory, PoolKey
+from prefect_raypool_operator.naming import POOL_LABEL
+from prefect_raypool_operator.reconcile import ClusterIO, Outcome, reconcile
+from prefect_raypool_operator.watchcache import Reads
+
+RETRY_DELAY = 15.0
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+# kopf's handler kwargs (its indices among them) -> the I/O of this trigger.
+Connect = Callable[[Mapping[str, Any]], ClusterIO]
+
+
+class Controller:
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+        self._runs = Coalescer()
+        self.memory = Memory()
+
+    def run(
+        self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool = True
+    ) -> Outcome | None:
+        """Reconcile the pool now, or fold into the reconcile already running for it.
+
+        None when the pool is gone or the trigger was folded into a running reconcile.
+        """
+        ran, outcome = self._runs.run(
+            key, lambda again: self._run_once(key, io, logger, again), repair
+        )
+        return outcome if ran else None
+
+    def _run_once(
+        self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
+    ) -> Outcome | None:
+        """Reconcile the pool as last seen, write status and Events. None if it is gone."""
+        started = time.monotonic()
+        namespace, name = key
+        body = io.pool(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.memory.forget(key)
+            return None
+        memory = self.memory.of(key, body["metadata"]["uid"])
+        previous = memory.written_status
+        if previous is None:
+            previous = body.get("status") or {}
+        outcome = reconcile(body, io, memory, previous, repair=repair)
+        if outcome.status != previous:
+            io.write_status(namespace, name, outcome.status)
+            memory.written_status = outcome.status
+        self.memory.reconciled(memory)
+        logger.debug(
+            f"reconciled in {time.monotonic() - started:.3f}s: phase {outcome.status['phase']}"
+        )
+        for created in outcome.created:
+            io.post_event(body, "Normal", "Created", f"created {created}")
+        for change in outcome.transitions:
+            io.post_event(
+                body,
+                "Warning" if change.warning else "Normal",
+                change.reason,
+                f"{change.type}={change.status}: {change.message}",
+            )
+        if outcome.problem:
+            logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
+        return outcome
+
+    def on_spec(
+        self, namespace: str | None, name: str, logger: Logger, kwargs: Mapping[str, Any]
+    ) -> None:
+        """create / update / resume: reconcile, and let kopf retry what may fix itself."""
+        assert namespace, "PrefectRayPool is namespaced"
+        outcome = self.run((namespace, name), self._connect(kwargs), logger)
+        if outcome is None or outcome.problem is None:
+            return
+        problem = outcome.problem
+        if problem.permanent:
+            raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
+        raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=RETRY_DELAY)
+
+    def on_resync(
+        self, namespace: str | None, name: str, logger: Logger, kwargs: Mapping[str, Any]
+    ) -> None:
+        """The timer: drift repair and status refresh, whatever happened to the watch."""
+        if namespace:
+            self.run((namespace, name), self._connect(kwargs), logger)
+
+    def on_owned_change(
+        self,
+        event_type: str | None,
+        body: Mapping[str, Any],
+        namespace: str | None,
+        logger: Logger,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """An object the pool owns changed or vanished: reconcile its pool.
+
+        Deleted, first seen, or its spec changed by someone else: repair (apply). Only
+        its status changed: observe, without re-applying.
+        """
+        meta = body.get("metadata") or {}
+        pool_name = (meta.get("labels") or {}).get(POOL_LABEL)
+        if not pool_name or not namespace:
+            return
+        memory = self.memory.get((namespace, pool_name))
+        seen = (
+            memory.generations.get((str(body.get("kind")), str(meta.get("name"))))
+            if memory
+            else None
+        )
+        drifted = event_type in (None, "DELETED") or meta.get("generation") != seen
+        self.run((namespace, pool_name), self._connect(kwargs), logger, repair=drifted)
+
+    def liveness(self) -> dict[str, Any]:
+        return self.memory.liveness()
+
+
+_api: client.ApiClient | None = None
+
+
+def api_client() -> client.ApiClient:
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        configuration = client.Configuration.get_default_copy()
+        # One connection per reconcile thread, not urllib3's 10: a discarded connection
+        # costs a new TLS handshake per request.
+        configuration.connection_pool_maxsize = CONFIG.reconcile_threads
+        _api = client.ApiClient(configuration)
+    return _api
+
+
+def connect_kube(kwargs: Mapping[str, Any]) -> ClusterIO:
+    return KubeIO(api_client(), Reads.from_handler(kwargs))
+
+
+CONTROLLER = Controller(connect_kube)

@@ -1,1 +1,0 @@
-"""Thin kopf handlers: each one finds the pool and calls `reconcile`. Registered in main.py."""

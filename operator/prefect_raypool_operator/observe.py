@@ -1,0 +1,114 @@
+"""Observe, the pure last step of a reconcile: what apply found in, the status out.
+
+Like KubeRay's calculateStatus: each condition is read from the live objects'
+own status (KubeRay's for the RayCluster, the Deployment controller's for the
+Prefect workers), never from what was just applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_raypool_operator import naming
+from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
+from prefect_raypool_operator.plan import Plan
+from prefect_raypool_operator.refusals import Problem
+from prefect_raypool_operator.status import Check, Observed, build_status
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class Found:
+    """What the apply step saw: the inputs of `observe`."""
+
+    refusal: Problem | None = None  # what only the cluster knows stopped the pool
+    live: dict[Owned, Obj] = field(default_factory=dict)  # owned kind -> live object
+    head_pod: Obj | None = None  # read only for a Prefect worker sidecar
+    work_pool: Check | None = None
+    created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
+
+
+def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
+    """The pool's status after this reconcile; `previous` keeps transition times."""
+    refusal = desired.refusal or found.refusal
+    if desired.spec is None or refusal is not None:
+        assert refusal is not None
+        blocked = Observed(
+            desired.pool_name,
+            desired.namespace,
+            desired.generation,
+            desired.work_pool_name,
+            blocking=Check(False, refusal.reason, refusal.message),
+            blocking_permanent=refusal.permanent,
+        )
+        return build_status(blocked, previous)
+    cluster = found.live.get(RAY_CLUSTER)
+    if desired.sidecar:
+        prefect_worker = prefect_sidecar_check(found.head_pod)
+        ready_prefect = 1 if prefect_worker.ok else 0
+    else:
+        deployment = found.live.get(PREFECT_WORKER_DEPLOYMENT)
+        prefect_worker = prefect_worker_deployment_check(deployment, desired.spec.prefect.replicas)
+        ready_prefect = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+    return build_status(
+        Observed(
+            desired.pool_name,
+            desired.namespace,
+            desired.generation,
+            desired.work_pool_name,
+            ray_cluster=ray_cluster_check(cluster),
+            ready_ray_workers=((cluster or {}).get("status") or {}).get("readyWorkerReplicas"),
+            prefect_worker=prefect_worker,
+            work_pool=found.work_pool,
+            ready_prefect_workers=ready_prefect,
+        ),
+        previous,
+    )
+
+
+def ray_cluster_check(live: Obj | None) -> Check:
+    """RayClusterReady from KubeRay's own status: state and conditions."""
+    if live is None:
+        return Check(False, "RayClusterMissing", "the RayCluster does not exist yet")
+    status = live.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    failure = conditions.get("ReplicaFailure")
+    if failure and failure.get("status") == "True":
+        return Check(False, "ReplicaFailure", failure.get("message") or "KubeRay ReplicaFailure")
+    provisioned = conditions.get("RayClusterProvisioned", {}).get("status") == "True"
+    head_ready = conditions.get("HeadPodReady", {}).get("status") == "True"
+    if status.get("state") == "ready" or (provisioned and head_ready):
+        return Check(True, "RayClusterReady", "KubeRay reports the cluster ready")
+    if not head_ready:
+        message = conditions.get("HeadPodReady", {}).get("message") or "head pod not ready"
+        return Check(False, "HeadPodNotReady", message)
+    return Check(False, "RayClusterProvisioning", "KubeRay is starting the worker pods")
+
+
+def prefect_worker_deployment_check(live: Obj | None, desired_replicas: int) -> Check:
+    if live is None:
+        return Check(False, "DeploymentMissing", "the worker Deployment does not exist yet")
+    status = live.get("status") or {}
+    ready = status.get("readyReplicas") or 0
+    if desired_replicas == 0:
+        return Check(True, "ScaledToZero", "prefect.replicas is 0")
+    current = (status.get("observedGeneration") or 0) >= (
+        live.get("metadata", {}).get("generation") or 0
+    )
+    updated = status.get("updatedReplicas") or 0
+    if current and ready >= desired_replicas and updated >= desired_replicas:
+        return Check(True, "WorkersReady", f"{ready}/{desired_replicas} Prefect workers ready")
+    return Check(False, "WorkersNotReady", f"{ready}/{desired_replicas} Prefect workers ready")
+
+
+def prefect_sidecar_check(head_pod: Obj | None) -> Check:
+    if head_pod is None:
+        return Check(False, "HeadPodMissing", "the Ray head pod does not exist yet")
+    for status in (head_pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == naming.PREFECT_WORKER_CONTAINER:
+            if status.get("ready"):
+                return Check(True, "SidecarReady", "the Prefect worker sidecar is ready")
+            return Check(False, "SidecarNotReady", "the Prefect worker sidecar is not ready")
+    return Check(False, "SidecarMissing", "the head pod has no Prefect worker container yet")

@@ -1,0 +1,50 @@
+"""The kinds a pool owns, one row each.
+
+The handlers watch, the reconciler applies, reads and deletes, and drift is tracked
+through this table; no code tests an object's `kind` to decide what to do with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_raypool_operator import kinds, naming
+
+Obj = dict[str, Any]
+
+
+def _desired_as_is(desired: Obj, live: Obj | None) -> Obj:
+    return desired
+
+
+def keep_autoscaled_replicas(desired: Obj, live: Obj | None) -> Obj:
+    """With the autoscaler on, the live worker-group replicas are its call, not ours."""
+    if live is None or not desired["spec"].get("enableInTreeAutoscaling"):
+        return desired
+    live_groups = {g.get("groupName"): g for g in live.get("spec", {}).get("workerGroupSpecs", [])}
+    for group in desired["spec"]["workerGroupSpecs"]:
+        current = live_groups.get(group["groupName"], {}).get("replicas")
+        if current is not None:
+            group["replicas"] = max(group["minReplicas"], min(group["maxReplicas"], current))
+    return desired
+
+
+@dataclass(frozen=True)
+class Owned:
+    kind: kinds.Kind
+    index: str  # the kopf index (main.py) that keeps these objects in memory
+    object_name: Callable[[str], str]  # pool name -> this object's name
+    # What of the live object an apply keeps: (desired, live or None) -> what to apply.
+    merge_live: Callable[[Obj, Obj | None], Obj] = _desired_as_is
+
+
+RAY_CLUSTER = Owned(
+    kinds.RAY_CLUSTER, "raycluster_index", naming.ray_cluster, keep_autoscaled_replicas
+)
+PREFECT_WORKER_DEPLOYMENT = Owned(
+    kinds.DEPLOYMENT, "deployment_index", naming.prefect_worker_deployment
+)
+OWNED = (RAY_CLUSTER, PREFECT_WORKER_DEPLOYMENT)
+BY_KIND = {owned.kind.kind: owned for owned in OWNED}

@@ -1,0 +1,77 @@
+"""Plan, the pure first step of a reconcile: a pool's body in, what it should own out.
+
+No I/O: the same body always gives the same plan. A pool the spec alone refuses gets
+a plan with a refusal and nothing to apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from prefect_raypool_operator import naming
+from prefect_raypool_operator.builders import build_manifests
+from prefect_raypool_operator.owned import BY_KIND, Owned
+from prefect_raypool_operator.refusals import (
+    Problem,
+    Refused,
+    parse_pool,
+    secret_refs,
+    spec_problems,
+)
+from prefect_raypool_operator.spec import KeyRef, Placement, PrefectRayPoolSpec, RayAuthMode
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    body: Obj  # the pool as last seen: owner of everything below
+    pool_name: str
+    namespace: str
+    generation: int | None
+    work_pool_name: str
+    spec: PrefectRayPoolSpec | None = None  # None when refused
+    refusal: Problem | None = None
+    # Owned kind -> its desired object, owner reference set, in apply order. A kind
+    # missing here is deleted when it exists (HeadSidecar has no worker Deployment).
+    desired: dict[Owned, Obj] = field(default_factory=dict)
+    secret_refs: list[tuple[str, KeyRef]] = field(default_factory=list)
+    makes_ray_token: bool = False  # the operator creates `<pool>-ray-token`
+
+    @property
+    def sidecar(self) -> bool:
+        """The Prefect worker runs in the Ray head pod (not in its own Deployment)."""
+        return self.spec is not None and self.spec.placement != Placement.ZERO_CAPACITY_NODE
+
+
+def plan(body: Obj) -> Plan:
+    meta = body["metadata"]
+    pool_name, namespace = meta["name"], meta["namespace"]
+    generation = meta.get("generation")
+    try:
+        _, _, spec = parse_pool(body)
+    except Refused as refused:
+        return Plan(body, pool_name, namespace, generation, pool_name, refusal=refused.problem)
+    work_pool_name = naming.work_pool_name(pool_name, spec)
+    problems = spec_problems(spec)
+    if problems:
+        return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
+    owner = kopf.Body(cast(Any, body))
+    desired = {}
+    for manifest in build_manifests(pool_name, namespace, spec):
+        kopf.adopt(manifest, owner=owner)
+        desired[BY_KIND[manifest["kind"]]] = manifest
+    return Plan(
+        body,
+        pool_name,
+        namespace,
+        generation,
+        work_pool_name,
+        spec,
+        desired=desired,
+        secret_refs=secret_refs(spec),
+        makes_ray_token=spec.ray.auth.mode == RayAuthMode.TOKEN and not spec.ray.auth.secretKeyRef,
+    )

@@ -1,0 +1,144 @@
+"""Every reason a pool is refused before anything is created, and the one parse of it.
+
+`raypool render` and the reconciler read a PrefectRayPool through `parse_pool` and
+`spec_problems`, so a file that renders cleanly is one the operator accepts. The
+checks that need the cluster (a referenced Secret exists, KubeRay is installed) run
+in the reconciler and report the same `Problem`, built here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from prefect_raypool_operator import kinds
+from prefect_raypool_operator.builders.common import prefect_worker_image, ray_image
+from prefect_raypool_operator.spec import (
+    KeyRef,
+    Placement,
+    PrefectRayPoolSpec,
+    RayAuthMode,
+    name_problem,
+)
+
+_VERSION_IN_TAG = re.compile(r"^(\d+\.\d+\.\d+)(?:[-.+_].*)?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a pool cannot be reconciled: a condition reason and a message naming the fix."""
+
+    reason: str
+    message: str
+    permanent: bool  # True: only a spec change fixes it; False: may fix itself (retry)
+
+
+class Refused(ValueError):
+    """A pool document the cluster would reject; the message names the field."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def parse_pool(doc: dict[str, Any]) -> tuple[str, str, PrefectRayPoolSpec]:
+    """(name, namespace, spec) of one PrefectRayPool document, or Refused."""
+    if doc.get("kind") != kinds.POOL.kind or doc.get("apiVersion") != kinds.POOL.api_version:
+        raise Refused(
+            Problem(
+                "NotAPrefectRayPool",
+                f"not a PrefectRayPool: expected apiVersion {kinds.POOL.api_version} "
+                f"and kind {kinds.POOL.kind}",
+                permanent=True,
+            )
+        )
+    meta = doc.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    bad_name = name_problem(name)
+    if bad_name:
+        raise Refused(Problem("InvalidName", f"metadata.name {name!r}: {bad_name}", True))
+    try:
+        spec = PrefectRayPoolSpec.model_validate(doc.get("spec") or {})
+    except pydantic.ValidationError as exc:
+        raise Refused(Problem("InvalidSpec", format_validation_error(exc), True)) from None
+    return name, str(meta.get("namespace") or "default"), spec
+
+
+def format_validation_error(exc: pydantic.ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(["spec", *(str(p) for p in err["loc"])])
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def image_ray_version(image: str) -> str | None:
+    """The Ray version an image tag carries ('rayproject/ray:2.60.0-py311' -> '2.60.0')."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    match = _VERSION_IN_TAG.match(last.rsplit(":", 1)[1])
+    return match.group(1) if match else None
+
+
+def spec_problems(spec: PrefectRayPoolSpec) -> list[Problem]:
+    """What the CRD schema cannot check, from the spec alone."""
+    problems = []
+    if spec.placement == Placement.EPHEMERAL:
+        problems.append(
+            Problem(
+                "PlacementNotSupported",
+                "spec.placement Ephemeral is not supported by this operator version yet: "
+                "use ZeroCapacityNode or HeadSidecar",
+                permanent=True,
+            )
+        )
+    images = [("spec.ray.image", ray_image(spec))]
+    if spec.prefect.image:  # otherwise the Prefect worker runs the Ray image, checked already
+        images.append(("spec.prefect.image", prefect_worker_image(spec)))
+    for field, image in images:
+        found = image_ray_version(image)
+        if found and found != spec.ray.version:
+            problems.append(
+                Problem(
+                    "RayVersionMismatch",
+                    f"{field} {image!r} carries Ray {found} but spec.ray.version is "
+                    f"{spec.ray.version}: use one Ray version for the image and the spec",
+                    permanent=True,
+                )
+            )
+    return problems
+
+
+def secret_refs(spec: PrefectRayPoolSpec) -> list[tuple[str, KeyRef]]:
+    """(field, reference) of every Secret key the spec names, which must exist."""
+    refs: list[tuple[str, KeyRef]] = []
+    if spec.prefect.apiKey:
+        refs.append(("spec.prefect.apiKey", spec.prefect.apiKey.secretKeyRef))
+    if spec.ray.auth.mode == RayAuthMode.TOKEN and spec.ray.auth.secretKeyRef:
+        refs.append(("spec.ray.auth.secretKeyRef", spec.ray.auth.secretKeyRef))
+    for i, env in enumerate(spec.prefect.env):
+        if env.valueFrom and env.valueFrom.secretKeyRef:
+            refs.append((f"spec.prefect.env[{i}]", env.valueFrom.secretKeyRef))
+    return refs
+
+
+def secret_not_found(field: str, ref: KeyRef, namespace: str) -> Problem:
+    return Problem(
+        "SecretNotFound",
+        f"{field}: Secret {ref.name!r} with key {ref.key!r} not found in "
+        f"namespace {namespace!r}: create it (the pool waits for it)",
+        permanent=False,
+    )
+
+
+KUBERAY_NOT_INSTALLED = Problem(
+    "KubeRayNotInstalled",
+    "the API server does not serve ray.io/v1 RayCluster: install the KubeRay "
+    "operator (v1.5) and its CRDs; the pool waits for it",
+    permanent=False,
+)

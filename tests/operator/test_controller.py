@@ -1,0 +1,302 @@
+"""The controller's orchestration against an in-memory `ClusterIO`: what it applies,
+deletes, writes and posts for each trigger, in milliseconds. The same paths against
+a real API server and KubeRay are in test_pool_controlplane.py."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import kopf
+import pytest
+
+from prefect_raypool_operator.controller import Controller
+from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
+from prefect_raypool_operator.spec import KeyRef
+from prefect_raypool_operator.status import Check
+
+pytestmark = pytest.mark.unit
+Obj = dict[str, Any]
+LOG = logging.getLogger("test_controller")
+NS, POOL = "team", "analytics"
+RAY, DEPLOY = RAY_CLUSTER.kind.kind, PREFECT_WORKER_DEPLOYMENT.kind.kind
+
+
+class FakeIO:
+    """A cluster and a Prefect API in dicts; every write is recorded."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], Obj] = {}
+        self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> live object
+        self.secrets: dict[tuple[str, str], str] = {}  # (secret, key) -> value
+        self.kuberay = True
+        self.work_pool = Check(True, "WorkPoolCreated", "created")
+        self.head: Obj | None = None
+        self.calls: list[tuple[str, ...]] = []
+        self.statuses: list[Obj] = []
+        self.events: list[tuple[str, str]] = []
+
+    def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
+        body = {
+            "apiVersion": "prefectray.io/v1alpha1",
+            "kind": "PrefectRayPool",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "uid": f"uid-{name}",
+                "generation": generation,
+            },
+            "spec": {"prefect": {"apiUrl": "http://prefect:4200/api"}, **spec},
+        }
+        self.pools[(NS, name)] = body
+        return body
+
+    def pool(self, namespace: str, name: str) -> Obj | None:
+        return self.pools.get((namespace, name))
+
+    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
+        return self.objects.get((owned.kind.kind, owned.object_name(pool_name)))
+
+    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        self.calls.append(("apply", *key))
+        live = self.objects.get(key)
+        if live is None:
+            live = {**copy.deepcopy(manifest), "status": {}}
+            live["metadata"]["generation"] = 1
+            self.objects[key] = live
+            return copy.deepcopy(live), True
+        if live["spec"] != manifest["spec"]:
+            live["spec"] = copy.deepcopy(manifest["spec"])
+            live["metadata"]["generation"] += 1
+        return copy.deepcopy(live), False
+
+    def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
+        self.calls.append(("delete", owned.kind.kind, owned.object_name(pool_name)))
+        return self.objects.pop((owned.kind.kind, owned.object_name(pool_name)), None) is not None
+
+    def create_secret(self, manifest: Obj) -> bool:
+        self.calls.append(("create", "Secret", manifest["metadata"]["name"]))
+        name = manifest["metadata"]["name"]
+        made = not any(secret == name for secret, _ in self.secrets)
+        for key, value in manifest["stringData"].items():
+            self.secrets.setdefault((name, key), value)
+        return made
+
+    def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
+        return self.secrets.get((ref.name, ref.key))
+
+    def kuberay_installed(self, namespace: str) -> bool:
+        return self.kuberay
+
+    def head_pod(self, namespace: str, pool_name: str) -> Obj | None:
+        return self.head
+
+    def ensure_work_pool(
+        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+    ) -> Check:
+        self.calls.append(("work pool", name))
+        return self.work_pool
+
+    def write_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.statuses.append(status)
+        self.pools[(namespace, name)]["status"] = status
+
+    def post_event(self, owner: Obj, type: str, reason: str, message: str) -> None:
+        self.events.append((reason, message))
+
+    # What KubeRay and the Deployment controller would do.
+    def ray_ready(self, workers: int = 1) -> None:
+        self.objects[(RAY, POOL)]["status"] = {"state": "ready", "readyWorkerReplicas": workers}
+
+    def deployment_ready(self, replicas: int = 1) -> None:
+        live = self.objects[(DEPLOY, f"{POOL}-prefect-worker")]
+        generation = live["metadata"]["generation"]
+        live["status"] = {
+            "observedGeneration": generation,
+            "readyReplicas": replicas,
+            "updatedReplicas": replicas,
+        }
+
+    def writes(self) -> list[tuple[str, ...]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+@pytest.fixture
+def io() -> FakeIO:
+    return FakeIO()
+
+
+@pytest.fixture
+def controller(io: FakeIO) -> Controller:
+    return Controller(lambda _kwargs: io)
+
+
+def _conditions(io: FakeIO) -> dict[str, tuple[str, str]]:
+    status = io.pools[(NS, POOL)]["status"]
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def _owned_event(controller: Controller, io: FakeIO, kind: str, name: str, event: str) -> None:
+    body = copy.deepcopy(io.objects.get((kind, name))) or {
+        "kind": kind,
+        "metadata": {"name": name, "labels": {"prefectray.io/pool": POOL}},
+    }
+    controller.on_owned_change(event, body, NS, LOG, {})
+
+
+def test_new_pool_creates_what_it_owns_then_becomes_ready(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    assert io.writes() == [
+        ("create", "Secret", f"{POOL}-ray-token"),
+        ("apply", RAY, POOL),
+        ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        ("work pool", POOL),
+    ]
+    rc = io.objects[(RAY, POOL)]
+    assert rc["metadata"]["ownerReferences"][0]["uid"] == f"uid-{POOL}"
+    assert [m for r, m in io.events if r == "Created"] == [
+        f"created Secret/{POOL}-ray-token",
+        f"created RayCluster/{POOL}",
+        f"created Deployment/{POOL}-prefect-worker",
+    ]
+    assert io.statuses[-1]["phase"] == "Provisioning"
+    assert _conditions(io)["RayClusterReady"] == ("False", "HeadPodNotReady")
+
+    io.ray_ready()
+    io.deployment_ready()
+    io.events.clear()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.statuses[-1]["phase"] == "Ready"
+    assert {reason for reason, _ in io.events} == {"Ready", "RayClusterReady", "WorkersReady"}
+    # The token Secret and the work pool are known good: neither is asked again.
+    assert io.writes() == [("apply", RAY, POOL), ("apply", DEPLOY, f"{POOL}-prefect-worker")]
+
+
+def test_nothing_changed_writes_no_status_and_posts_no_event(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.ray_ready()
+    io.deployment_ready()
+    controller.on_resync(NS, POOL, LOG, {})
+    statuses, events = len(io.statuses), len(io.events)
+    controller.on_resync(NS, POOL, LOG, {})
+    assert (len(io.statuses), len(io.events)) == (statuses, events)
+
+
+def test_a_spec_only_a_change_can_fix_is_refused_before_any_write(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({"placement": "Ephemeral"})
+    with pytest.raises(kopf.PermanentError, match="PlacementNotSupported"):
+        controller.on_spec(NS, POOL, LOG, {})
+    assert io.writes() == [] and io.objects == {}
+    assert io.statuses[-1]["phase"] == "Failed"
+    assert _conditions(io)["Ready"] == ("False", "PlacementNotSupported")
+
+
+def test_missing_secret_waits_and_retries_then_continues(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool(
+        {
+            "prefect": {
+                "apiUrl": "http://p/api",
+                "apiKey": {"secretKeyRef": {"name": "k", "key": "v"}},
+            }
+        }
+    )
+    with pytest.raises(kopf.TemporaryError, match="SecretNotFound"):
+        controller.on_spec(NS, POOL, LOG, {})
+    assert io.writes() == [] and io.statuses[-1]["phase"] == "Pending"
+    io.secrets[("k", "v")] = "pnu_secret"
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("apply", RAY, POOL) in io.writes()
+    assert not any("pnu_secret" in str(status) for status in io.statuses)
+
+
+def test_without_kuberay_nothing_is_created(controller: Controller, io: FakeIO) -> None:
+    io.kuberay = False
+    io.add_pool({})
+    with pytest.raises(kopf.TemporaryError, match="KubeRayNotInstalled"):
+        controller.on_spec(NS, POOL, LOG, {})
+    assert io.objects == {} and io.secrets == {}
+
+
+def test_unreachable_prefect_is_retried_while_ray_is_reconciled(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.work_pool = Check(False, "PrefectAPIUnreachable", "cannot reach the Prefect API")
+    io.add_pool({})
+    with pytest.raises(kopf.TemporaryError, match="PrefectAPIUnreachable"):
+        controller.on_spec(NS, POOL, LOG, {})
+    assert (RAY, POOL) in io.objects
+    assert _conditions(io)["WorkPoolReady"] == ("False", "PrefectAPIUnreachable")
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert ("work pool", POOL) in io.writes()  # a failure is not remembered
+
+
+def test_owned_status_change_observes_and_drift_repairs(controller: Controller, io: FakeIO) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.writes()
+    io.ray_ready()
+    _owned_event(controller, io, RAY, POOL, "MODIFIED")  # status only: no apply
+    assert io.writes() == []
+    assert _conditions(io)["RayClusterReady"] == ("True", "RayClusterReady")
+
+    io.objects[(RAY, POOL)]["metadata"]["generation"] += 1  # edited by hand
+    _owned_event(controller, io, RAY, POOL, "MODIFIED")
+    assert ("apply", RAY, POOL) in io.writes()
+
+    del io.objects[(DEPLOY, f"{POOL}-prefect-worker")]  # deleted by hand
+    _owned_event(controller, io, DEPLOY, f"{POOL}-prefect-worker", "DELETED")
+    assert ("apply", DEPLOY, f"{POOL}-prefect-worker") in io.writes()
+
+
+def test_switching_to_head_sidecar_deletes_the_worker_deployment(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.writes()
+    io.add_pool({"placement": "HeadSidecar"}, generation=2)
+    io.head = {"status": {"containerStatuses": [{"name": "prefect-worker", "ready": True}]}}
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("delete", DEPLOY, f"{POOL}-prefect-worker") in io.writes()
+    head = io.objects[(RAY, POOL)]["spec"]["headGroupSpec"]["template"]["spec"]
+    assert [c["name"] for c in head["containers"]] == ["ray-head", "prefect-worker"]
+    assert _conditions(io)["WorkerReady"] == ("True", "SidecarReady")
+
+
+def test_a_deleted_pool_is_forgotten_entirely(controller: Controller, io: FakeIO) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    assert controller.memory.get((NS, POOL)) is not None
+    assert controller.liveness()["pools"] == 1
+    del io.pools[(NS, POOL)]
+    controller.on_resync(NS, POOL, LOG, {})
+    assert controller.memory.get((NS, POOL)) is None
+    assert controller.liveness()["pools"] == 0
+    # Created again under the same name: a new uid, so a blank memory (a new token check).
+    io.add_pool({})["metadata"]["uid"] = "uid-again"
+    io.writes()
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("create", "Secret", f"{POOL}-ray-token") in io.writes()
+
+
+def test_the_autoscaler_keeps_its_replicas(controller: Controller, io: FakeIO) -> None:
+    groups = [{"name": "cpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 5}]
+    io.add_pool({"ray": {"autoscaling": {"enabled": True}, "workerGroups": groups}})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] = 4
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] == 4
