@@ -25,8 +25,7 @@ from kubernetes import client, config
 
 from testbed import REPO
 from testbed.binaries import ensure_binaries
-from testbed.controlplane import ControlPlane
-from testbed.processes import stop_recorded
+from testbed.controlplane import ControlPlane, stop_control_plane
 
 PROVIDERS = ("kwok", "kind", "existing")
 
@@ -92,7 +91,7 @@ def provide_cluster(provider: str | None = None) -> Iterator[Cluster]:
             cp.start()
             yield Cluster(cp.kubeconfig, str(cp.binaries.kubectl), cp)
         finally:
-            stop_recorded(state)
+            stop_control_plane(state)
             shutil.rmtree(state, ignore_errors=True)
     else:
         raise ValueError(f"PREFECT_RAYPOOL_CLUSTER={provider!r}: use one of {PROVIDERS}")
@@ -113,7 +112,7 @@ def _with_kuberay(kubeconfig: Path) -> Iterator[Cluster]:
         cp.start()
         yield cluster
     finally:
-        stop_recorded(state)
+        stop_control_plane(state)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -22,10 +22,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from testbed import node
 from testbed.binaries import Binaries
 from testbed.node import NODE_IP, RealNode
 from testbed.node import NODE_NAME as REAL_NODE_NAME
-from testbed.processes import Supervisor, free_port, http_ok, log
+from testbed.processes import Supervisor, free_port, http_ok, log, stop_recorded
 
 NODE_NAME = "kwok-node-0"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -105,7 +106,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stop every process this state dir started, newest first."""
-        self.procs.stop()
+        stop_control_plane(self.state_dir)
 
     # ---- pieces ----------------------------------------------------------------
 
@@ -297,6 +298,19 @@ class ControlPlane:
         except RuntimeError:
             return False
         return _condition(node, "Ready")
+
+
+def stop_control_plane(state_dir: Path) -> list[str]:
+    """Stop what a control plane in `state_dir` started (from any process: `make down`
+    has no ControlPlane object), a real node's containers included; return names."""
+    node_dir = state_dir / "node"
+    real = node_dir.exists()
+    if real:
+        node.stop_pods(node_dir)
+    stopped = stop_recorded(state_dir)
+    if real:
+        node.release(node_dir)
+    return stopped
 
 
 def _condition(obj: dict[str, Any], kind: str) -> bool:

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 from testbed import REPO, netns
 from testbed.binaries import ensure_binaries
-from testbed.controlplane import ControlPlane
+from testbed.controlplane import ControlPlane, stop_control_plane
 from testbed.operator_process import apply_pool_crd, operator_argv, operator_env
 from testbed.prefect_server import start_prefect_server
-from testbed.processes import PROCESSES_FILE, Supervisor, free_port, http_ok, stop_recorded
+from testbed.processes import PROCESSES_FILE, Supervisor, free_port, http_ok
 
 #: The examples name the in-cluster Prefect service; the operator runs on the host,
 #: so RAYPOOL_PREFECT_URL_MAP points that URL at the local server.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make up: {e}", file=sys.stderr)
             return 1
     if args.action == "down":
-        stopped = stop_recorded(state)
+        stopped = stop_control_plane(state)
         if netns.exists():
             netns.delete()
             stopped.append(f"network namespace {netns.NAME}")
@@ -169,7 +169,7 @@ def _up(state: Path, node: str) -> int:
                     "--inside-netns"]  # fmt: skip
             code = subprocess.run(netns.wrap(argv), cwd=REPO).returncode
             if code != 0:
-                stop_recorded(state)
+                stop_control_plane(state)
                 netns.delete()
             return code
         if node == "real":

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect_raypool_operator import naming
 from testbed import REPO
 from testbed.binaries import VERSIONS, cache_dir
 from testbed.host_packages import ensure_debian_packages
@@ -51,7 +52,7 @@ PREFECT_VERSION = importlib.metadata.version("prefect")
 
 # The names pods use, the one place that spells them.
 OPERATOR_IMAGE = f"prefect-raypool-operator:{PROJECT_VERSION}"
-RAY_IMAGE = f"prefect-raypool-ray:{PROJECT_VERSION}"
+RAY_IMAGE = naming.DEFAULT_IMAGE  # the operator names the pools' default image
 FLOWS_IMAGE = f"prefect-raypool-example-flows:{PROJECT_VERSION}"
 PAUSE_IMAGE = "localhost/raypool-pause:3.10"
 IMAGE_NAMES = {

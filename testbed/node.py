@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.binaries import Binaries, cache_dir
-from testbed.processes import Supervisor, free_port, http_ok
+from testbed.processes import Supervisor, free_port, http_ok, kill_stragglers
 
 NODE_NAME = "raypool-node-0"
 BRIDGE = "raypool0"
@@ -278,6 +278,32 @@ class RealNode:
                 "--node-labels=prefectray.io/test-node=real",
             ],
         )
+
+
+def stop_pods(node_dir: Path) -> None:
+    """Kill every container of the node at `node_dir` while its containerd still runs:
+    containers outlive containerd and kubelet (their shims are in sessions of their own)."""
+    socket = node_dir / "containerd" / "containerd.sock"
+    if not socket.exists():
+        return
+    ctr = ["ctr", f"--address={socket}", "-n", "k8s.io"]
+    tasks = subprocess.run([*ctr, "tasks", "list", "--quiet"], capture_output=True, text=True)
+    for task in tasks.stdout.split():
+        subprocess.run([*ctr, "tasks", "kill", "--all", "--signal", "SIGKILL", task],
+                       capture_output=True)  # fmt: skip
+
+
+def release(node_dir: Path) -> None:
+    """After the node's processes stopped: end its container shims and unmount what the
+    kubelet and containerd mounted under `node_dir` (volumes, rootfs, shm)."""
+    kill_stragglers(str(node_dir))
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(str(node_dir))
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):  # the innermost first
+        subprocess.run(["umount", "--lazy", mount], capture_output=True)
 
 
 def _run(*argv: str) -> None:

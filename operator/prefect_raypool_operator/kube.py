@@ -110,18 +110,18 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
         raise
 
 
-def read_head_pod(api: client.ApiClient, namespace: str, pool_name: str) -> Obj | None:
-    cluster = naming.ray_cluster(pool_name)
+def list_pool_pods(api: client.ApiClient, namespace: str, pool_name: str) -> list[Obj]:
+    """Every pod of the pool: KubeRay's Ray pods and the Prefect worker pods carry the
+    pool's label (builders.common.pod_metadata)."""
     pods = _json(
         client.CoreV1Api(api).list_namespaced_pod(
             namespace,
-            label_selector=f"ray.io/cluster={cluster},ray.io/node-type=head",
+            label_selector=f"{naming.POOL_LABEL}={pool_name}",
             _request_timeout=_timeout(),
             _preload_content=False,
         )
     )
-    items = pods.get("items") or []
-    return dict(items[0]) if items else None
+    return [dict(p) for p in pods.get("items") or []]
 
 
 def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
@@ -193,8 +193,8 @@ class KubeIO:
     def kuberay_installed(self, namespace: str) -> bool:
         return kuberay_installed(self.api, namespace)
 
-    def head_pod(self, namespace: str, pool_name: str) -> Obj | None:
-        return read_head_pod(self.api, namespace, pool_name)
+    def pods(self, namespace: str, pool_name: str) -> list[Obj]:
+        return list_pool_pods(self.api, namespace, pool_name)
 
     def ensure_work_pool(
         self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from prefect_raypool_operator import kinds
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
@@ -19,6 +21,18 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 FINALIZER = f"{DOMAIN}/finalizer"
 ANNOTATION_PREFIX = DOMAIN
+
+#: The image pools run unless spec.ray.image names another (images/ray/Dockerfile): Ray
+#: at spec.DEFAULT_RAY_VERSION, Prefect, and this version of prefect-raypool. The one
+#: place that spells it; the test bed builds it under this name.
+DEFAULT_IMAGE_REPOSITORY = "prefect-raypool-ray"
+DEFAULT_IMAGE = f"{DEFAULT_IMAGE_REPOSITORY}:{importlib.metadata.version('prefect-raypool')}"
+
+#: The image pools run unless spec.ray.image names another (images/ray/Dockerfile): Ray
+#: at spec.DEFAULT_RAY_VERSION, Prefect, and this version of prefect-raypool. The one
+#: place that spells it; the test bed builds it under this name.
+DEFAULT_IMAGE_REPOSITORY = "prefect-raypool-ray"
+DEFAULT_IMAGE = f"{DEFAULT_IMAGE_REPOSITORY}:{importlib.metadata.version('prefect-raypool')}"
 
 HEAD_CONTAINER = "ray-head"
 RAY_WORKER_CONTAINER = "ray-worker"

@@ -13,6 +13,7 @@ from typing import Any
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
+from prefect_raypool_operator.podstatus import pod_failure
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.status import Check, Observed, build_status
 
@@ -25,7 +26,7 @@ class Found:
 
     refusal: Problem | None = None  # what only the cluster knows stopped the pool
     live: dict[Owned, Obj] = field(default_factory=dict)  # owned kind -> live object
-    head_pod: Obj | None = None  # read only for a Prefect worker sidecar
+    pods: list[Obj] = field(default_factory=list)  # the pool's pods
     work_pool: Check | None = None
     created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
 
@@ -46,26 +47,46 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
         return build_status(blocked, previous)
     cluster = found.live.get(RAY_CLUSTER)
     if desired.sidecar:
-        prefect_worker = prefect_sidecar_check(found.head_pod)
+        prefect_worker = prefect_sidecar_check(_head_pod(found.pods))
         ready_prefect = 1 if prefect_worker.ok else 0
     else:
         deployment = found.live.get(PREFECT_WORKER_DEPLOYMENT)
         prefect_worker = prefect_worker_deployment_check(deployment, desired.spec.prefect.replicas)
         ready_prefect = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+    ray = ray_cluster_check(cluster)
+    # Where pods cannot run, their containers' own reasons replace the bare counts.
+    ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container)
+    prefect_failure = None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container)
     return build_status(
         Observed(
             desired.pool_name,
             desired.namespace,
             desired.generation,
             desired.work_pool_name,
-            ray_cluster=ray_cluster_check(cluster),
+            ray_cluster=ray_failure or ray,
             ready_ray_workers=((cluster or {}).get("status") or {}).get("readyWorkerReplicas"),
-            prefect_worker=prefect_worker,
+            prefect_worker=prefect_failure or prefect_worker,
+            pods_failing=bool(ray_failure or prefect_failure),
             work_pool=found.work_pool,
             ready_prefect_workers=ready_prefect,
         ),
         previous,
     )
+
+
+def _head_pod(pods: list[Obj]) -> Obj | None:
+    for pod in pods:
+        if pod.get("metadata", {}).get("labels", {}).get("ray.io/node-type") == "head":
+            return pod
+    return None
+
+
+def _is_ray_container(name: str) -> bool:
+    return name != naming.PREFECT_WORKER_CONTAINER
+
+
+def _is_prefect_container(name: str) -> bool:
+    return name == naming.PREFECT_WORKER_CONTAINER
 
 
 def ray_cluster_check(live: Obj | None) -> Check:

@@ -54,7 +54,9 @@ class ClusterIO(Protocol):
 
     def kuberay_installed(self, namespace: str) -> bool: ...
 
-    def head_pod(self, namespace: str, pool_name: str) -> Obj | None: ...
+    def pods(self, namespace: str, pool_name: str) -> list[Obj]:
+        """The pool's pods: the sidecar's readiness and containers' failure reasons."""
+        ...
 
     def ensure_work_pool(
         self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
@@ -115,8 +117,7 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
     if repair and desired.makes_ray_token:
         _ensure_ray_token(desired, io, memory, found)
     _apply_owned(desired, io, memory, repair, found)
-    if desired.sidecar:
-        found.head_pod = io.head_pod(desired.namespace, desired.pool_name)
+    found.pods = io.pods(desired.namespace, desired.pool_name)
     found.work_pool = _work_pool(desired, io, memory, values)
     return found
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pydantic
 
-from prefect_raypool_operator import kinds
+from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders.common import prefect_worker_image, ray_image
 from prefect_raypool_operator.spec import (
+    DEFAULT_RAY_VERSION,
     KeyRef,
     Placement,
     PrefectRayPoolSpec,
@@ -76,12 +77,17 @@ def format_validation_error(exc: pydantic.ValidationError) -> str:
 
 
 def image_ray_version(image: str) -> str | None:
-    """The Ray version an image tag carries ('rayproject/ray:2.60.0-py311' -> '2.60.0')."""
+    """The Ray version the tag of a Ray image carries ('rayproject/ray:2.60.0-py311' ->
+    '2.60.0'). Only images named ray (rayproject/ray, REGISTRY/ray, ray-ml) tag Ray's
+    version; other tags (a flow image's, prefect-raypool-ray's) say nothing about it."""
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         return None
-    match = _VERSION_IN_TAG.match(last.rsplit(":", 1)[1])
+    repository, tag = last.rsplit(":", 1)
+    if repository not in ("ray", "ray-ml"):
+        return None
+    match = _VERSION_IN_TAG.match(tag)
     return match.group(1) if match else None
 
 
@@ -94,6 +100,16 @@ def spec_problems(spec: PrefectRayPoolSpec) -> list[Problem]:
                 "PlacementNotSupported",
                 "spec.placement Ephemeral is not supported by this operator version yet: "
                 "use ZeroCapacityNode or HeadSidecar",
+                permanent=True,
+            )
+        )
+    if not spec.ray.image and spec.ray.version != DEFAULT_RAY_VERSION:
+        problems.append(
+            Problem(
+                "RayVersionMismatch",
+                f"spec.ray.version is {spec.ray.version} but the default image "
+                f"{naming.DEFAULT_IMAGE} carries Ray {DEFAULT_RAY_VERSION}: set spec.ray.image "
+                f"to an image with Ray {spec.ray.version}, or remove spec.ray.version",
                 permanent=True,
             )
         )

@@ -181,7 +181,11 @@ class RaySpec(_Model):
     image: str | None = Field(
         default=None,
         min_length=1,
-        description="Ray image; defaults to rayproject/ray:<version>-py311.",
+        description=(
+            "Image of the Ray pods and (unless prefect.image) the Prefect worker; defaults to "
+            "prefect-raypool-ray:<operator version> (Ray, Prefect and prefect-raypool). "
+            "Flow images are built FROM it."
+        ),
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="The Ray head.")
     workerGroups: list[WorkerGroup] = Field(
@@ -338,7 +342,7 @@ class Phase(StrEnum):
     PENDING = "Pending"  # waiting on something outside the spec (a Secret, KubeRay)
     PROVISIONING = "Provisioning"
     READY = "Ready"
-    DEGRADED = "Degraded"  # Ray is up, the Prefect worker or work pool is not
+    DEGRADED = "Degraded"  # Ray is up but the Prefect side is not, or a container cannot run
     FAILED = "Failed"  # only a spec change helps
 
 

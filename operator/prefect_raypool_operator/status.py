@@ -43,6 +43,7 @@ class Observed:
     prefect_worker: Check | None = None
     work_pool: Check | None = None
     ready_prefect_workers: int | None = None
+    pods_failing: bool = False  # a container cannot run (podstatus.py)
 
 
 def _condition(
@@ -105,7 +106,7 @@ def phase(obs: Observed, overall: Check) -> Phase:
         return Phase.FAILED if obs.blocking_permanent else Phase.PENDING
     if overall.ok:
         return Phase.READY
-    if obs.ray_cluster is not None and obs.ray_cluster.ok:
+    if obs.pods_failing or (obs.ray_cluster is not None and obs.ray_cluster.ok):
         return Phase.DEGRADED
     return Phase.PROVISIONING
 

@@ -129,11 +129,47 @@ def test_head_sidecar_shares_tmp_ray_and_sets_ray_address() -> None:
     assert (
         ray["name"] == naming.HEAD_CONTAINER and sidecar["name"] == naming.PREFECT_WORKER_CONTAINER
     )
-    assert head["volumes"] == [{"name": "ray-tmp", "emptyDir": {}}]
+    assert {"name": "ray-tmp", "emptyDir": {}} in head["volumes"]
     for container in (ray, sidecar):
         assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in container["volumeMounts"]
     assert _env(sidecar)["RAY_ADDRESS"] == "127.0.0.1:6379"
     assert "exec prefect worker start --pool reports-ray" in sidecar["command"][-1]
+
+
+@pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)
+def test_every_pod_meets_the_restricted_pod_security_standard(pool_file: Path) -> None:
+    """What the `restricted` profile checks, on every generated pod and container (the
+    e2e tests run them in a namespace that enforces it)."""
+    name, namespace, pool = _load(pool_file)
+    manifests = build_manifests(name, namespace, pool)
+    for pod in _pods(manifests):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in _containers(pod):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        allowed = {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= allowed, volume
+
+
+@pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)
+def test_every_raylet_gets_a_memory_backed_dev_shm(pool_file: Path) -> None:
+    name, namespace, pool = _load(pool_file)
+    for pod in _pods(build_manifests(name, namespace, pool)):
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+        ray = _containers(pod)[0]  # container 0 runs a raylet in every generated pod
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in ray["volumeMounts"]
+
+
+def test_default_image_is_the_projects_ray_image() -> None:
+    name, namespace, pool = _load(GOLDEN / "zero-capacity.pool.yaml")
+    for pod in _pods(build_manifests(name, namespace, pool)):
+        for container in _containers(pod):
+            assert container["image"] == naming.DEFAULT_IMAGE
+    assert naming.DEFAULT_IMAGE.startswith("prefect-raypool-ray:")
 
 
 def test_pod_settings_reach_every_pod() -> None:

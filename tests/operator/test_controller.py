@@ -90,8 +90,8 @@ class FakeIO:
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
 
-    def head_pod(self, namespace: str, pool_name: str) -> Obj | None:
-        return self.head
+    def pods(self, namespace: str, pool_name: str) -> list[Obj]:
+        return [self.head] if self.head else []
 
     def ensure_work_pool(
         self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
@@ -269,7 +269,10 @@ def test_switching_to_head_sidecar_deletes_the_worker_deployment(
     controller.on_spec(NS, POOL, LOG, {})
     io.writes()
     io.add_pool({"placement": "HeadSidecar"}, generation=2)
-    io.head = {"status": {"containerStatuses": [{"name": "prefect-worker", "ready": True}]}}
+    io.head = {
+        "metadata": {"labels": {"ray.io/node-type": "head"}},
+        "status": {"containerStatuses": [{"name": "prefect-worker", "ready": True}]},
+    }
     controller.on_spec(NS, POOL, LOG, {})
     assert ("delete", DEPLOY, f"{POOL}-prefect-worker") in io.writes()
     head = io.objects[(RAY, POOL)]["spec"]["headGroupSpec"]["template"]["spec"]

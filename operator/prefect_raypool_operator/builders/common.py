@@ -15,8 +15,41 @@ from prefect_raypool_operator.spec import (
 Obj = dict[str, Any]
 
 
+#: Every generated container, so pods are admitted where namespaces enforce the
+#: `restricted` Pod Security Standard.
+CONTAINER_SECURITY: Obj = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+#: Every generated pod: Ray's own images and ours run as the `ray` user, uid 1000
+#: in group 100, so the kubelet can check runAsNonRoot even for rayproject/ray,
+#: whose USER is a name.
+POD_SECURITY: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+    "fsGroup": 100,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+#: Ray's object store lives in /dev/shm, which a container gets only 64 MiB of.
+SHM_VOLUME: Obj = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+SHM_MOUNT: Obj = {"name": "dshm", "mountPath": "/dev/shm"}
+
+
+def hardened(container: Obj) -> Obj:
+    """The container with the restricted securityContext and, when it fails, its last
+    log lines as the termination message (the pool's status quotes them)."""
+    return {
+        **container,
+        "securityContext": dict(CONTAINER_SECURITY),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def ray_image(spec: PrefectRayPoolSpec) -> str:
-    return spec.ray.image or f"rayproject/ray:{spec.ray.version}-py311"
+    return spec.ray.image or naming.DEFAULT_IMAGE
 
 
 def prefect_worker_image(spec: PrefectRayPoolSpec) -> str:
@@ -58,7 +91,7 @@ def pod_metadata(pool_name: str, spec: PrefectRayPoolSpec, component: str) -> Ob
 
 def pod_settings(spec: PrefectRayPoolSpec) -> Obj:
     """The user's pod-level settings, only those that are set."""
-    settings: Obj = {}
+    settings: Obj = {"securityContext": dict(POD_SECURITY)}
     if spec.pod.serviceAccountName:
         settings["serviceAccountName"] = spec.pod.serviceAccountName
     if spec.pod.nodeSelector:

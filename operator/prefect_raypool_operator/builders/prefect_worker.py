@@ -5,7 +5,10 @@ from __future__ import annotations
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders import entrypoint
 from prefect_raypool_operator.builders.common import (
+    SHM_MOUNT,
+    SHM_VOLUME,
     Obj,
+    hardened,
     object_metadata,
     pod_metadata,
     pod_settings,
@@ -57,19 +60,21 @@ def _prefect_worker_command(pool_name: str, spec: PrefectRayPoolSpec) -> list[st
 
 def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
     """The Prefect worker container that HeadSidecar adds after the Ray head container."""
-    return {
-        "name": naming.PREFECT_WORKER_CONTAINER,
-        "image": prefect_worker_image(spec),
-        "command": [
-            "/bin/sh",
-            "-c",
-            entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
-        ],
-        # KubeRay sets RAY_ADDRESS on container 0 only; the head's GCS is local here.
-        "env": prefect_worker_env(pool_name, spec, f"127.0.0.1:{naming.GCS_PORT}"),
-        "resources": resources(spec.prefect.resources),
-        "volumeMounts": [{"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}],
-    }
+    return hardened(
+        {
+            "name": naming.PREFECT_WORKER_CONTAINER,
+            "image": prefect_worker_image(spec),
+            "command": [
+                "/bin/sh",
+                "-c",
+                entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
+            ],
+            # KubeRay sets RAY_ADDRESS on container 0 only; the head's GCS is local here.
+            "env": prefect_worker_env(pool_name, spec, f"127.0.0.1:{naming.GCS_PORT}"),
+            "resources": resources(spec.prefect.resources),
+            "volumeMounts": [{"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}],
+        }
+    )
 
 
 def build_prefect_worker_deployment(
@@ -79,18 +84,22 @@ def build_prefect_worker_deployment(
     script = entrypoint.zero_capacity_script(
         naming.head_address(pool_name), _prefect_worker_command(pool_name, spec)
     )
-    container: Obj = {
-        "name": naming.PREFECT_WORKER_CONTAINER,
-        "image": prefect_worker_image(spec),
-        "command": ["/bin/sh", "-c", script],
-        # The flow runs are subprocesses of this worker: they attach to the local raylet.
-        "env": prefect_worker_env(pool_name, spec, "auto"),
-        "resources": resources(spec.prefect.resources),
-        "readinessProbe": {
-            "exec": {"command": ["test", "-S", RAYLET_SOCKET]},
-            "periodSeconds": 5,
-        },
-    }
+    container = hardened(
+        {
+            "name": naming.PREFECT_WORKER_CONTAINER,
+            "image": prefect_worker_image(spec),
+            "command": ["/bin/sh", "-c", script],
+            # The flow runs are subprocesses of this worker: they attach to the local raylet.
+            "env": prefect_worker_env(pool_name, spec, "auto"),
+            "resources": resources(spec.prefect.resources),
+            # This node's raylet keeps an object store too.
+            "volumeMounts": [SHM_MOUNT],
+            "readinessProbe": {
+                "exec": {"command": ["test", "-S", RAYLET_SOCKET]},
+                "periodSeconds": 5,
+            },
+        }
+    )
     return {
         "apiVersion": kinds.DEPLOYMENT.api_version,
         "kind": kinds.DEPLOYMENT.kind,
@@ -106,6 +115,7 @@ def build_prefect_worker_deployment(
                     **pod_settings(spec),
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
+                    "volumes": [SHM_VOLUME],
                 },
             },
         },

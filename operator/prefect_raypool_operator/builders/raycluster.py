@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders.common import (
+    CONTAINER_SECURITY,
+    SHM_MOUNT,
+    SHM_VOLUME,
     Obj,
+    hardened,
     object_metadata,
     pod_metadata,
     pod_settings,
@@ -30,24 +34,29 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
         "env": ray_auth_env(pool_name, spec),
         "ports": HEAD_PORTS,
         "resources": resources(spec.ray.head.resources),
+        "volumeMounts": [SHM_MOUNT],
     }
-    pod_spec: Obj = {**pod_settings(spec), "containers": [head]}
+    pod_spec: Obj = {**pod_settings(spec), "containers": [head], "volumes": [SHM_VOLUME]}
     if spec.placement == Placement.HEAD_SIDECAR:
         # The Ray container stays container 0; both share the raylet's /tmp/ray.
         mount = {"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}
-        head["volumeMounts"] = [mount]
+        head["volumeMounts"].append(mount)
         pod_spec["containers"].append(build_prefect_sidecar_container(pool_name, spec))
-        pod_spec["volumes"] = [{"name": naming.RAY_TMP_VOLUME, "emptyDir": {}}]
+        pod_spec["volumes"].append({"name": naming.RAY_TMP_VOLUME, "emptyDir": {}})
+    pod_spec["containers"][0] = hardened(head)
     return {"metadata": pod_metadata(pool_name, spec, "ray-head"), "spec": pod_spec}
 
 
 def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGroup) -> Obj:
-    container: Obj = {
-        "name": naming.RAY_WORKER_CONTAINER,
-        "image": ray_image(spec),
-        "env": ray_auth_env(pool_name, spec),
-        "resources": resources(group.resources),
-    }
+    container = hardened(
+        {
+            "name": naming.RAY_WORKER_CONTAINER,
+            "image": ray_image(spec),
+            "env": ray_auth_env(pool_name, spec),
+            "resources": resources(group.resources),
+            "volumeMounts": [SHM_MOUNT],
+        }
+    )
     return {
         "groupName": group.name,
         "replicas": group.replicas,
@@ -56,7 +65,7 @@ def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGro
         "rayStartParams": dict(group.rayStartParams),  # KubeRay requires it, even empty
         "template": {
             "metadata": pod_metadata(pool_name, spec, "ray-worker"),
-            "spec": {**pod_settings(spec), "containers": [container]},
+            "spec": {**pod_settings(spec), "containers": [container], "volumes": [SHM_VOLUME]},
         },
     }
 
@@ -75,6 +84,7 @@ def build_raycluster(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -
         cluster_spec["autoscalerOptions"] = {
             "idleTimeoutSeconds": spec.ray.autoscaling.idleTimeoutSeconds,
             "env": ray_auth_env(pool_name, spec),
+            "securityContext": dict(CONTAINER_SECURITY),
         }
     return {
         "apiVersion": kinds.RAY_CLUSTER.api_version,

@@ -1,0 +1,78 @@
+"""Why a pool's pods do not run, in their own words (pure).
+
+A bare "0/1 Prefect workers ready" helps nobody; the kubelet already knows the
+reason: an image it cannot pull, a container that exits at once (its last log lines
+are the termination message: the builders set FallbackToLogsOnError), OOMKilled, a
+pod no node can take, an eviction. The first such reason found becomes the failing
+condition's reason and message, as Prefect's Kubernetes observer does for flow runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prefect_raypool_operator.status import Check
+
+Obj = dict[str, Any]
+
+#: Waiting reasons that will not go away by waiting.
+STUCK_WAITING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+#: At most this much of a container's own message goes into the status.
+MESSAGE_CHARS = 300
+
+
+def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check | None:
+    """The first reason found why a container that `container(name)` selects cannot
+    run, as a failing Check; None when no selected container is stuck."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":
+            return Check(False, "Evicted", f"pod {name} was evicted: {status.get('message', '')}")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return Check(False, "Unschedulable", f"pod {name}: {_short(cond.get('message'))}")
+        statuses = [*(status.get("initContainerStatuses") or []),
+                    *(status.get("containerStatuses") or [])]  # fmt: skip
+        for c in statuses:
+            if not container(c.get("name", "")):
+                continue
+            found = _container_failure(c)
+            if found:
+                reason, detail = found
+                return Check(False, reason, f"pod {name}, container {c['name']}: {detail}")
+    return None
+
+
+def _container_failure(c: Obj) -> tuple[str, str] | None:
+    state, last = c.get("state") or {}, c.get("lastState") or {}
+    terminated = state.get("terminated") or last.get("terminated") or {}
+    if terminated.get("reason") == "OOMKilled":
+        return "OOMKilled", "killed for running out of memory (OOMKilled): raise its memory"
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") not in STUCK_WAITING:
+        return None
+    detail = f"{waiting['reason']}: {_short(waiting.get('message'))}"
+    if terminated:
+        code = terminated.get("exitCode")
+        said = _short(terminated.get("message")) or terminated.get("reason", "")
+        detail += f"; it last exited with code {code}: {said}"
+    return waiting["reason"], detail
+
+
+def _short(text: str | None) -> str:
+    """The end of a message (where a log's error is), on one line."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= MESSAGE_CHARS else "..." + flat[-MESSAGE_CHARS:]
