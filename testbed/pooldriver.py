@@ -27,7 +27,9 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 def pool_manifest(
     name: str, api_url: str, placement: str, image: str = FLOW_IMAGE
 ) -> dict[str, Any]:
-    """A small pool for a 2-CPU node: the head takes no tasks, one worker takes two."""
+    """A small pool for a 2-CPU node: the head takes no tasks, one worker takes two.
+    Requests equal limits, and each raylet needs about half a CPU to start its agents
+    in time (Ray's raylet gives up on them after 20 s)."""
     return {
         "apiVersion": "prefectray.io/v1alpha1",
         "kind": "PrefectRayPool",
@@ -37,14 +39,14 @@ def pool_manifest(
             "ray": {
                 "image": image,
                 "head": {
-                    "resources": {"cpu": "200m", "memory": "2Gi"},
+                    "resources": {"cpu": "500m", "memory": "2Gi"},
                     "rayStartParams": {"num-cpus": "0"},
                 },
                 "workerGroups": [
                     {
                         "name": "cpu",
                         "replicas": 1,
-                        "resources": {"cpu": "300m", "memory": "2Gi"},
+                        "resources": {"cpu": "600m", "memory": "2Gi"},
                         "rayStartParams": {"num-cpus": "2"},
                     }
                 ],
@@ -52,7 +54,7 @@ def pool_manifest(
             "prefect": {
                 "apiUrl": api_url,
                 "replicas": 1,
-                "resources": {"cpu": "100m", "memory": "1Gi"},
+                "resources": {"cpu": "600m", "memory": "1Gi"},
             },
         },
     }
@@ -149,6 +151,18 @@ class PoolDriver:
             f" if {function!r} in t.name}}))"
         )
         return dict(self.ray_in_head(cluster, code))
+
+    def logs(self, pool_name: str, lines: int = 60) -> str:
+        """The last log lines of every container of the pool's pods, to explain a failure."""
+        out = []
+        for pod in self.pods(f"prefectray.io/pool={pool_name}"):
+            for container in pod.spec.containers:
+                text = self.kubectl(
+                    "logs", "-n", self.namespace, pod.metadata.name, "-c", container.name,
+                    f"--tail={lines}",
+                )  # fmt: skip
+                out.append(f"--- {pod.metadata.name}/{container.name}\n{text}")
+        return "\n".join(out)
 
     # ---- Prefect -----------------------------------------------------------------
 

@@ -8,9 +8,12 @@ node ran each task: they must be the Ray worker pods.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from testbed.pooldriver import PoolDriver, pool_manifest
+from testbed.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -29,17 +32,22 @@ def _run_count_to(pools: PoolDriver, name: str) -> None:
         name, "count_to.py:count_to", "count-to", {"highest_number": COUNT}
     )
     run = pools.wait_final(run_id)
-    assert run.state.type.value == "COMPLETED", run.state
+    assert run.state.type.value == "COMPLETED", f"{run.state}\n{pools.logs(name)}"
     with pools.prefect() as c:
         task_runs = c.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         )
-        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
     assert len(task_runs) == COUNT
     assert {t.state.type.value for t in task_runs} == {"COMPLETED"}
-    # Task runs' own log lines reached Prefect from the Ray worker pods.
-    task_log_runs = {log.task_run_id for log in logs if log.task_run_id}
-    assert task_log_runs == {t.id for t in task_runs}, [log.message for log in logs][-20:]
+
+    def task_log_runs() -> set[Any]:
+        with pools.prefect() as c:
+            logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return {log.task_run_id for log in logs if log.task_run_id}
+
+    # Task runs' own log lines reach Prefect from the Ray worker pods (sent in batches).
+    expected = {t.id for t in task_runs}
+    eventually(lambda: task_log_runs() == expected, 60, "a log line of every task run")
 
     worker_ips = {
         p.status.pod_ip for p in pools.pods(f"ray.io/cluster={name},ray.io/node-type=worker")

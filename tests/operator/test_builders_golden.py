@@ -114,7 +114,7 @@ def test_zero_capacity_worker_joins_the_head_service_then_execs_the_worker() -> 
     assert script.index("sockets/raylet") < script.index(
         "exec prefect worker start --pool analytics"
     )
-    assert _env(container)["RAY_ADDRESS"] == "auto"
+    assert _env(container)["RAY_ADDRESS"] == "analytics-head-svc:6379"
     assert _env(container)["PREFECT_API_URL"] == pool.prefect.apiUrl
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -130,9 +130,10 @@ def test_head_sidecar_shares_tmp_ray_and_sets_ray_address() -> None:
         ray["name"] == naming.HEAD_CONTAINER and sidecar["name"] == naming.PREFECT_WORKER_CONTAINER
     )
     assert {"name": "ray-tmp", "emptyDir": {}} in head["volumes"]
+    assert head["shareProcessNamespace"] is True  # Ray looks for the raylet among processes
     for container in (ray, sidecar):
         assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in container["volumeMounts"]
-    assert _env(sidecar)["RAY_ADDRESS"] == "127.0.0.1:6379"
+    assert _env(sidecar)["RAY_ADDRESS"] == "reports-head-svc:6379"
     assert "exec prefect worker start --pool reports-ray" in sidecar["command"][-1]
 
 

@@ -124,7 +124,7 @@ def test_head_sidecar_pool(env: Env) -> None:
     names = [c.name for c in head.spec.containers]
     assert names[0] == "ray-head" and "prefect-worker" in names
     sidecar = head.spec.containers[names.index("prefect-worker")]
-    assert {"RAY_ADDRESS": "127.0.0.1:6379"}.items() <= {
+    assert {"RAY_ADDRESS": "reports-head-svc:6379"}.items() <= {
         e.name: e.value for e in sidecar.env
     }.items()
     assert {m.mount_path for m in sidecar.volume_mounts} >= {"/tmp/ray"}

@@ -69,8 +69,10 @@ def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) ->
                 "-c",
                 entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
             ],
-            # KubeRay sets RAY_ADDRESS on container 0 only; the head's GCS is local here.
-            "env": prefect_worker_env(pool_name, spec, f"127.0.0.1:{naming.GCS_PORT}"),
+            # KubeRay sets RAY_ADDRESS on container 0 only. The head service, not
+            # 127.0.0.1: Ray takes the driver's node address from the route to the GCS,
+            # and only the pod's own address matches the raylet's.
+            "env": prefect_worker_env(pool_name, spec, naming.head_address(pool_name)),
             "resources": resources(spec.prefect.resources),
             "volumeMounts": [{"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}],
         }
@@ -89,8 +91,10 @@ def build_prefect_worker_deployment(
             "name": naming.PREFECT_WORKER_CONTAINER,
             "image": prefect_worker_image(spec),
             "command": ["/bin/sh", "-c", script],
-            # The flow runs are subprocesses of this worker: they attach to the local raylet.
-            "env": prefect_worker_env(pool_name, spec, "auto"),
+            # The flow runs are subprocesses of this worker. Given the head's GCS, Ray
+            # attaches their drivers to this pod's raylet (the node with the pod's address);
+            # "auto" would need the address file only `ray start --head` writes.
+            "env": prefect_worker_env(pool_name, spec, naming.head_address(pool_name)),
             "resources": resources(spec.prefect.resources),
             # This node's raylet keeps an object store too.
             "volumeMounts": [SHM_MOUNT],

@@ -43,6 +43,9 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
         head["volumeMounts"].append(mount)
         pod_spec["containers"].append(build_prefect_sidecar_container(pool_name, spec))
         pod_spec["volumes"].append({"name": naming.RAY_TMP_VOLUME, "emptyDir": {}})
+        # Ray finds the node a driver attaches to among the processes it can see: the
+        # sidecar must see the head container's raylet.
+        pod_spec["shareProcessNamespace"] = True
     pod_spec["containers"][0] = hardened(head)
     return {"metadata": pod_metadata(pool_name, spec, "ray-head"), "spec": pod_spec}
 
