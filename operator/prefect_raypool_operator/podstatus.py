@@ -40,10 +40,12 @@ def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check 
         name = pod.get("metadata", {}).get("name", "?")
         status = pod.get("status") or {}
         if status.get("reason") == "Evicted":
-            return Check(False, "Evicted", f"pod {name} was evicted: {status.get('message', '')}")
+            message = f"pod {name} was evicted: {status.get('message', '')}"
+            return Check(False, "Evicted", message, from_pod=True)
         for cond in status.get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-                return Check(False, "Unschedulable", f"pod {name}: {_short(cond.get('message'))}")
+                message = f"pod {name}: {_short(cond.get('message'))}"
+                return Check(False, "Unschedulable", message, from_pod=True)
         statuses = [*(status.get("initContainerStatuses") or []),
                     *(status.get("containerStatuses") or [])]  # fmt: skip
         for c in statuses:
@@ -52,7 +54,8 @@ def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check 
             found = _container_failure(c)
             if found:
                 reason, detail = found
-                return Check(False, reason, f"pod {name}, container {c['name']}: {detail}")
+                message = f"pod {name}, container {c['name']}: {detail}"
+                return Check(False, reason, message, from_pod=True)
     return None
 
 

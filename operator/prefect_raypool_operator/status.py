@@ -26,6 +26,8 @@ class Check:
     ok: bool | None  # None: not known yet
     reason: str
     message: str = ""
+    #: A container's own reason (podstatus.py): the root cause, so Ready quotes it first.
+    from_pod: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def build_status(
         overall = Check(False, obs.blocking.reason, obs.blocking.message)
     else:
         failing = [(k, c) for k, c in parts.items() if c is None or not c.ok]
+        failing.sort(key=lambda part: not (part[1] and part[1].from_pod))  # stable
         if failing:
             kind, check = failing[0]
             overall = Check(False, f"{kind}False", check.message if check else "pending")

@@ -59,6 +59,16 @@ def test_a_crashing_prefect_worker_names_its_reason_and_last_words() -> None:
     assert "prefect: not found" in _condition(status, "Ready")["message"]
 
 
+def test_ready_quotes_the_containers_reason_before_a_bare_readiness_count() -> None:
+    """A sidecar that crashes also keeps the head pod (so the cluster) unready; Ready
+    must name the crash, the root cause."""
+    head_not_ready = {"status": {"state": "", "conditions": [
+        {"type": "HeadPodReady", "status": "False", "message": "containers with unready status"}
+    ]}}  # fmt: skip
+    status = _status([CRASHING], cluster=head_not_ready)
+    assert "prefect: not found" in _condition(status, "Ready")["message"]
+
+
 def test_an_image_that_cannot_be_found_fails_the_ray_cluster_condition() -> None:
     head = _pod(
         "p-head-x",
