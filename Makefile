@@ -48,7 +48,7 @@ test-unit: venv
 
 test: images lint
 	@echo "==> the whole test suite (starts and stops its own control plane, Prefect server and Ray)"
-	tests/isolated.sh $(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	tests/isolated.sh $(VENV)/bin/pytest -ra --durations=25 $(PYTEST_ARGS)
 
 up: images
 	$(PY) -m testbed up --state-dir .dev

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,14 @@ from testbed import node
 from testbed.binaries import Binaries
 from testbed.node import NODE_IP, RealNode
 from testbed.node import NODE_NAME as REAL_NODE_NAME
-from testbed.processes import Supervisor, free_port, http_ok, log, stop_recorded
+from testbed.processes import (
+    Supervisor,
+    cluster_tool,
+    free_port,
+    http_ok,
+    log,
+    stop_recorded,
+)
 
 NODE_NAME = "kwok-node-0"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -277,15 +283,7 @@ class ControlPlane:
     # ---- helpers ---------------------------------------------------------------
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        out = subprocess.run(
-            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
-        return out.stdout
+        return cluster_tool(self.binaries.kubectl, self.kubeconfig)(*args, stdin=stdin)
 
     def _crds_established(self) -> bool:
         names = ["rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"]

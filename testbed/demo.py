@@ -8,13 +8,13 @@ one run is started, and the demo prints its state, its task runs and the Ray nod
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from testbed.node import NODE_NAME
 from testbed.pooldriver import PoolDriver, pool_manifest
+from testbed.processes import cluster_tool
 
 IN_CLUSTER_PREFECT = "http://prefect-server.prefect.svc:4200/api"  # see devenv.expose_prefect
 
@@ -26,17 +26,7 @@ def main(state: Path) -> int:
         print("make demo: nothing is running; start it with `make up`", file=sys.stderr)
         return 1
 
-    def kubectl(*args: str, stdin: str | None = None) -> str:
-        out = subprocess.run(
-            [str(state / "bin" / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
-
+    kubectl = cluster_tool(state / "bin" / "kubectl", kubeconfig)
     if NODE_NAME not in kubectl("get", "nodes", "-o", "name"):
         print(
             "make demo: needs `make up` with a real node (this one is simulated)", file=sys.stderr

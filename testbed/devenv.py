@@ -22,7 +22,7 @@ from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane, stop_control_plane
 from testbed.operator_process import apply_pool_crd, operator_argv, operator_env
 from testbed.prefect_server import start_prefect_server
-from testbed.processes import PROCESSES_FILE, Supervisor, free_port, http_ok
+from testbed.processes import PROCESSES_FILE, Supervisor, cluster_tool, free_port, http_ok
 
 #: The examples name the in-cluster Prefect service; the operator runs on the host,
 #: so RAYPOOL_PREFECT_URL_MAP points that URL at the local server.
@@ -106,18 +106,7 @@ def _rss_mib(pid: int) -> float | None:
 
 
 def _kubectl(kubectl_bin: Path, kubeconfig: Path) -> Callable[..., str]:
-    def kubectl(*args: str, stdin: str | None = None) -> str:
-        out = subprocess.run(
-            [str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
-
-    return kubectl
+    return cluster_tool(kubectl_bin, kubeconfig)
 
 
 def start_operator(

@@ -34,6 +34,25 @@ def log(msg: str) -> None:
     print(f"[testbed {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def cluster_tool(binary: Path | str, kubeconfig: Path) -> Callable[..., str]:
+    """`tool(*args, stdin=None)` runs kubectl or helm against `kubeconfig` and returns
+    its output; a failure raises RuntimeError with the tool's own message."""
+    name = Path(binary).name
+
+    def tool(*args: str, stdin: str | None = None) -> str:
+        out = subprocess.run(
+            [str(binary), f"--kubeconfig={kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{name} {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    return tool
+
+
 def spawn_logged(
     argv: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

@@ -8,17 +8,17 @@ Used by the end-to-end tests (tests/e2e) and by `make up` where a real node can 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testbed import REPO
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.node import DEBIAN_PACKAGES, NODE_IP, unavailable_reason
 from testbed.prefect_server import PrefectServer, start_prefect_server
-from testbed.processes import log
+from testbed.processes import cluster_tool, log
 
 OPERATOR_NAMESPACE = "raypool-system"
 OPERATOR_RELEASE = "raypool-operator"
@@ -41,14 +41,7 @@ class RealStack:
         return self.control_plane.kubectl(*args, stdin=stdin)
 
     def helm(self, *args: str) -> str:
-        out = subprocess.run(
-            [str(self.control_plane.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"helm {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
+        return cluster_tool(self.control_plane.binaries.helm, self.kubeconfig)(*args)
 
     def stop(self) -> None:
         self.control_plane.stop()
@@ -100,19 +93,15 @@ def install_operator(stack: RealStack, timeout: float) -> None:
     log(f"operator pod from the chart Ready ({time.monotonic() - t0:.1f}s)")
 
 
+def operator_pods(stack: RealStack) -> list[dict[str, Any]]:
+    """The operator's pods, as JSON."""
+    selector = "app.kubernetes.io/name=prefect-raypool-operator"
+    listed = stack.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "json", "-l", selector)
+    return list(json.loads(listed)["items"])
+
+
 def operator_pod_ready(stack: RealStack) -> bool:
-    pods = json.loads(
-        stack.kubectl(
-            "get",
-            "pods",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "-o",
-            "json",
-            "-l",
-            "app.kubernetes.io/name=prefect-raypool-operator",
-        )  # fmt: skip
-    )["items"]
+    pods = operator_pods(stack)
     return any(
         c["type"] == "Ready" and c["status"] == "True"
         for pod in pods

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from testbed.realstack import OPERATOR_NAMESPACE, RealStack
+from testbed.realstack import OPERATOR_NAMESPACE, RealStack, operator_pods
 
 pytestmark = pytest.mark.e2e
 
 
 def test_operator_pod_from_the_chart_runs_and_its_probes_pass(real_stack: RealStack) -> None:
-    pods = json.loads(
-        real_stack.kubectl(
-            "get",
-            "pods",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "-o",
-            "json",
-            "-l",
-            "app.kubernetes.io/name=prefect-raypool-operator",
-        )  # fmt: skip
-    )["items"]
+    pods = operator_pods(real_stack)
     assert len(pods) == 1
     pod = pods[0]
     (container,) = pod["status"]["containerStatuses"]
