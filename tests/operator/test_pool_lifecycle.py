@@ -1,69 +1,27 @@
-"""The operator on the real control plane with the real KubeRay operator.
+"""A pool's life on the real control plane with the real KubeRay operator: Ready,
+roll-outs, drift, deletion, what blocks it, the operator killed mid-reconcile.
 
-A session-wide `kopf run` of the operator (all namespaces, 3 s resync) and a real
-Prefect server; each test applies pools in its own namespace.
-"""
+A session-wide operator process (tests/operator/conftest.py: all `t-*` namespaces,
+3 s resync) and a real Prefect server; each test applies pools in its own namespace."""
 
 from __future__ import annotations
 
-import copy
 import json
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client
 
 from prefect_raypool_operator import naming
-from testbed import REPO
 from testbed.cluster import Cluster, get_or_none
-from testbed.operator_process import OperatorProcess
-from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from testbed.waiting import eventually
 from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
 pytestmark = pytest.mark.controlplane
-
-
-@pytest.fixture(scope="session")
-def raypool_operator(
-    kube_cluster: Cluster,
-    pool_crd: None,
-    prefect_server: PrefectServer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(
-        kube_cluster.kubeconfig,
-        log,
-        free_port(),
-        {"RAYPOOL_RESYNC_SECONDS": "3"},
-        # Namespace scoping by pattern: the per-test namespaces only (not `default`,
-        # where the `make up` test runs its own operator).
-        scope=("--namespace=t-*",),
-    )
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
-@pytest.fixture
-def env(
-    kube_cluster: Cluster,
-    namespace: str,
-    raypool_operator: OperatorProcess,
-    prefect_server: PrefectServer,
-) -> Env:
-    return Env(kube_cluster, namespace, raypool_operator, prefect_server)
 
 
 def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
@@ -329,161 +287,6 @@ def test_liveness_endpoint_reports_reconciles(env: Env) -> None:
         body = json.load(resp)
     assert body["reconcile"]["pools"] >= 1
     assert body["reconcile"]["last_reconcile_age_s"] < 30
-
-
-GOOD: dict[str, Any] = {
-    "apiVersion": "prefectray.io/v1alpha1",
-    "kind": "PrefectRayPool",
-    "metadata": {"name": "bad"},
-    "spec": {"prefect": {"apiUrl": "http://prefect:4200/api"}},
-}
-
-
-def _bad(mutate: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(GOOD)
-    mutate(doc)
-    return doc
-
-
-GROUP_OK = {"name": "cpu", "replicas": 1}
-BAD = {
-    "unknown placement": (
-        _bad(lambda d: d["spec"].update(placement="Laptop")),
-        'spec.placement: Unsupported value: "Laptop"',
-    ),
-    "negative replicas": (
-        _bad(lambda d: d["spec"].update(ray={"workerGroups": [{**GROUP_OK, "replicas": -1}]})),
-        "spec.ray.workerGroups[0].replicas",
-    ),
-    "min above max": (
-        _bad(
-            lambda d: d["spec"].update(
-                ray={"workerGroups": [{**GROUP_OK, "minReplicas": 3, "maxReplicas": 2}]}
-            )
-        ),
-        "minReplicas must not exceed maxReplicas",
-    ),
-    "missing Prefect API URL": (
-        _bad(lambda d: d["spec"].update(prefect={"replicas": 1})),
-        "spec.prefect.apiUrl: Required value",
-    ),
-    "API key as a literal string": (
-        _bad(lambda d: d["spec"]["prefect"].update(apiKey="pnu_literal_key")),
-        "spec.prefect.apiKey",
-    ),
-    "GPU request no group can hold": (
-        _bad(lambda d: d["spec"].update(ray={"taskResources": {"gpu": 2}})),
-        "spec.ray.taskResources.gpu",
-    ),
-    "name starting with a digit": (
-        _bad(lambda d: d["metadata"].update(name="1pool")),
-        "metadata.name must be a DNS-1035 label",
-    ),
-    "name too long": (
-        _bad(lambda d: d["metadata"].update(name="p" * 45)),
-        "metadata.name must be a DNS-1035 label",
-    ),
-    "sidecar with two workers": (
-        _bad(
-            lambda d: d["spec"].update(
-                placement="HeadSidecar", prefect={"apiUrl": "http://p/api", "replicas": 2}
-            )
-        ),
-        "spec.prefect.replicas",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_api_server_rejects_bad_input_naming_the_field(
-    kube_cluster: Cluster, pool_crd: None, namespace: str, case: str
-) -> None:
-    doc, expected = BAD[case]
-    out = kube_cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc), check=False
-    )
-    assert expected in out, out
-    assert "created" not in out
-
-
-def test_api_server_accepts_the_minimal_pool_and_fills_defaults(
-    kube_cluster: Cluster, pool_crd: None, namespace: str
-) -> None:
-    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(GOOD))
-    custom = client.CustomObjectsApi(kube_cluster.api_client())
-    pool = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bad")
-    spec = pool["spec"]
-    assert spec["placement"] == "ZeroCapacityNode"
-    assert spec["ray"]["version"] == "2.60.0" and spec["ray"]["auth"]["mode"] == "token"
-    assert spec["ray"]["workerGroups"][0] == {
-        "name": "workers",
-        "replicas": 1,
-        "minReplicas": 0,
-        "resources": {"cpu": 1, "memory": "2Gi", "gpu": 0},
-    }
-    assert spec["prefect"]["resources"]["cpu"] == "500m"
-
-
-@pytest.mark.parametrize("scope", [[], ["--set", "watchNamespaces={NS}"]], ids=["all", "scoped"])
-def test_operator_chart_is_accepted_by_the_api_server(
-    kube_cluster: Cluster, pool_crd: None, namespace: str, scope: list[str]
-) -> None:
-    from testbed.binaries import Binaries
-
-    helm = Binaries.from_cache().helm
-    args = [a.replace("NS", namespace) for a in scope]
-    rendered = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "op",
-            str(REPO / "charts" / "prefect-raypool-operator"),
-            "--namespace",
-            namespace,
-            "--kube-version",
-            "1.34.4",
-            "--include-crds",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    out = kube_cluster.kubectl(
-        "apply",
-        "--dry-run=server",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "-",
-        stdin=rendered,
-    )
-    for kind in ("customresourcedefinition", "serviceaccount", "deployment.apps"):
-        assert kind in out, out
-    assert ("clusterrole.rbac" in out) if not scope else ("role.rbac" in out)
-
-
-def test_pool_chart_installs_a_pool_that_becomes_ready(env: Env) -> None:
-    from testbed.binaries import Binaries
-
-    helm = Binaries.from_cache().helm
-    rendered = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "charted",
-            str(REPO / "charts" / "prefect-raypool"),
-            "--namespace",
-            env.ns,
-            "--set",
-            f"spec.prefect.apiUrl={env.prefect.api_url}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    env.cluster.kubectl("apply", "-n", env.ns, "-f", "-", stdin=rendered)
-    env.wait_condition("charted", "Ready", "True")
 
 
 def test_switching_placement_moves_the_worker_into_the_head_pod(env: Env) -> None:

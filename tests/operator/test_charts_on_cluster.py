@@ -1,0 +1,76 @@
+"""The Helm charts against the real API server: accepted as rendered, a pool installed
+by the pool chart becomes Ready."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from testbed import REPO
+from testbed.cluster import Cluster
+from tests.operator.pool_env import Env
+
+pytestmark = pytest.mark.controlplane
+
+
+@pytest.mark.parametrize("scope", [[], ["--set", "watchNamespaces={NS}"]], ids=["all", "scoped"])
+def test_operator_chart_is_accepted_by_the_api_server(
+    kube_cluster: Cluster, pool_crd: None, namespace: str, scope: list[str]
+) -> None:
+    from testbed.binaries import Binaries
+
+    helm = Binaries.from_cache().helm
+    args = [a.replace("NS", namespace) for a in scope]
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "op",
+            str(REPO / "charts" / "prefect-raypool-operator"),
+            "--namespace",
+            namespace,
+            "--kube-version",
+            "1.34.4",
+            "--include-crds",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = kube_cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=rendered,
+    )
+    for kind in ("customresourcedefinition", "serviceaccount", "deployment.apps"):
+        assert kind in out, out
+    assert ("clusterrole.rbac" in out) if not scope else ("role.rbac" in out)
+
+
+def test_pool_chart_installs_a_pool_that_becomes_ready(env: Env) -> None:
+    from testbed.binaries import Binaries
+
+    helm = Binaries.from_cache().helm
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "charted",
+            str(REPO / "charts" / "prefect-raypool"),
+            "--namespace",
+            env.ns,
+            "--set",
+            f"spec.prefect.apiUrl={env.prefect.api_url}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env.cluster.kubectl("apply", "-n", env.ns, "-f", "-", stdin=rendered)
+    env.wait_condition("charted", "Ready", "True")
