@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.realstack import OPERATOR_NAMESPACE, RealStack, operator_pods
+from testbed.realstack import RealStack, operator_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -20,5 +20,3 @@ def test_operator_pod_from_the_chart_runs_and_its_probes_pass(real_stack: RealSt
     spec = pod["spec"]["containers"][0]
     assert spec["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert spec["imagePullPolicy"] == "Never"  # it ran from the image loaded here
-    logs = real_stack.kubectl("logs", "-n", OPERATOR_NAMESPACE, pod["metadata"]["name"])
-    assert "Traceback" not in logs, logs[-3000:]

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.controlplane
 
 def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
     doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 2  # kwok's node has room
     env.apply(doc)
     rc = eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
     pool = env.pool("analytics")
@@ -148,7 +149,7 @@ def test_drift_is_repaired(env: Env) -> None:
         env.ns,
         "rayclusters",
         "analytics",
-        [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 0}],
+        [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
         _content_type="application/json-patch+json",
     )
     eventually(  # the hand edit really landed (by another field manager) ...
@@ -159,7 +160,7 @@ def test_drift_is_repaired(env: Env) -> None:
         what="the hand edit",
     )
     eventually(
-        lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 2,
+        lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 0,
         what="the hand-edited replicas to be put back",
     )
     env.custom.delete_namespaced_custom_object("ray.io", "v1", env.ns, "rayclusters", "analytics")
