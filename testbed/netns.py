@@ -55,8 +55,9 @@ def delete() -> None:
 
 
 def wrap(argv: list[str]) -> list[str]:
-    """argv run inside the namespace."""
-    return ["ip", "netns", "exec", NAME, *argv]
+    """argv run inside the namespace. nsenter, not `ip netns exec`: that one also
+    remounts /sys, which hides the cgroup mounts the kubelet needs."""
+    return ["nsenter", f"--net=/run/netns/{NAME}", *argv]
 
 
 def _ip(*args: str) -> None:

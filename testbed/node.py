@@ -304,6 +304,13 @@ def release(node_dir: Path) -> None:
     ]
     for mount in sorted(mounts, key=len, reverse=True):  # the innermost first
         subprocess.run(["umount", "--lazy", mount], capture_output=True)
+    # Pod network namespaces that CRI made and nobody tore down (the containers were
+    # killed, not stopped): those no process is left in. Best effort: a namespace file
+    # still mounted elsewhere stays (an empty file, no network).
+    for netns in Path("/run/netns").glob("cni-*"):
+        pids = subprocess.run(["ip", "netns", "pids", netns.name], capture_output=True, text=True)
+        if pids.returncode == 0 and not pids.stdout.strip():
+            subprocess.run(["ip", "netns", "delete", netns.name], capture_output=True)
 
 
 def _run(*argv: str) -> None:
