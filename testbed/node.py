@@ -58,7 +58,8 @@ def _has_default_route() -> bool:
 
 @dataclass
 class RealNode:
-    """One node named NODE_NAME; `start()` returns once it is Ready."""
+    """One node named NODE_NAME: `prepare_network()` before the API server starts,
+    `start()` after it (the control plane then waits for the node to be Ready)."""
 
     binaries: Binaries
     state_dir: Path
