@@ -105,10 +105,6 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def _kubectl(kubectl_bin: Path, kubeconfig: Path) -> Callable[..., str]:
-    return cluster_tool(kubectl_bin, kubeconfig)
-
-
 def start_operator(
     sup: Supervisor, kubectl_bin: Path, kubeconfig: Path, prefect_api_url: str
 ) -> list[str]:
@@ -120,7 +116,7 @@ def start_operator(
     env = operator_env(kubeconfig, {"RAYPOOL_PREFECT_URL_MAP": url_map})
     sup.spawn("prefect-raypool-operator", operator_argv(health), env=env)
     sup.wait("prefect-raypool operator", lambda: http_ok(health), 120)
-    return apply_examples(sup, _kubectl(kubectl_bin, kubeconfig), timeout=120)
+    return apply_examples(sup, cluster_tool(kubectl_bin, kubeconfig), timeout=120)
 
 
 def apply_examples(
@@ -185,7 +181,7 @@ def _up_real(state: Path) -> int:
 
     stack = start_real_stack(state, purpose="dev", timeout=600)
     try:
-        kubectl = _kubectl(stack.control_plane.binaries.kubectl, stack.kubeconfig)
+        kubectl = cluster_tool(stack.control_plane.binaries.kubectl, stack.kubeconfig)
         expose_prefect(kubectl, stack.prefect.api_url)
         pools = apply_examples(stack.control_plane.procs, kubectl, timeout=900)
     except BaseException:

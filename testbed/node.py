@@ -169,11 +169,7 @@ class RealNode:
             self.ctr("containers", "delete", *old)
 
     def ctr(self, *args: str) -> str:
-        out = subprocess.run(
-            ["ctr", f"--address={self.containerd_socket}", "-n", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-        )
+        out = _ctr(self.containerd_socket, *args)
         if out.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout
@@ -287,11 +283,8 @@ def stop_pods(node_dir: Path) -> None:
     socket = node_dir / "containerd" / "containerd.sock"
     if not socket.exists():
         return
-    ctr = ["ctr", f"--address={socket}", "-n", "k8s.io"]
-    tasks = subprocess.run([*ctr, "tasks", "list", "--quiet"], capture_output=True, text=True)
-    for task in tasks.stdout.split():
-        subprocess.run([*ctr, "tasks", "kill", "--all", "--signal", "SIGKILL", task],
-                       capture_output=True)  # fmt: skip
+    for task in _ctr(socket, "tasks", "list", "--quiet").stdout.split():
+        _ctr(socket, "tasks", "kill", "--all", "--signal", "SIGKILL", task)
 
 
 def release(node_dir: Path) -> None:
@@ -312,6 +305,12 @@ def release(node_dir: Path) -> None:
         pids = subprocess.run(["ip", "netns", "pids", netns.name], capture_output=True, text=True)
         if pids.returncode == 0 and not pids.stdout.strip():
             subprocess.run(["ip", "netns", "delete", netns.name], capture_output=True)
+
+
+def _ctr(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ctr` against the node's containerd, in CRI's namespace."""
+    argv = ["ctr", f"--address={socket}", "-n", "k8s.io", *args]
+    return subprocess.run(argv, capture_output=True, text=True)
 
 
 def _run(*argv: str) -> None:

@@ -8,7 +8,6 @@ Used by the end-to-end tests (tests/e2e) and by `make up` where a real node can 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.node import DEBIAN_PACKAGES, NODE_IP, unavailable_reason
 from testbed.prefect_server import PrefectServer, start_prefect_server
-from testbed.processes import cluster_tool, log
+from testbed.processes import cluster_tool, wait_until
 
 OPERATOR_NAMESPACE = "raypool-system"
 OPERATOR_RELEASE = "raypool-operator"
@@ -78,19 +77,16 @@ def start_real_stack(state_dir: Path, purpose: str = "test", timeout: float = 30
 
 def install_operator(stack: RealStack, timeout: float) -> None:
     """`helm install` the operator chart (its CRD included) with the image built here."""
-    t0 = time.monotonic()
     stack.helm(
         "install", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", "image.pullPolicy=Never",  # loaded into the node, never pulled
     )  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while not operator_pod_ready(stack):
-        if time.monotonic() > deadline:
-            pods = stack.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide")
-            raise TimeoutError(f"the operator pod is not Ready after {timeout:.0f}s:\n{pods}")
-        time.sleep(1)
-    log(f"operator pod from the chart Ready ({time.monotonic() - t0:.1f}s)")
+    try:
+        wait_until("operator pod from the chart", lambda: operator_pod_ready(stack), timeout)
+    except TimeoutError as e:
+        pods = stack.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide")
+        raise TimeoutError(f"{e}:\n{pods}") from None
 
 
 def operator_pods(stack: RealStack) -> list[dict[str, Any]]:

@@ -23,13 +23,16 @@ COMPONENT = "prefect-worker"
 RAYLET_SOCKET = f"{naming.RAY_TMP_DIR}/session_latest/sockets/raylet"
 
 
-def prefect_worker_env(pool_name: str, spec: PrefectRayPoolSpec, ray_address: str) -> list[Obj]:
+def prefect_worker_env(pool_name: str, spec: PrefectRayPoolSpec) -> list[Obj]:
     """Env of a Prefect worker container. Secrets are referenced, never copied."""
     prefect = spec.prefect
     env: list[Obj] = [{"name": "PREFECT_API_URL", "value": prefect.apiUrl}]
     if prefect.apiKey:
         env.append(secret_env("PREFECT_API_KEY", prefect.apiKey.secretKeyRef))
-    env.append({"name": "RAY_ADDRESS", "value": ray_address})
+    # The head's GCS, in both placements: Ray attaches a driver to the raylet of the
+    # node with the driver's own address (a zero-capacity node has no address file for
+    # "auto", and 127.0.0.1 in a sidecar matches no node).
+    env.append({"name": "RAY_ADDRESS", "value": naming.head_address(pool_name)})
     env += ray_auth_env(pool_name, spec)
     env += [
         {"name": "PREFECT_RAYPOOL_TASK_NUM_CPUS", "value": str(spec.ray.taskResources.cpu)},
@@ -69,10 +72,8 @@ def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) ->
                 "-c",
                 entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
             ],
-            # KubeRay sets RAY_ADDRESS on container 0 only. The head service, not
-            # 127.0.0.1: Ray takes the driver's node address from the route to the GCS,
-            # and only the pod's own address matches the raylet's.
-            "env": prefect_worker_env(pool_name, spec, naming.head_address(pool_name)),
+            # KubeRay sets RAY_ADDRESS on container 0 only.
+            "env": prefect_worker_env(pool_name, spec),
             "resources": resources(spec.prefect.resources),
             "volumeMounts": [{"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}],
         }
@@ -91,10 +92,8 @@ def build_prefect_worker_deployment(
             "name": naming.PREFECT_WORKER_CONTAINER,
             "image": prefect_worker_image(spec),
             "command": ["/bin/sh", "-c", script],
-            # The flow runs are subprocesses of this worker. Given the head's GCS, Ray
-            # attaches their drivers to this pod's raylet (the node with the pod's address);
-            # "auto" would need the address file only `ray start --head` writes.
-            "env": prefect_worker_env(pool_name, spec, naming.head_address(pool_name)),
+            # The flow runs are subprocesses of this worker, attached to its raylet.
+            "env": prefect_worker_env(pool_name, spec),
             "resources": resources(spec.prefect.resources),
             # This node's raylet keeps an object store too.
             "volumeMounts": [SHM_MOUNT],
