@@ -101,7 +101,7 @@ def test_no_secret_value_is_ever_inlined(pool_file: Path) -> None:
                 assert "value" not in env and "secretKeyRef" in env["valueFrom"]
 
 
-def test_zero_capacity_worker_joins_the_head_service_then_execs_the_worker() -> None:
+def test_zero_capacity_worker_joins_the_head_service_then_runs_the_worker() -> None:
     name, namespace, pool = _load(GOLDEN / "zero-capacity.pool.yaml")
     deployment = build_manifests(name, namespace, pool)[1]
     assert deployment["kind"] == "Deployment"
@@ -111,9 +111,8 @@ def test_zero_capacity_worker_joins_the_head_service_then_execs_the_worker() -> 
     ray_start = f"ray start --address={name}-head-svc:6379 --num-cpus=0 --num-gpus=0 --block"
     assert ray_start in script
     assert script.index(ray_start) < script.index("session_latest/sockets/raylet")
-    assert script.index("sockets/raylet") < script.index(
-        "exec prefect worker start --pool analytics"
-    )
+    assert script.index("sockets/raylet") < script.index("prefect worker start --pool analytics")
+    assert "exec prefect" not in script  # PID 1 stays the supervising shell
     assert _env(container)["RAY_ADDRESS"] == "analytics-head-svc:6379"
     assert _env(container)["PREFECT_API_URL"] == pool.prefect.apiUrl
     selector = deployment["spec"]["selector"]["matchLabels"]

@@ -3,7 +3,8 @@
 The stand-ins are tiny executables on PATH: `ray start` binds a real unix socket where
 the raylet's would be and blocks like `ray start --block`; `prefect` records its argv
 and waits for SIGTERM. What is tested is the generated shell: order, waiting,
-supervision (the pod must exit when the raylet dies) and failure before the raylet.
+supervision (the pod must exit when the raylet dies, also as PID 1 with a worker slow
+to stop) and failure before the raylet.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ pytestmark = pytest.mark.unit
 FAKE_RAY = """\
 import os, signal, socket, sys, time
 pathfile = os.environ["FAKE_STATE"] + "/ray.pid"
+if sys.argv[1] == "stop":  # ends `ray start --block`, as the real one does
+    os.kill(int(open(pathfile).read()), signal.SIGTERM)
+    sys.exit(0)
 open(pathfile, "w").write(str(os.getpid()))
 open(os.environ["FAKE_STATE"] + "/ray.argv", "w").write(" ".join(sys.argv[1:]))
 if os.environ.get("FAKE_RAY_FAIL"):
@@ -45,8 +49,13 @@ signal.pause()
 FAKE_PREFECT = """\
 import os, signal, sys
 open(os.environ["FAKE_STATE"] + "/prefect.argv", "w").write(" ".join(sys.argv[1:]))
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-signal.pause()
+open(os.environ["FAKE_STATE"] + "/prefect.pid", "w").write(str(os.getpid()))
+if os.environ.get("FAKE_PREFECT_SLOW_STOP"):  # a worker still finishing its flow runs
+    signal.signal(signal.SIGTERM, lambda *_: None)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+while True:
+    signal.pause()
 """
 
 
@@ -65,12 +74,17 @@ def fakes(tmp_path: Path) -> Iterator[dict[str, str]]:
         "FAKE_STATE": str(state),
         "RAYPOOL_RAY_TMPDIR": str(tmp_path / "ray"),
         "RAYPOOL_RAYLET_WAIT_SECONDS": "20",
+        "RAYPOOL_STATE_DIR": str(tmp_path / "raypool"),
+        "RAYPOOL_STOP_GRACE_SECONDS": "2",
     }
 
 
-def _start(script: str, env: dict[str, str]) -> subprocess.Popen[str]:
+def _start(script: str, env: dict[str, str], as_pid_1: bool = False) -> subprocess.Popen[str]:
+    # As PID 1 of a new PID namespace, like a container's entrypoint: there the kernel
+    # drops signals the process has no handler for, SIGKILL sent from inside included.
+    prefix = ["unshare", "--pid", "--fork", "--kill-child"] if as_pid_1 else []
     return subprocess.Popen(
-        ["/bin/sh", "-c", script],
+        [*prefix, "/bin/sh", "-c", script],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -99,7 +113,7 @@ def _cleanup(proc: subprocess.Popen[str]) -> None:
 COMMAND = entrypoint.prefect_worker_command("pool-a", ["q1", "q2"])
 
 
-def test_joins_then_execs_the_worker_and_exits_when_the_raylet_dies(
+def test_joins_then_runs_the_worker_and_exits_when_the_raylet_dies(
     fakes: dict[str, str],
 ) -> None:
     state = Path(fakes["FAKE_STATE"])
@@ -109,17 +123,91 @@ def test_joins_then_execs_the_worker_and_exits_when_the_raylet_dies(
         assert argv == "worker start --pool pool-a --type process --work-queue q1 --work-queue q2"
         ray_argv = (state / "ray.argv").read_text()
         assert ray_argv == "start --address=pool-head-svc:6379 --num-cpus=0 --num-gpus=0 --block"
-        # exec: the entrypoint's own PID is now the Prefect worker.
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        assert b"prefect worker start" in cmdline
+        # The worker is a child of the entrypoint, which stays to supervise it.
+        worker = int(_wait_for(state / "prefect.pid"))
+        assert _parent(worker) == proc.pid
         assert proc.poll() is None
+        assert _ready(fakes)
         os.kill(int((state / "ray.pid").read_text()), signal.SIGKILL)  # the raylet dies
-        code = proc.wait(timeout=15)
-        assert code != 0
-        _cleanup(proc)  # the watcher's grace-period `sleep` still holds stdout open
+        assert proc.wait(timeout=15) == 1
+        assert not _ready(fakes)
         assert "stopping the Prefect worker" in (proc.stdout.read() if proc.stdout else "")
+        assert not Path(f"/proc/{worker}").exists()
     finally:
         _cleanup(proc)
+
+
+def test_as_pid_1_a_worker_slow_to_stop_is_killed_when_ray_exits(fakes: dict[str, str]) -> None:
+    """The head was replaced: Ray exits, the worker ignores SIGTERM (finishing flow runs
+    it can no longer run); the container must still end so the pod joins the new head."""
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode:
+        pytest.skip("no PID namespaces here (needs root or user namespaces)")
+    state = Path(fakes["FAKE_STATE"])
+    env = {**fakes, "FAKE_PREFECT_SLOW_STOP": "1"}
+    proc = _start(entrypoint.zero_capacity_script("pool-head-svc:6379", COMMAND), env, True)
+    try:
+        _wait_for(state / "prefect.pid")
+        os.kill(_host_pid_of(int((state / "ray.pid").read_text())), signal.SIGKILL)
+        assert proc.wait(timeout=20) == 1
+    finally:
+        _cleanup(proc)
+
+
+def test_a_worker_that_exits_stops_ray_and_ends_the_container(fakes: dict[str, str]) -> None:
+    state = Path(fakes["FAKE_STATE"])
+    proc = _start(entrypoint.zero_capacity_script("pool-head-svc:6379", COMMAND), fakes)
+    try:
+        os.kill(int(_wait_for(state / "prefect.pid")), signal.SIGTERM)
+        assert proc.wait(timeout=15) == 143
+        assert "the Prefect worker exited (143)" in (proc.stdout.read() if proc.stdout else "")
+    finally:
+        _cleanup(proc)
+
+
+def test_sigterm_to_the_entrypoint_stops_the_worker_gracefully(fakes: dict[str, str]) -> None:
+    """Pod deletion: the kubelet signals PID 1 only; the worker must get it."""
+    state = Path(fakes["FAKE_STATE"])
+    proc = _start(entrypoint.zero_capacity_script("pool-head-svc:6379", COMMAND), fakes)
+    try:
+        _wait_for(state / "prefect.pid")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 143
+    finally:
+        _cleanup(proc)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _host_pid_of(ns_pid: int) -> int:
+    """The host PID of a process known by its PID inside a child PID namespace."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in lines if line.startswith("NSpid:")), [])
+        if len(nspid) > 1 and int(nspid[-1]) == ns_pid and "FAKE_STATE" in _environ(status):
+            return int(nspid[0])
+    raise AssertionError(f"no process with PID {ns_pid} in a child namespace")
+
+
+def _environ(status: Path) -> str:
+    try:
+        return (status.parent / "environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ready(env: dict[str, str]) -> bool:
+    """The container's readiness probe, run against this test's directories."""
+    probe = entrypoint.zero_capacity_readiness()[-1]
+    probe = probe.replace(
+        entrypoint.RAYLET_SOCKET, f"{env['RAYPOOL_RAY_TMPDIR']}/session_latest/sockets/raylet"
+    )
+    probe = probe.replace(entrypoint.STATE_DIR, env["RAYPOOL_STATE_DIR"])
+    return subprocess.run(["/bin/sh", "-c", probe]).returncode == 0
 
 
 def test_fails_without_starting_the_worker_when_ray_start_fails(fakes: dict[str, str]) -> None:

@@ -1,9 +1,13 @@
 """The shell entrypoints of Prefect worker containers.
 
 ZeroCapacityNode: join the Ray cluster as a node that takes no work, wait for the
-raylet socket, then exec the Prefect worker, while a watcher kills the worker when
-the raylet dies (so the pod restarts instead of taking flow runs it cannot run).
-HeadSidecar: wait for the head's raylet socket in the shared /tmp/ray, then exec.
+raylet socket, then run the Prefect worker as a child of this shell, which stays PID 1
+and supervises both: when this node's Ray processes exit (the head was replaced and the
+new GCS refused this node's old cluster ID, or the raylet died) the worker is stopped
+and the container exits, so the pod restarts and joins the new head. The worker is not
+exec'd: as PID 1 it would ignore the SIGKILL meant to end a slow shutdown.
+HeadSidecar: wait for the head's raylet socket in the shared /tmp/ray, then exec (the
+pod shares its process namespace, so the worker is not PID 1 there).
 POSIX sh, so any image with a shell works.
 """
 
@@ -11,13 +15,21 @@ from __future__ import annotations
 
 import shlex
 
+from prefect_raypool_operator import naming
+
+RAYLET_SOCKET = f"{naming.RAY_TMP_DIR}/session_latest/sockets/raylet"
 RAYLET_WAIT_SECONDS = 300
+STOP_GRACE_SECONDS = 30  # a worker that ignores SIGTERM this long is killed
+#: Where the zero-capacity entrypoint records that Ray exited (the readiness probe
+#: turns False at once, before the worker has stopped).
+STATE_DIR = "/tmp/raypool"
+RAY_EXITED = f"{STATE_DIR}/ray-exited"
 
 _WAIT_FOR_RAYLET = """\
 socket="${RAYPOOL_RAY_TMPDIR:-/tmp/ray}/session_latest/sockets/raylet"
 deadline=$(( $(date +%s) + ${RAYPOOL_RAYLET_WAIT_SECONDS:-%(wait)d} ))
 until [ -S "$socket" ]; do
-  if [ -n "${exited_marker:-}" ] && [ -e "$exited_marker" ]; then
+  if [ -n "${exited:-}" ] && [ -e "$exited" ]; then
     echo "raypool: ray start exited before the raylet came up" >&2
     exit 1
   fi
@@ -28,6 +40,45 @@ until [ -S "$socket" ]; do
   sleep 1
 done
 echo "raypool: raylet is up at $socket" >&2
+"""
+
+# The watcher owns `ray start --block`, which returns when any Ray process of this node
+# dies; it then stops the worker (its PID is in $state/worker.pid once started).
+_ZERO_CAPACITY = """\
+set -u
+state="${RAYPOOL_STATE_DIR:-%(state_dir)s}"
+exited="$state/ray-exited"
+mkdir -p "$state" && rm -f "$exited" "$state/worker.pid"
+stop_worker() {
+  kill -TERM "$1" 2>/dev/null
+  sleep "${RAYPOOL_STOP_GRACE_SECONDS:-%(grace)d}"
+  kill -KILL "$1" 2>/dev/null
+}
+(
+  %(ray_start)s ${RAYPOOL_RAY_START_ARGS:-}
+  echo "$?" > "$exited"
+  if [ -e "$state/worker.pid" ]; then
+    echo "raypool: this node's Ray processes exited (ray start: $(cat "$exited")); stopping" \\
+      "the Prefect worker so the pod restarts and joins the Ray head again" >&2
+    stop_worker "$(cat "$state/worker.pid")"
+  fi
+) &
+worker=""
+trap 'if [ -n "$worker" ]; then kill -TERM "$worker" 2>/dev/null; else exit 143; fi' TERM INT
+%(wait_for_raylet)s%(worker)s &
+worker=$!
+echo "$worker" > "$state/worker.pid"
+if [ -e "$exited" ]; then stop_worker "$worker" & fi  # Ray exited before the PID was written
+code=0
+while :; do
+  wait "$worker"; code=$?
+  kill -0 "$worker" 2>/dev/null || break  # still running: a signal interrupted the wait
+done
+if [ -e "$exited" ]; then exit 1; fi
+echo "raypool: the Prefect worker exited ($code); stopping this node's Ray processes" >&2
+rm -f "$state/worker.pid"
+ray stop >/dev/null 2>&1
+exit "$code"
 """
 
 
@@ -43,34 +94,24 @@ def prefect_worker_command(work_pool: str, work_queues: list[str]) -> list[str]:
 
 
 def zero_capacity_script(head_address: str, worker_command: list[str]) -> str:
-    """Join at `head_address` with no CPUs/GPUs, then become the Prefect worker.
+    """Join at `head_address` with no CPUs/GPUs, then run and supervise the Prefect worker.
 
-    The watcher subshell owns `ray start --block`, which returns when any Ray process
-    of this node dies; it then stops the worker (PID $$, kept across `exec`).
+    Extra `ray start` flags come from RAYPOOL_RAY_START_ARGS, word-split on purpose
+    (e.g. --node-ip-address, --temp-dir).
     """
+    ray_start = f"ray start --address={shlex.quote(head_address)} --num-cpus=0 --num-gpus=0 --block"
     return (
-        "set -u\n"
-        'exited_marker="/tmp/raypool-raylet-exited.$$"\n'
-        'started_marker="/tmp/raypool-worker-started.$$"\n'
-        'rm -f "$exited_marker" "$started_marker"\n'
-        "main_pid=$$\n"
-        "(\n"
-        f"  ray start --address={shlex.quote(head_address)} --num-cpus=0 --num-gpus=0 --block"
-        # Extra flags, word-split on purpose (e.g. --node-ip-address, --temp-dir).
-        " ${RAYPOOL_RAY_START_ARGS:-}\n"
-        "  code=$?\n"
-        '  touch "$exited_marker"\n'
-        '  if [ -e "$started_marker" ]; then\n'
-        '    echo "raypool: ray start exited ($code); stopping the Prefect worker" >&2\n'
-        '    kill -TERM "$main_pid" 2>/dev/null\n'
-        "    sleep 30\n"
-        '    kill -KILL "$main_pid" 2>/dev/null\n'
-        "  fi\n"
-        ") &\n"
-        + _wait_for_raylet()
-        + 'touch "$started_marker"\n'
-        + f"exec {shlex.join(worker_command)}\n"
+        _ZERO_CAPACITY.replace("%(state_dir)s", STATE_DIR)
+        .replace("%(grace)d", str(STOP_GRACE_SECONDS))
+        .replace("%(ray_start)s", ray_start)
+        .replace("%(wait_for_raylet)s", _wait_for_raylet())
+        .replace("%(worker)s", shlex.join(worker_command))
     )
+
+
+def zero_capacity_readiness() -> list[str]:
+    """Ready while this node's raylet socket exists and Ray has not exited."""
+    return ["/bin/sh", "-c", f"test -S {RAYLET_SOCKET} && test ! -e {RAY_EXITED}"]
 
 
 def sidecar_script(worker_command: list[str]) -> str:

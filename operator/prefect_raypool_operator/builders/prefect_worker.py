@@ -20,7 +20,6 @@ from prefect_raypool_operator.builders.common import (
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 COMPONENT = "prefect-worker"
-RAYLET_SOCKET = f"{naming.RAY_TMP_DIR}/session_latest/sockets/raylet"
 
 
 def prefect_worker_env(pool_name: str, spec: PrefectRayPoolSpec) -> list[Obj]:
@@ -98,7 +97,7 @@ def build_prefect_worker_deployment(
             # This node's raylet keeps an object store too.
             "volumeMounts": [SHM_MOUNT],
             "readinessProbe": {
-                "exec": {"command": ["test", "-S", RAYLET_SOCKET]},
+                "exec": {"command": entrypoint.zero_capacity_readiness()},
                 "periodSeconds": 5,
             },
         }
