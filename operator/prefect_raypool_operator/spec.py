@@ -86,13 +86,20 @@ def _cpu(value: Any) -> int | str:
 
 def _map_rules(key_pattern: str, key_message: str, max_key: int) -> dict[str, Any]:
     """A CEL rule over a map's keys (the CRD has no pattern for keys)."""
-    rule = f"self.all(k, k.size() <= {max_key} && k.matches(r'{key_pattern}'))"
+    rule = (
+        f"self.all(k, k.size() <= {max_key} && k.matches(r'{key_pattern}') && "
+        f"k.indexOf('/') <= {syntax.PREFIX_MAX})"
+    )
     return {"maxProperties": 64, **cel_rules(cel(rule, key_message))}
 
 
 def _keys_match(pattern: str, message: str, max_key: int) -> AfterValidator:
     def check(value: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in value if len(k) > max_key or not syntax.matches(pattern, k)]
+        bad = [
+            k
+            for k in value
+            if len(k) > max_key or not syntax.matches(pattern, k) or k.find("/") > syntax.PREFIX_MAX
+        ]
         if bad:
             raise ValueError(f"{message} (not {bad[0]!r})")
         if len(value) > 64:
@@ -446,12 +453,49 @@ class ResultStorage(_Model):
     )
 
 
+#: Set by the operator on every Prefect worker, from the fields named here.
+OPERATOR_ENV = {
+    "PREFECT_API_URL": "prefect.apiUrl",
+    "PREFECT_API_KEY": "prefect.apiKey",
+    "RAY_ADDRESS": "the pool's head service",
+    "RAY_AUTH_MODE": "ray.auth.mode",
+    "RAY_AUTH_TOKEN": "ray.auth.secretKeyRef",
+    "PREFECT_RAYPOOL_TASK_NUM_CPUS": "ray.taskResources.cpu",
+    "PREFECT_RAYPOOL_TASK_NUM_GPUS": "ray.taskResources.gpu",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "prefect.resultStorage.persistByDefault",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "prefect.resultStorage.storageBlock",
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": "prefect.resultStorage.localStoragePath",
+}
+OPERATOR_ENV_MESSAGE = (
+    "names the operator sets (PREFECT_API_URL, PREFECT_API_KEY, RAY_ADDRESS, RAY_AUTH_*, "
+    "PREFECT_RAYPOOL_TASK_*, PREFECT_RESULTS_*) come from their spec fields: "
+    "remove them from env"
+)
+
+
 class PrefectSpec(_Model):
     apiUrl: str = Field(
         max_length=2048,
         description="PREFECT_API_URL the worker and operator use.",
-        json_schema_extra=cel_rules(cel(syntax.URL_RULE, syntax.URL_MESSAGE)),
+        json_schema_extra={
+            **_pattern(syntax.URL_SHAPE),
+            **cel_rules(cel(syntax.URL_RULE, syntax.URL_MESSAGE)),
+        },
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for i, var in enumerate(env):
+            if var.name in OPERATOR_ENV:
+                raise ValueError(
+                    f"[{i}]: {var.name} is set from spec.{OPERATOR_ENV[var.name]}: remove it"
+                )
+            if var.name in seen:
+                raise ValueError(f"[{i}]: Duplicate value: name {var.name!r} is used twice")
+            seen.add(var.name)
+        return env
 
     @field_validator("apiUrl")
     @classmethod
@@ -480,7 +524,17 @@ class PrefectSpec(_Model):
         description="Resources of the Prefect worker container.",
     )
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=128, description="Extra worker env vars."
+        default_factory=list,
+        max_length=128,
+        description="Extra worker env vars.",
+        json_schema_extra={
+            # Server-side apply refuses a Deployment whose env repeats a name.
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **cel_rules(
+                cel(f"self.all(e, !(e.name in {list(OPERATOR_ENV)}))", OPERATOR_ENV_MESSAGE)
+            ),
+        },
     )
     resultStorage: ResultStorage = Field(
         default_factory=ResultStorage, description="Where flow results go."

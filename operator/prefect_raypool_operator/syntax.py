@@ -28,7 +28,8 @@ DNS_SUBDOMAIN = f"^{_SUBDOMAIN}$"
 #: A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of
 #: at most 63 characters.
 QUALIFIED_NAME = rf"^({_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
-QUALIFIED_NAME_MAX = 253 + 1 + 63
+PREFIX_MAX = 253
+QUALIFIED_NAME_MAX = PREFIX_MAX + 1 + 63
 #: A label value: empty, or at most 63 characters.
 LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 #: A key of a Secret or ConfigMap.
@@ -49,6 +50,8 @@ IMAGE = (
     r"(?::[\w][\w.-]{0,127})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
+#: No whitespace (CEL's isURL() takes a space in the path).
+URL_SHAPE = r"^https?://\S+$"
 #: An http(s) URL with a host and, if any, a port in 1-65535 (CEL's url library).
 URL_RULE = (
     "isURL(self) && url(self).getScheme() in ['http', 'https'] && "
@@ -67,7 +70,7 @@ def matches(pattern: str, value: str) -> bool:
 
 def url_problem(value: str) -> str | None:
     """The twin of URL_RULE."""
-    if not matches(r"^https?://\S+$", value):
+    if not matches(URL_SHAPE, value):
         return URL_MESSAGE
     try:
         parts = urlsplit(value)
