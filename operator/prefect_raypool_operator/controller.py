@@ -9,6 +9,12 @@ kopf.PermanentError (no retry storm; the next spec change triggers again); a pro
 that may fix itself (missing Secret, KubeRay not installed yet, Prefect API down)
 raises kopf.TemporaryError with a delay. The resync timer never raises: the status
 already says what is wrong, and it keeps repairing drift.
+
+Safety net: an unexpected exception in a pool's reconcile (a bug, or an object the
+API server refuses) becomes a status (Ready False, ReconcileError, naming what
+failed) and one Warning Event, like any other problem. That pool is then retried
+with a doubling delay (5 s up to 5 min) instead of at every trigger; a spec change
+retries it at once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -27,12 +34,26 @@ from prefect_raypool_operator.kube import KubeIO
 from prefect_raypool_operator.memory import Memory, PoolKey
 from prefect_raypool_operator.naming import POOL_LABEL
 from prefect_raypool_operator.reconcile import ClusterIO, Outcome, reconcile
+from prefect_raypool_operator.refusals import Problem, reconcile_error
+from prefect_raypool_operator.status import Check, Observed, build_status, transitions
 from prefect_raypool_operator.watchcache import Reads
 
 RETRY_DELAY = 15.0
+ERROR_DELAY_FIRST, ERROR_DELAY_MAX = 5.0, 300.0
+Obj = dict[str, Any]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # kopf's handler kwargs (its indices among them) -> the I/O of this trigger.
 Connect = Callable[[Mapping[str, Any]], ClusterIO]
+
+
+@dataclass
+class _Failing:
+    """A pool whose reconcile raised: retried no sooner than `retry_at` unless its
+    generation changes."""
+
+    generation: int | None
+    failures: int
+    retry_at: float
 
 
 class Controller:
@@ -40,6 +61,7 @@ class Controller:
         self._connect = connect
         self._runs = Coalescer()
         self.memory = Memory()
+        self._failing: dict[PoolKey, _Failing] = {}
 
     def run(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool = True
@@ -62,12 +84,24 @@ class Controller:
         body = io.pool(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.memory.forget(key)
+            self._failing.pop(key, None)
             return None
         memory = self.memory.of(key, body["metadata"]["uid"])
+        generation = body["metadata"].get("generation")
+        failing = self._failing.get(key)
+        if failing and failing.generation == generation and time.monotonic() < failing.retry_at:
+            self.memory.reconciled(memory)  # alive, deliberately waiting
+            return None
         previous = memory.written_status
         if previous is None:
             previous = body.get("status") or {}
-        outcome = reconcile(body, io, memory, previous, repair=repair)
+        try:
+            outcome = reconcile(body, io, memory, previous, repair=repair)
+        except Exception as exc:  # the safety net: a status and an Event, not a traceback
+            logger.exception("reconcile failed")
+            outcome = self._failed(key, body, previous, exc)
+        else:
+            self._failing.pop(key, None)
         if outcome.status != previous:
             io.write_status(namespace, name, outcome.status)
             memory.written_status = outcome.status
@@ -88,6 +122,31 @@ class Controller:
             logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
         return outcome
 
+    def _failed(
+        self, key: PoolKey, body: Mapping[str, Any], previous: Obj, exc: Exception
+    ) -> Outcome:
+        """The status of a pool whose reconcile raised, and when to try again."""
+        generation = body["metadata"].get("generation")
+        failing = self._failing.get(key)
+        failures = failing.failures + 1 if failing and failing.generation == generation else 1
+        delay = min(ERROR_DELAY_FIRST * 2 ** (failures - 1), ERROR_DELAY_MAX)
+        self._failing[key] = _Failing(generation, failures, time.monotonic() + delay)
+        error = reconcile_error(exc)
+        problem = Problem(error.reason, error.message, error.permanent, retry_after=delay)
+        namespace, name = key
+        prefect = (body.get("spec") or {}).get("prefect") or {}
+        work_pool = (prefect.get("workPool") or {}).get("name") or name
+        observed = Observed(
+            name,
+            namespace,
+            generation,
+            str(work_pool),
+            blocking=Check(False, problem.reason, problem.message),
+            blocking_permanent=problem.permanent,
+        )
+        status = build_status(observed, previous)
+        return Outcome(status, transitions(previous, status), problem)
+
     def on_spec(
         self, namespace: str | None, name: str, logger: Logger, kwargs: Mapping[str, Any]
     ) -> None:
@@ -97,6 +156,10 @@ class Controller:
         if outcome is None or outcome.problem is None:
             return
         problem = outcome.problem
+        if problem.retry_after is not None:
+            raise kopf.TemporaryError(
+                f"{problem.reason}: {problem.message}", delay=problem.retry_after
+            )
         if problem.permanent:
             raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
         raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=RETRY_DELAY)

@@ -5,7 +5,9 @@
 
 Pydantic's JSON schema is turned into a Kubernetes *structural* schema: `$ref`s are
 inlined, `Optional[X]` becomes `X`, titles and `additionalProperties: false` go, and
-objects whose fields all have defaults get `default: {}` so the API server fills them.
+optional objects with no required field and some defaulted field get `default: {}`, so
+the API server fills those defaults in. Others get none: an empty object where the user
+wrote nothing would change the meaning (`valueFrom: {}` on a literal env var).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def _structural(node: Any) -> Any:
                 and prop.get("type") == "object"
                 and "properties" in prop
                 and not prop.get("required")
+                and any("default" in p for p in prop["properties"].values())
             ):
                 prop["default"] = {}
     return node

@@ -8,8 +8,12 @@ in the reconciler and report the same `Problem`, built here.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -35,6 +39,7 @@ class Problem:
     reason: str
     message: str
     permanent: bool  # True: only a spec change fixes it; False: may fix itself (retry)
+    retry_after: float | None = None  # seconds, when the controller backs off
 
 
 class Refused(ValueError):
@@ -68,12 +73,26 @@ def parse_pool(doc: dict[str, Any]) -> tuple[str, str, PrefectRayPoolSpec]:
     return name, str(meta.get("namespace") or "default"), spec
 
 
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the API server writes a field path:
+    ('ray', 'workerGroups', 0, 'name') -> 'spec.ray.workerGroups[0].name'."""
+    path = "spec"
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("int", "str")) and "[" in part:
+            continue  # a union branch (CPU: int | str), not a field
+        else:
+            path += f".{part}"
+    return path
+
+
 def format_validation_error(exc: pydantic.ValidationError) -> str:
     lines = []
-    for err in exc.errors():
-        where = ".".join(["spec", *(str(p) for p in err["loc"])])
-        lines.append(f"{where}: {err['msg']}")
-    return "; ".join(lines)
+    for err in exc.errors(include_url=False):
+        # The input is left out on purpose: it may be a literal secret.
+        lines.append(f"{field_path(err['loc'])}: {err['msg']}")
+    return "; ".join(dict.fromkeys(lines))
 
 
 def image_ray_version(image: str) -> str | None:
@@ -158,3 +177,43 @@ KUBERAY_NOT_INSTALLED = Problem(
     "operator (v1.5) and its CRDs; the pool waits for it",
     permanent=False,
 )
+
+
+def reconcile_error(exc: BaseException) -> Problem:
+    """The controller's safety net: an unexpected exception as a Problem naming what
+    failed. Only the API server's own message is kept from a Kubernetes error (it
+    names the refused field); never request bodies or headers, nor the exception's
+    arguments beyond its message (no Secret value is ever in one of ours)."""
+    where = _where(exc)
+    body = getattr(exc, "body", None)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and body is not None:  # kubernetes.client.ApiException
+        try:
+            detail = str(json.loads(body).get("message") or "")
+        except (ValueError, AttributeError):
+            detail = ""
+        what = f"the API server answered {status} {getattr(exc, 'reason', '')}".rstrip()
+        message = f"{what}{': ' + detail if detail else ''}"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    if len(message) > 900:
+        message = message[:900] + "..."
+    return Problem(
+        "ReconcileError",
+        f"reconcile failed in {where}: {message}; the operator retries with a growing "
+        "delay, and at once when the spec changes",
+        permanent=isinstance(status, int) and status in (400, 422),
+    )
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of the operator's own code, e.g. 'reconcile._apply_owned'."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f"{os.sep}prefect_raypool_operator{os.sep}" in f.filename
+    ]
+    if not frames:
+        return "the operator"
+    frame = frames[-1]
+    return f"{Path(frame.filename).stem}.{frame.name}"

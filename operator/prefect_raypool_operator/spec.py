@@ -13,19 +13,25 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from prefect_raypool_operator import syntax
 
 DEFAULT_RAY_VERSION = "2.60.0"
-DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-
-# A CPU count: an integer (2) or a Kubernetes quantity string ("500m").
-CPU = Annotated[
-    int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True}),
-    Field(description="CPU as an integer or a Kubernetes quantity such as '500m'."),
-]
-Memory = Annotated[str, Field(pattern=QUANTITY, description="Memory quantity such as '2Gi'.")]
+DNS_LABEL = syntax.DNS_LABEL
+INT32_MAX = syntax.INT32_MAX
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -44,6 +50,161 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _check(pattern: str, message: str) -> AfterValidator:
+    """The pydantic twin of a CEL `matches()` rule or a pattern, with its message."""
+
+    def check(value: str) -> str:
+        if not syntax.matches(pattern, value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _pattern(pattern: str) -> dict[str, Any]:
+    """A pattern for the CRD only; pydantic checks it through `_check`, whose message
+    says what is expected (not the regular expression)."""
+    return {"pattern": pattern}
+
+
+def _not_negative(value: int | str) -> int | str:
+    if (value < 0) if isinstance(value, int) else value.startswith("-"):
+        raise ValueError(NOT_NEGATIVE["message"])
+    return value
+
+
+def _cpu(value: Any) -> int | str:
+    """int-or-string: an integer, or a string matching the quantity syntax."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= INT32_MAX:
+            raise ValueError(f"must be 0 to {INT32_MAX}, or {QUANTITY_HELP}")
+        return value
+    if isinstance(value, str) and syntax.matches(syntax.QUANTITY, value):
+        return _not_negative(value)
+    raise ValueError(f"must be {QUANTITY_HELP}")
+
+
+def _map_rules(key_pattern: str, key_message: str, max_key: int) -> dict[str, Any]:
+    """A CEL rule over a map's keys (the CRD has no pattern for keys)."""
+    rule = (
+        f"self.all(k, k.size() <= {max_key} && k.matches(r'{key_pattern}') && "
+        f"k.indexOf('/') <= {syntax.PREFIX_MAX})"
+    )
+    return {"maxProperties": 64, **cel_rules(cel(rule, key_message))}
+
+
+def _keys_match(pattern: str, message: str, max_key: int) -> AfterValidator:
+    def check(value: dict[str, str]) -> dict[str, str]:
+        bad = [
+            k
+            for k in value
+            if len(k) > max_key or not syntax.matches(pattern, k) or k.find("/") > syntax.PREFIX_MAX
+        ]
+        if bad:
+            raise ValueError(f"{message} (not {bad[0]!r})")
+        if len(value) > 64:
+            raise ValueError("at most 64 entries")
+        return value
+
+    return AfterValidator(check)
+
+
+NOT_NEGATIVE = cel(
+    "type(self) != string || !self.startsWith('-')",
+    "must not be negative: a Kubernetes quantity such as 500m, 2 or 1.5Gi",
+)
+QUANTITY_HELP = "a Kubernetes quantity such as 500m, 2 or 1.5Gi"
+# A CPU count: an integer (2) or a Kubernetes quantity string ("500m").
+CPU = Annotated[
+    int | str,
+    PlainValidator(_cpu),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": syntax.QUANTITY,
+            "minimum": 0,
+            "maximum": INT32_MAX,
+            **cel_rules(NOT_NEGATIVE),
+        }
+    ),
+    Field(description="CPU as an integer or a Kubernetes quantity such as '500m'."),
+]
+Memory = Annotated[
+    str,
+    Field(
+        max_length=64,
+        description="Memory quantity such as '2Gi'.",
+        json_schema_extra={**_pattern(syntax.QUANTITY), **cel_rules(NOT_NEGATIVE)},
+    ),
+    _check(syntax.QUANTITY, f"must be {QUANTITY_HELP}"),
+    AfterValidator(_not_negative),
+]
+Int32 = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+Image = Annotated[
+    str,
+    Field(min_length=1, max_length=512, json_schema_extra=_pattern(syntax.IMAGE)),
+    _check(
+        syntax.IMAGE,
+        "must be an image reference: [registry[:port]/]lowercase/path[:tag][@digest]",
+    ),
+]
+SUBDOMAIN_HELP = (
+    "must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', "
+    "starting and ending alphanumeric"
+)
+Subdomain = Annotated[
+    str,
+    Field(min_length=1, max_length=253, json_schema_extra=_pattern(syntax.DNS_SUBDOMAIN)),
+    _check(syntax.DNS_SUBDOMAIN, SUBDOMAIN_HELP),
+]
+QUALIFIED_KEYS = (
+    "keys must be qualified names: an optional DNS-subdomain prefix and '/', then "
+    "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+)
+QualifiedNameMap = Annotated[
+    dict[str, str],
+    Field(
+        json_schema_extra=_map_rules(
+            syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX
+        )
+    ),
+    _keys_match(syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX),
+]
+LabelValue = Annotated[
+    str,
+    Field(max_length=63, json_schema_extra=_pattern(syntax.LABEL_VALUE)),
+    _check(
+        syntax.LABEL_VALUE,
+        "must be a label value: empty or letters, digits, '-', '_' or '.', "
+        "starting and ending alphanumeric",
+    ),
+]
+LabelMap = Annotated[
+    dict[str, LabelValue],
+    Field(
+        json_schema_extra=_map_rules(
+            syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX
+        )
+    ),
+    _keys_match(syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX),
+]
+RayStartParams = Annotated[
+    dict[str, Annotated[str, Field(max_length=1024, pattern=syntax.ONE_LINE)]],
+    Field(
+        json_schema_extra=_map_rules(
+            syntax.RAY_START_PARAM,
+            "keys are `ray start` flags without the dashes, such as num-cpus",
+            63,
+        )
+    ),
+    _keys_match(
+        syntax.RAY_START_PARAM,
+        "keys are `ray start` flags without the dashes, such as num-cpus",
+        63,
+    ),
+]
+
+
 class Placement(StrEnum):
     """Where the flow's driver (the Prefect worker and its flow runs) lives."""
 
@@ -58,8 +219,8 @@ class RayAuthMode(StrEnum):
 
 
 class KeyRef(_Model):
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
-    key: str = Field(min_length=1)
+    name: Subdomain
+    key: str = Field(min_length=1, max_length=253, pattern=syntax.CONFIG_KEY)
 
 
 class SecretKeyRef(KeyRef):
@@ -79,7 +240,7 @@ class Resources(_Model):
 
     cpu: CPU = 1
     memory: Memory = "2Gi"
-    gpu: int = Field(default=0, ge=0, description="GPUs (nvidia.com/gpu) per pod.")
+    gpu: Int32 = Field(default=0, description="GPUs (nvidia.com/gpu) per pod.")
 
 
 class WorkerResources(Resources):
@@ -93,7 +254,7 @@ class HeadSpec(_Model):
     resources: Resources = Field(
         default_factory=Resources, description="Resources of the Ray head container."
     )
-    rayStartParams: dict[str, str] = Field(
+    rayStartParams: RayStartParams = Field(
         default_factory=dict,
         description="Extra `ray start` flags for the head (KubeRay rayStartParams).",
     )
@@ -123,13 +284,13 @@ class WorkerGroup(_Model):
     name: str = Field(
         pattern=DNS_LABEL, max_length=15, description="Worker group name (a DNS label)."
     )
-    replicas: int = Field(default=1, ge=0, description="Ray worker pods to start with.")
-    minReplicas: int = Field(default=0, ge=0, description="Lower bound for the autoscaler.")
-    maxReplicas: int | None = Field(
-        default=None, ge=0, description="Upper bound for the autoscaler; defaults to replicas."
+    replicas: Int32 = Field(default=1, description="Ray worker pods to start with.")
+    minReplicas: Int32 = Field(default=0, description="Lower bound for the autoscaler.")
+    maxReplicas: Int32 | None = Field(
+        default=None, description="Upper bound for the autoscaler; defaults to replicas."
     )
     resources: Resources = Field(default_factory=Resources, description="Resources per pod.")
-    rayStartParams: dict[str, str] = Field(
+    rayStartParams: RayStartParams = Field(
         default_factory=dict, description="Extra `ray start` flags for this group."
     )
 
@@ -145,9 +306,9 @@ class WorkerGroup(_Model):
 
 
 class Autoscaling(_Model):
-    enabled: bool = Field(default=False, description="Run KubeRay's in-tree Ray autoscaler.")
-    idleTimeoutSeconds: int = Field(
-        default=60, ge=0, description="Seconds before an idle worker is removed."
+    enabled: StrictBool = Field(default=False, description="Run KubeRay's in-tree Ray autoscaler.")
+    idleTimeoutSeconds: Int32 = Field(
+        default=60, description="Seconds before an idle worker is removed."
     )
 
 
@@ -164,8 +325,10 @@ class RayAuth(_Model):
 
 
 class TaskResources(_Model):
-    cpu: float = Field(default=1, ge=0, description="CPUs each Ray task requests by default.")
-    gpu: int = Field(default=0, ge=0, description="GPUs each Ray task requests by default.")
+    cpu: StrictFloat = Field(
+        default=1, ge=0, le=INT32_MAX, description="CPUs each Ray task requests by default."
+    )
+    gpu: Int32 = Field(default=0, description="GPUs each Ray task requests by default.")
 
 
 def _default_worker_groups() -> list[WorkerGroup]:
@@ -178,9 +341,8 @@ class RaySpec(_Model):
         pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
         description="Ray version (KubeRay rayVersion); images must carry this version.",
     )
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
         description=(
             "Image of the Ray pods and (unless prefect.image) the Prefect worker; defaults to "
             "prefect-raypool-ray:<operator version> (Ray, Prefect and prefect-raypool). "
@@ -199,6 +361,18 @@ class RaySpec(_Model):
             "default": [{"name": "workers", "replicas": 1, "minReplicas": 0}],
         },
     )
+
+    @field_validator("workerGroups")
+    @classmethod
+    def _unique_groups(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:
+        # The twin of the list-map key: the API server refuses a duplicate name.
+        seen: set[str] = set()
+        for i, group in enumerate(groups):
+            if group.name in seen:
+                raise ValueError(f"[{i}]: Duplicate value: name {group.name!r} is used twice")
+            seen.add(group.name)
+        return groups
+
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Ray autoscaler.")
     auth: RayAuth = Field(default_factory=RayAuth, description="Ray token authentication.")
     taskResources: TaskResources = Field(
@@ -207,94 +381,229 @@ class RaySpec(_Model):
     )
 
 
+ONE_SOURCE = "set exactly one of secretKeyRef or configMapKeyRef"
+ONE_VALUE = "set exactly one of value (a literal) or valueFrom (a Secret or ConfigMap key)"
+
+
 class EnvVarSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", ONE_SOURCE)
+        )
+    )
+
     secretKeyRef: SecretKeyRef | None = None
     configMapKeyRef: ConfigMapKeyRef | None = None
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if (self.secretKeyRef is None) == (self.configMapKeyRef is None):
+            raise ValueError(ONE_SOURCE)
+        return self
+
 
 class EnvVar(_Model):
-    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(cel("has(self.value) != has(self.valueFrom)", ONE_VALUE))
+    )
+
+    name: str = Field(
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=253, description="Variable name."
+    )
     value: str | None = Field(default=None, description="A literal value (not for secrets).")
     valueFrom: EnvVarSource | None = Field(
         default=None, description="A Secret or ConfigMap key, for anything secret."
     )
 
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if (self.value is None) == (self.valueFrom is None):
+            raise ValueError(ONE_VALUE)
+        return self
+
+
+PrefectName = Annotated[
+    str,
+    Field(min_length=1, max_length=100, json_schema_extra=_pattern(syntax.PREFECT_NAME)),
+    _check(syntax.PREFECT_NAME, "must not contain whitespace or any of / % & < > # ? \\"),
+]
+
 
 class WorkPool(_Model):
-    name: str | None = Field(
-        default=None,
-        min_length=1,
-        description="Prefect work pool name; defaults to the pool's name.",
+    name: PrefectName | None = Field(
+        default=None, description="Prefect work pool name; defaults to the pool's name."
     )
-    concurrencyLimit: int | None = Field(
-        default=None, ge=0, description="Work pool concurrency limit, kept in line by the operator."
+    concurrencyLimit: Int32 | None = Field(
+        default=None, description="Work pool concurrency limit, kept in line by the operator."
     )
+
+
+OneLine = Annotated[str, Field(max_length=1024, pattern=syntax.ONE_LINE)]
 
 
 class ResultStorage(_Model):
-    persistByDefault: bool = Field(default=False, description="PREFECT_RESULTS_PERSIST_BY_DEFAULT.")
-    storageBlock: str | None = Field(
+    persistByDefault: StrictBool = Field(
+        default=False, description="PREFECT_RESULTS_PERSIST_BY_DEFAULT."
+    )
+    storageBlock: OneLine | None = Field(
         default=None, description="PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, e.g. 's3-bucket/results'."
     )
-    localStoragePath: str | None = Field(
+    localStoragePath: OneLine | None = Field(
         default=None, description="PREFECT_RESULTS_LOCAL_STORAGE_PATH."
     )
 
 
+#: Set by the operator on every Prefect worker, from the fields named here.
+OPERATOR_ENV = {
+    "PREFECT_API_URL": "prefect.apiUrl",
+    "PREFECT_API_KEY": "prefect.apiKey",
+    "RAY_ADDRESS": "the pool's head service",
+    "RAY_AUTH_MODE": "ray.auth.mode",
+    "RAY_AUTH_TOKEN": "ray.auth.secretKeyRef",
+    "PREFECT_RAYPOOL_TASK_NUM_CPUS": "ray.taskResources.cpu",
+    "PREFECT_RAYPOOL_TASK_NUM_GPUS": "ray.taskResources.gpu",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "prefect.resultStorage.persistByDefault",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "prefect.resultStorage.storageBlock",
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": "prefect.resultStorage.localStoragePath",
+}
+OPERATOR_ENV_MESSAGE = (
+    "names the operator sets (PREFECT_API_URL, PREFECT_API_KEY, RAY_ADDRESS, RAY_AUTH_*, "
+    "PREFECT_RAYPOOL_TASK_*, PREFECT_RESULTS_*) come from their spec fields: "
+    "remove them from env"
+)
+
+
 class PrefectSpec(_Model):
     apiUrl: str = Field(
-        pattern=r"^https?://.+", description="PREFECT_API_URL the worker and operator use."
+        max_length=2048,
+        description="PREFECT_API_URL the worker and operator use.",
+        json_schema_extra={
+            **_pattern(syntax.URL_SHAPE),
+            **cel_rules(cel(syntax.URL_RULE, syntax.URL_MESSAGE)),
+        },
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for i, var in enumerate(env):
+            if var.name in OPERATOR_ENV:
+                raise ValueError(
+                    f"[{i}]: {var.name} is set from spec.{OPERATOR_ENV[var.name]}: remove it"
+                )
+            if var.name in seen:
+                raise ValueError(f"[{i}]: Duplicate value: name {var.name!r} is used twice")
+            seen.add(var.name)
+        return env
+
+    @field_validator("apiUrl")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = syntax.url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     apiKey: SecretReference | None = Field(
         default=None, description="PREFECT_API_KEY, by Secret reference only (never a literal)."
     )
     workPool: WorkPool = Field(default_factory=WorkPool, description="The Prefect work pool.")
-    workQueues: list[str] = Field(
-        default_factory=list, description="Work queues the worker polls (all when empty)."
+    workQueues: list[PrefectName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Work queues the worker polls (all when empty).",
     )
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
         description="Worker image (needs prefect and ray); defaults to the Ray image.",
     )
-    replicas: int = Field(default=1, ge=0, description="Prefect worker pods (ZeroCapacityNode).")
+    replicas: Int32 = Field(default=1, description="Prefect worker pods (ZeroCapacityNode).")
     resources: WorkerResources = Field(
         default_factory=WorkerResources,
         description="Resources of the Prefect worker container.",
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Extra worker env vars.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra worker env vars.",
+        json_schema_extra={
+            # Server-side apply refuses a Deployment whose env repeats a name.
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **cel_rules(
+                cel(f"self.all(e, !(e.name in {list(OPERATOR_ENV)}))", OPERATOR_ENV_MESSAGE)
+            ),
+        },
+    )
     resultStorage: ResultStorage = Field(
         default_factory=ResultStorage, description="Where flow results go."
     )
 
 
+TOLERATION_EXISTS = "operator Exists matches any value: remove value"
+TOLERATION_KEY = "an empty key matches every taint only with operator Exists: set key"
+TOLERATION_SECONDS = "tolerationSeconds applies to effect NoExecute only: set that effect"
+
+
 class Toleration(_Model):
-    key: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.operator) || self.operator != 'Exists' || "
+                "!has(self.value) || self.value == ''",
+                TOLERATION_EXISTS,
+            ),
+            cel(
+                "(has(self.key) && self.key != '') || "
+                "(has(self.operator) && self.operator == 'Exists')",
+                TOLERATION_KEY,
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                TOLERATION_SECONDS,
+            ),
+        )
+    )
+
+    key: str | None = Field(
+        default=None, max_length=syntax.QUALIFIED_NAME_MAX, pattern=syntax.QUALIFIED_NAME
+    )
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    tolerationSeconds: int | None = None
+    tolerationSeconds: StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_EXISTS)
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_KEY)
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise ValueError(TOLERATION_SECONDS)
+        return self
 
 
 class LocalObjectReference(_Model):
-    name: str
+    name: Subdomain
 
 
 class PodSettings(_Model):
-    nodeSelector: dict[str, str] = Field(
+    nodeSelector: LabelMap = Field(
         default_factory=dict, description="Node labels every pod must match."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations of every pod (Kubernetes shape)."
     )
-    serviceAccountName: str | None = Field(
+    serviceAccountName: Subdomain | None = Field(
         default=None, description="Service account of every pod."
     )
     imagePullSecrets: list[LocalObjectReference] = Field(
-        default_factory=list, description="Secrets for pulling the images."
+        default_factory=list, max_length=16, description="Secrets for pulling the images."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Added to every pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Added to every pod.")
+    labels: LabelMap = Field(default_factory=dict, description="Added to every pod.")
+    annotations: QualifiedNameMap = Field(default_factory=dict, description="Added to every pod.")
 
 
 class PrefectRayPoolSpec(_Model):

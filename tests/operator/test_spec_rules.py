@@ -49,7 +49,7 @@ BAD_INPUTS = {
     "unknown placement": (_with("spec.placement", "Laptop"), "spec.placement"),
     "negative replicas": (
         _with("spec.ray.workerGroups", [{**GROUP, "replicas": -1}]),
-        "spec.ray.workerGroups.0.replicas",
+        "spec.ray.workerGroups[0].replicas",
     ),
     "min above max": (
         _with("spec.ray.workerGroups", [{**GROUP, "minReplicas": 3, "maxReplicas": 2}]),

@@ -17,7 +17,7 @@ from prefect_raypool_operator.builders.common import (
     resources,
     secret_env,
 )
-from prefect_raypool_operator.spec import PrefectRayPoolSpec
+from prefect_raypool_operator.spec import EnvVar, PrefectRayPoolSpec
 
 COMPONENT = "prefect-worker"
 
@@ -50,8 +50,21 @@ def prefect_worker_env(pool_name: str, spec: PrefectRayPoolSpec) -> list[Obj]:
         env.append(
             {"name": "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "value": results.localStoragePath}
         )
-    env += [e.model_dump(exclude_none=True) for e in prefect.env]
+    env += [user_env(e) for e in prefect.env]
     return env
+
+
+def user_env(var: EnvVar) -> Obj:
+    """One of the user's env vars, with only what is set (Kubernetes refuses a
+    `valueFrom` beside a `value`, and an empty `valueFrom`)."""
+    source = var.valueFrom
+    if source is None:
+        return {"name": var.name, "value": var.value or ""}
+    if source.secretKeyRef is not None:
+        return secret_env(var.name, source.secretKeyRef)
+    assert source.configMapKeyRef is not None  # the spec holds exactly one
+    ref = source.configMapKeyRef
+    return {"name": var.name, "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
 def _prefect_worker_command(pool_name: str, spec: PrefectRayPoolSpec) -> list[str]:
