@@ -70,11 +70,3 @@ The namespaced permissions: exactly the verbs the operator uses, nothing more.
   resources: [events]
   verbs: [create]
 {{- end -}}
-
-{{/* Whether a watchNamespaces entry is a kopf pattern (glob, negation, list), which
-kopf resolves by listing and watching namespaces; exact names need no such access. */}}
-{{- define "prp-operator.namespacePatterns" -}}
-{{- range .Values.watchNamespaces -}}
-{{- if regexMatch "[*?!,]" . }}yes{{ end -}}
-{{- end -}}
-{{- end -}}
