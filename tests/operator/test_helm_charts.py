@@ -177,3 +177,15 @@ def test_pool_chart_schema_knows_every_spec_field() -> None:
 
     schema = json.loads((CHARTS / "prefect-raypool" / "values.schema.json").read_text())
     assert set(schema["properties"]["spec"]["properties"]) == set(PrefectRayPoolSpec.model_fields)
+
+
+def test_operator_pods_carry_what_the_pools_network_policies_admit() -> None:
+    """The label and namespace the NetworkPolicy builder admits are the chart's own."""
+    from prefect_raypool_operator import naming
+
+    deployment = next(d for d in _operator() if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    assert naming.OPERATOR_POD_LABELS.items() <= pod["metadata"]["labels"].items()
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    namespace = env["RAYPOOL_OPERATOR_NAMESPACE"]["valueFrom"]
+    assert namespace == {"fieldRef": {"fieldPath": "metadata.namespace"}}
