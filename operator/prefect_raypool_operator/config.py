@@ -45,6 +45,9 @@ class Config:
     # For an operator outside the cluster (dev): rewrite the pool's in-cluster Prefect
     # URL prefix to one the operator can reach, e.g. "http://prefect.svc:4200=http://127.0.0.1:4200".
     prefect_url_map: list[tuple[str, str]] = field(default_factory=list)
+    # The operator's own namespace (the chart sets it from the pod): pools' NetworkPolicies
+    # admit the operator's pods there. None outside a cluster: no such rule.
+    operator_namespace: str | None = None
 
     @classmethod
     def from_env(cls) -> Config:
@@ -56,6 +59,7 @@ class Config:
             watch_server_timeout=_float("RAYPOOL_WATCH_SERVER_TIMEOUT", 300.0),
             watch_client_timeout=_float("RAYPOOL_WATCH_CLIENT_TIMEOUT", 330.0),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
+            operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
         )
 
     def operator_prefect_url(self, url: str) -> str:

@@ -31,3 +31,4 @@ SHORT_NAME = "prp"
 POOL = Kind(GROUP, VERSION, PLURAL, "PrefectRayPool")
 RAY_CLUSTER = Kind("ray.io", "v1", "rayclusters", "RayCluster")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+NETWORK_POLICY = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")

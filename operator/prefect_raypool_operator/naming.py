@@ -75,6 +75,14 @@ def ray_token_secret(pool_name: str) -> str:
     return f"{pool_name}-ray-token"
 
 
+def network_policy(pool_name: str) -> str:
+    return f"{pool_name}-ray-head"
+
+
+#: The operator chart's pod label, which pools' NetworkPolicies admit.
+OPERATOR_POD_LABELS = {COMPONENT_LABEL: "operator"}
+
+
 def work_pool_name(pool_name: str, spec: PrefectRayPoolSpec) -> str:
     return spec.prefect.workPool.name or pool_name
 

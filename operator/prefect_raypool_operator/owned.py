@@ -46,5 +46,6 @@ RAY_CLUSTER = Owned(
 PREFECT_WORKER_DEPLOYMENT = Owned(
     kinds.DEPLOYMENT, "deployment_index", naming.prefect_worker_deployment
 )
-OWNED = (RAY_CLUSTER, PREFECT_WORKER_DEPLOYMENT)
+NETWORK_POLICY = Owned(kinds.NETWORK_POLICY, "networkpolicy_index", naming.network_policy)
+OWNED = (RAY_CLUSTER, PREFECT_WORKER_DEPLOYMENT, NETWORK_POLICY)
 BY_KIND = {owned.kind.kind: owned for owned in OWNED}

@@ -13,6 +13,7 @@ import kopf
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests
+from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import BY_KIND, Owned
 from prefect_raypool_operator.refusals import (
     Problem,
@@ -47,7 +48,7 @@ class Plan:
         return self.spec is not None and self.spec.placement != Placement.ZERO_CAPACITY_NODE
 
 
-def plan(body: Obj) -> Plan:
+def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) -> Plan:
     meta = body["metadata"]
     pool_name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
@@ -61,7 +62,7 @@ def plan(body: Obj) -> Plan:
         return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
     owner = kopf.Body(cast(Any, body))
     desired = {}
-    for manifest in build_manifests(pool_name, namespace, spec):
+    for manifest in build_manifests(pool_name, namespace, spec, operator_namespace):
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
     return Plan(

@@ -606,6 +606,14 @@ class PodSettings(_Model):
     annotations: QualifiedNameMap = Field(default_factory=dict, description="Added to every pod.")
 
 
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="A NetworkPolicy `<pool>-ray-head`: the Ray head accepts only the pool's "
+        "own pods and (GCS, client, dashboard ports) the operator's.",
+    )
+
+
 class PrefectRayPoolSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -633,6 +641,9 @@ class PrefectRayPoolSpec(_Model):
     prefect: PrefectSpec = Field(description="The Prefect worker and work pool.")
     pod: PodSettings = Field(
         default_factory=PodSettings, description="Settings applied to every generated pod."
+    )
+    networkPolicy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="Who may reach the Ray head."
     )
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The operator chart's RBAC is enough for the operator to do its whole job.
+"""The operator chart's RBAC is enough for the operator to do its whole job, and no more.
 
 The operator runs here as a process, but with nothing more than a token of the
 ServiceAccount the chart creates: a rule missing from the chart (a watch on
@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -97,5 +98,133 @@ def test_operator_runs_with_only_the_charts_rbac(
         env.apply(env.example(example))
         env.wait_condition(name, "Ready", "True")
     assert {e.reason for e in env.events("analytics")} >= {"Created", "Ready"}
+    networking = client.NetworkingV1Api(kube_cluster.api_client())
+    assert networking.read_namespaced_network_policy("analytics-ray-head", watched)
     log = op.tail()
     assert "Forbidden" not in log and " 403" not in log, log
+
+
+# --- What the chart's ServiceAccount may and may not do: a `kubectl auth can-i` matrix.
+
+PRP, RC = "prefectraypools.prefectray.io", "rayclusters.ray.io"
+CRDS = "customresourcedefinitions.apiextensions.k8s.io"
+# (verb, resource, subresource): every call the operator makes in a watched namespace.
+NEEDED = [
+    *((verb, PRP, "") for verb in ("list", "watch", "patch")),
+    ("patch", PRP, "status"),
+    ("update", PRP, "finalizers"),  # blockOwnerDeletion on what it owns
+    *(
+        (verb, kind, "")
+        for kind in (RC, "deployments.apps", "networkpolicies.networking.k8s.io")
+        for verb in ("list", "watch", "create", "patch", "delete")
+    ),
+    ("get", "secrets", ""),
+    ("create", "secrets", ""),
+    ("list", "pods", ""),
+    ("create", "events", ""),
+]
+# Never, in any namespace.
+DENIED = [
+    *((verb, "secrets", "") for verb in ("list", "watch", "update", "patch", "delete")),
+    ("create", "pods", ""),
+    ("create", "pods", "exec"),
+    ("delete", "pods", ""),
+    ("create", "serviceaccounts", "token"),
+    ("update", PRP, ""),
+    ("delete", PRP, ""),
+    ("update", PRP, "status"),
+    ("update", RC, ""),
+    ("update", "deployments.apps", ""),
+    ("patch", "events", ""),
+    ("create", "rolebindings.rbac.authorization.k8s.io", ""),
+    ("bind", "roles.rbac.authorization.k8s.io", ""),
+    ("escalate", "roles.rbac.authorization.k8s.io", ""),
+]
+CLUSTER_NEEDED = [("list", CRDS, ""), ("watch", CRDS, "")]
+# kopf follows the watched namespaces when scoped; with --all-namespaces it never does.
+SCOPED_NEEDED = [("list", "namespaces", ""), ("watch", "namespaces", "")]
+CLUSTER_DENIED = [
+    ("list", "secrets", "*"),
+    ("watch", "secrets", "*"),
+    *((verb, "namespaces", "") for verb in ("create", "update", "delete")),
+    *((verb, CRDS, "") for verb in ("create", "update", "patch", "delete")),
+    *((verb, "nodes", "") for verb in ("get", "list", "patch")),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("impersonate", "users", ""),
+    ("impersonate", "serviceaccounts", ""),
+]
+Check = tuple[str, str, str]
+
+
+def _can_i(cluster: Cluster, account: str, check: Check, namespace: str | None) -> bool:
+    """`kubectl auth can-i` as the account; namespace None: cluster-scoped, subresource
+    "*" (no subresource): across all namespaces."""
+    verb, resource, sub = check
+    args = ["auth", "can-i", verb, resource, f"--as={account}"]
+    if sub == "*":
+        args.append("--all-namespaces")
+    elif sub:
+        args.append(f"--subresource={sub}")
+    if namespace and sub != "*":
+        args += ["-n", namespace]
+    out = subprocess.run(
+        [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() in ("yes", "no"), out.stderr
+    return out.stdout.strip() == "yes"
+
+
+def _matrix(
+    cluster: Cluster, account: str, rows: list[tuple[Check, str | None]]
+) -> dict[tuple[Check, str | None], bool]:
+    with ThreadPoolExecutor(8) as pool:
+        answers = pool.map(lambda row: _can_i(cluster, account, *row), rows)
+        return dict(zip(rows, answers, strict=True))
+
+
+@pytest.mark.parametrize("scope", ["scoped", "all-namespaces"])
+def test_the_charts_service_account_may_do_what_the_operator_does_and_nothing_more(
+    kube_cluster: Cluster, pool_crd: None, scope: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    watched, other, system = f"can-a-{suffix}", f"can-b-{suffix}", f"can-ops-{suffix}"
+    release = f"can-{suffix}"
+    core = client.CoreV1Api(kube_cluster.api_client())
+    for ns in (watched, other, system):
+        _namespace(core, ns)
+    helm = [str(Binaries.from_cache().helm), "--kubeconfig", str(kube_cluster.kubeconfig)]
+    values = ["--set", f"watchNamespaces={{{watched}}}"] if scope == "scoped" else []
+    try:
+        installed = subprocess.run(
+            [*helm, "install", release, str(CHART), "-n", system, "--skip-crds", *values],
+            capture_output=True,
+            text=True,
+        )
+        assert installed.returncode == 0, installed.stderr
+        assert "kubectl -n <namespace> get prp -w" in installed.stdout  # NOTES.txt
+        account = f"system:serviceaccount:{system}:{release}-prefect-raypool-operator"
+        # Where the operator works: its own namespace's pools when scoped, any otherwise.
+        working = [watched] if scope == "scoped" else [watched, other, "kube-system"]
+        idle = [other, "kube-system", system] if scope == "scoped" else []
+        rows: list[tuple[Check, str | None]] = [
+            *((c, ns) for c in NEEDED for ns in working),
+            *((c, ns) for c in NEEDED for ns in idle),
+            *((c, ns) for c in DENIED for ns in (watched, other, system)),
+            *((c, None) for c in CLUSTER_NEEDED + SCOPED_NEEDED + CLUSTER_DENIED),
+        ]
+        answers = _matrix(kube_cluster, account, rows)
+        cluster_needed = CLUSTER_NEEDED + (SCOPED_NEEDED if scope == "scoped" else [])
+        expected = {
+            (check, ns): (check in NEEDED and ns in working) or check in cluster_needed
+            for check, ns in rows
+        }
+        wrong = {row: answer for row, answer in answers.items() if answer != expected[row]}
+        assert not wrong, f"allowed (True) / denied (False) against expectation: {wrong}"
+    finally:
+        subprocess.run([*helm, "uninstall", release, "-n", system], capture_output=True)
+        for ns in (watched, other, system):
+            core.delete_namespace(ns, propagation_policy="Background")

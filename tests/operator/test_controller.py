@@ -12,7 +12,12 @@ import kopf
 import pytest
 
 from prefect_raypool_operator.controller import Controller
-from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
+from prefect_raypool_operator.owned import (
+    NETWORK_POLICY,
+    PREFECT_WORKER_DEPLOYMENT,
+    RAY_CLUSTER,
+    Owned,
+)
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 
@@ -21,6 +26,7 @@ Obj = dict[str, Any]
 LOG = logging.getLogger("test_controller")
 NS, POOL = "team", "analytics"
 RAY, DEPLOY = RAY_CLUSTER.kind.kind, PREFECT_WORKER_DEPLOYMENT.kind.kind
+NETPOL = NETWORK_POLICY.kind.kind
 
 
 class FakeIO:
@@ -156,6 +162,7 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
         ("create", "Secret", f"{POOL}-ray-token"),
         ("apply", RAY, POOL),
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        ("apply", NETPOL, f"{POOL}-ray-head"),
         ("work pool", POOL),
     ]
     rc = io.objects[(RAY, POOL)]
@@ -164,6 +171,7 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
         f"created Secret/{POOL}-ray-token",
         f"created RayCluster/{POOL}",
         f"created Deployment/{POOL}-prefect-worker",
+        f"created NetworkPolicy/{POOL}-ray-head",
     ]
     assert io.statuses[-1]["phase"] == "Provisioning"
     assert _conditions(io)["RayClusterReady"] == ("False", "HeadPodNotReady")
@@ -175,7 +183,11 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
     assert io.statuses[-1]["phase"] == "Ready"
     assert {reason for reason, _ in io.events} == {"Ready", "RayClusterReady", "WorkersReady"}
     # The token Secret and the work pool are known good: neither is asked again.
-    assert io.writes() == [("apply", RAY, POOL), ("apply", DEPLOY, f"{POOL}-prefect-worker")]
+    assert io.writes() == [
+        ("apply", RAY, POOL),
+        ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        ("apply", NETPOL, f"{POOL}-ray-head"),
+    ]
 
 
 def test_nothing_changed_writes_no_status_and_posts_no_event(
@@ -278,6 +290,22 @@ def test_switching_to_head_sidecar_deletes_the_worker_deployment(
     head = io.objects[(RAY, POOL)]["spec"]["headGroupSpec"]["template"]["spec"]
     assert [c["name"] for c in head["containers"]] == ["ray-head", "prefect-worker"]
     assert _conditions(io)["WorkerReady"] == ("True", "SidecarReady")
+
+
+def test_switching_the_network_policy_off_deletes_it_and_on_brings_it_back(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    assert (NETPOL, f"{POOL}-ray-head") in io.objects
+    io.writes()
+    io.add_pool({"networkPolicy": {"enabled": False}}, generation=2)
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("delete", NETPOL, f"{POOL}-ray-head") in io.writes()
+    assert (NETPOL, f"{POOL}-ray-head") not in io.objects
+    io.add_pool({"networkPolicy": {"enabled": True}}, generation=3)
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("apply", NETPOL, f"{POOL}-ray-head") in io.writes()
 
 
 def test_a_deleted_pool_is_forgotten_entirely(controller: Controller, io: FakeIO) -> None:

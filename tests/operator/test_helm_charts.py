@@ -110,3 +110,82 @@ def test_pool_chart_renders_a_valid_pool() -> None:
 def test_pool_chart_requires_the_prefect_api_url() -> None:
     out = _template("prefect-raypool", check=False)
     assert out.returncode != 0 and "spec.prefect.apiUrl is required" in out.stderr
+
+
+def test_operator_chart_grants_only_the_verbs_the_operator_uses() -> None:
+    for scope in ((), ("--set", "watchNamespaces={team-a}")):
+        rules = [
+            rule
+            for doc in _operator(*scope)
+            if doc["kind"] in ("ClusterRole", "Role")
+            for rule in doc["rules"]
+        ]
+        verbs = {
+            (group, resource): set(rule["verbs"])
+            for rule in rules
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
+        assert all("update" not in v for (_, r), v in verbs.items() if "/" not in r), verbs
+        assert verbs[("", "secrets")] == {"get", "create"}
+        assert verbs[("prefectray.io", "prefectraypools/finalizers")] == {"update"}
+        assert verbs[("networking.k8s.io", "networkpolicies")] >= {"create", "patch", "delete"}
+        # kopf reads namespaces only to follow the watched ones.
+        assert (("", "namespaces") in verbs) == bool(scope)
+
+
+@pytest.mark.parametrize(
+    ("chart", "values", "named"),
+    [
+        ("prefect-raypool-operator", ["watchNamespace={a}"], "'watchNamespace' not allowed"),
+        ("prefect-raypool-operator", ["watchNamespaces={team-*}"], "/watchNamespaces/0"),
+        ("prefect-raypool-operator", ["workers=0"], "/workers"),
+        ("prefect-raypool-operator", ["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        ("prefect-raypool-operator", ["prefectApiAllowList=http://a"], "/prefectApiAllowList"),
+        ("prefect-raypool", ["spec.prefect.apiUrl=prefect:4200"], "/spec/prefect/apiUrl"),
+        ("prefect-raypool", ["spec.placment=HeadSidecar"], "'placment' not allowed"),
+        ("prefect-raypool", ["name=Bad_Name"], "/name"),
+        ("prefect-raypool", ["spec.networkPolicy.enabled=maybe"], "/spec/networkPolicy/enabled"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(
+    chart: str, values: list[str], named: str
+) -> None:
+    args = [a for v in values for a in ("--set", v)]
+    if chart == "prefect-raypool" and not any("apiUrl" in v for v in values):
+        args += ["--set", "spec.prefect.apiUrl=http://prefect:4200/api"]
+    out = _template(chart, *args, check=False)
+    assert out.returncode != 0 and named in out.stderr, out.stderr
+
+
+def test_good_values_pass_the_schemas() -> None:
+    _operator("--set", "prefectApiAllowList={http://prefect.svc:4200/api}")
+    _template(
+        "prefect-raypool",
+        "--set",
+        "spec.prefect.apiUrl=http://prefect:4200/api",
+        "--set",
+        "spec.networkPolicy.enabled=false",
+    )
+
+
+def test_pool_chart_schema_knows_every_spec_field() -> None:
+    """The pool chart's schema lists the spec's top-level fields: spec.py is their source."""
+    import json
+
+    from prefect_raypool_operator.spec import PrefectRayPoolSpec
+
+    schema = json.loads((CHARTS / "prefect-raypool" / "values.schema.json").read_text())
+    assert set(schema["properties"]["spec"]["properties"]) == set(PrefectRayPoolSpec.model_fields)
+
+
+def test_operator_pods_carry_what_the_pools_network_policies_admit() -> None:
+    """The label and namespace the NetworkPolicy builder admits are the chart's own."""
+    from prefect_raypool_operator import naming
+
+    deployment = next(d for d in _operator() if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    assert naming.OPERATOR_POD_LABELS.items() <= pod["metadata"]["labels"].items()
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    namespace = env["RAYPOOL_OPERATOR_NAMESPACE"]["valueFrom"]
+    assert namespace == {"fieldRef": {"fieldPath": "metadata.namespace"}}

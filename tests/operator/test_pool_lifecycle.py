@@ -274,6 +274,7 @@ def test_one_event_per_transition_across_resyncs(env: Env) -> None:
     created = sorted(e.message for e in events if e.reason == "Created")
     assert created == [
         "created Deployment/analytics-prefect-worker",
+        "created NetworkPolicy/analytics-ray-head",
         "created RayCluster/analytics",
         "created Secret/analytics-ray-token",
     ], created

@@ -30,27 +30,43 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaced permissions: what a reconcile reads and writes. */}}
+{{/*
+The namespaced permissions: exactly the verbs the operator uses, nothing more.
+- pools: kopf lists and watches them and merge-patches its finalizer and annotations;
+  the controller merge-patches the status. Owned objects carry blockOwnerDeletion
+  (kopf.adopt), which OwnerReferencesPermissionEnforcement allows only to whoever may
+  update the pool's finalizers.
+- owned kinds (owned.py): watched (kopf indices), server-side applied (a PATCH that
+  may create), deleted when the spec no longer wants them.
+- secrets: get a referenced key, create the Ray token; never list or watch.
+- pods: listed by the pool's label for the status; events: created.
+*/}}
 {{- define "prp-operator.namespacedRules" -}}
 - apiGroups: [prefectray.io]
   resources: [prefectraypools]
-  verbs: [get, list, watch, patch, update]
+  verbs: [list, watch, patch]
 - apiGroups: [prefectray.io]
   resources: [prefectraypools/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
+- apiGroups: [prefectray.io]
+  resources: [prefectraypools/finalizers]
+  verbs: [update]
 - apiGroups: [ray.io]
   resources: [rayclusters]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
-- apiGroups: ["", events.k8s.io]
+  verbs: [list]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect_raypool_operator.builders.networkpolicy import build_network_policy
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
 from prefect_raypool_operator.builders.raycluster import build_raycluster
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec
@@ -11,12 +12,25 @@ from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec
 Manifest = dict[str, Any]
 
 
-def build_manifests(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> list[Manifest]:
-    """Every object a pool owns, in apply order (the RayCluster first)."""
+def build_manifests(
+    pool_name: str, namespace: str, spec: PrefectRayPoolSpec, operator_namespace: str | None = None
+) -> list[Manifest]:
+    """Every object a pool owns, in apply order (the RayCluster first).
+
+    `operator_namespace`: where the operator's pods run, admitted by the NetworkPolicy.
+    """
     manifests = [build_raycluster(pool_name, namespace, spec)]
     if spec.placement == Placement.ZERO_CAPACITY_NODE:
         manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))
+    if spec.networkPolicy.enabled:
+        manifests.append(build_network_policy(pool_name, namespace, operator_namespace))
     return manifests
 
 
-__all__ = ["Manifest", "build_manifests", "build_raycluster", "build_prefect_worker_deployment"]
+__all__ = [
+    "Manifest",
+    "build_manifests",
+    "build_network_policy",
+    "build_prefect_worker_deployment",
+    "build_raycluster",
+]

@@ -20,6 +20,7 @@ from prefect_raypool_operator.builders.prefect_worker import build_prefect_sidec
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec, WorkerGroup
 
 COMPONENT = "ray-cluster"
+HEAD_COMPONENT = "ray-head"  # the head pod's component label
 HEAD_PORTS = [
     {"name": "gcs", "containerPort": naming.GCS_PORT},
     {"name": "dashboard", "containerPort": naming.DASHBOARD_PORT},
@@ -47,7 +48,7 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
         # sidecar must see the head container's raylet.
         pod_spec["shareProcessNamespace"] = True
     pod_spec["containers"][0] = hardened(head)
-    return {"metadata": pod_metadata(pool_name, spec, "ray-head"), "spec": pod_spec}
+    return {"metadata": pod_metadata(pool_name, spec, HEAD_COMPONENT), "spec": pod_spec}
 
 
 def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGroup) -> Obj:
