@@ -138,18 +138,50 @@ def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> str |
     return base64.b64decode(raw).decode() if raw is not None else None
 
 
-def create_secret(api: client.ApiClient, manifest: Obj) -> bool:
-    """Create a Secret unless it exists; True if made. Created, never applied: a token
-    is not rotated behind running Ray nodes' backs."""
+#: Read a Secret as metadata only: its data never reaches the operator.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def ensure_secret(api: client.ApiClient, manifest: Obj) -> tuple[str, bool]:
+    """Create a Secret unless it exists: (its creationTimestamp, whether made now).
+    Created, never applied: a token is not rotated behind running Ray nodes' backs."""
+    meta = manifest["metadata"]
+    core = client.CoreV1Api(api)
+    for _ in range(2):  # a create answered 409 (made meanwhile) reads once more
+        try:
+            found = core.read_namespaced_secret(
+                meta["name"],
+                meta["namespace"],
+                _headers={"Accept": METADATA_ONLY},
+                _request_timeout=_timeout(),
+                _preload_content=False,
+            )
+            return str(_json(found)["metadata"]["creationTimestamp"]), False
+        except client.ApiException as exc:
+            if not not_found(exc):
+                raise
+        try:
+            made = core.create_namespaced_secret(
+                meta["namespace"],
+                cast(Any, manifest),
+                _request_timeout=_timeout(),
+                _preload_content=False,
+            )
+            return str(_json(made)["metadata"]["creationTimestamp"]), True
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"Secret {meta['name']} is being created and deleted at once")
+
+
+def delete_pod(api: client.ApiClient, namespace: str, name: str) -> None:
     try:
-        client.CoreV1Api(api).create_namespaced_secret(
-            manifest["metadata"]["namespace"], cast(Any, manifest), _request_timeout=_timeout()
+        client.CoreV1Api(api).delete_namespaced_pod(
+            name, namespace, _request_timeout=_timeout(), _preload_content=False
         )
-        return True
     except client.ApiException as exc:
-        if exc.status != 409:
+        if not not_found(exc):
             raise
-        return False
 
 
 def write_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
@@ -184,8 +216,11 @@ class KubeIO:
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
         return delete(self.api, owned, namespace, pool_name)
 
-    def create_secret(self, manifest: Obj) -> bool:
-        return create_secret(self.api, manifest)
+    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
+        return ensure_secret(self.api, manifest)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        delete_pod(self.api, namespace, name)
 
     def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
         return read_secret_key(self.api, namespace, ref)

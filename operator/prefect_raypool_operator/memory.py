@@ -32,9 +32,10 @@ class PoolMemory:
     # (kind, name) -> metadata.generation of each owned object as last applied or seen:
     # an event with another generation means someone changed its spec (drift).
     generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
-    # When the Ray token Secret was last known to exist: a repair would otherwise cost
-    # a create answered 409.
+    # When the Ray token Secret was last known to exist, and its creationTimestamp:
+    # pods older than it started with a token it no longer holds.
     ray_token_seen_at: float = NEVER
+    ray_token_created: str | None = None
     # Successful work-pool checks, by what they checked: owned objects' events reconcile
     # often, the Prefect API need not be asked more than once per resync interval.
     work_pool_checked_at: dict[tuple[str, str, int | None, str], float] = field(

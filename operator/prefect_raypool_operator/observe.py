@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_raypool_operator import naming
+from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS, outdated_fields
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
@@ -29,6 +30,8 @@ class Found:
     pods: list[Obj] = field(default_factory=list)  # the pool's pods
     work_pool: Check | None = None
     created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
+    # Pods deleted because they hold a Ray token the pool's Secret no longer has.
+    token_restarted: list[str] = field(default_factory=list)
 
 
 def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
@@ -69,9 +72,59 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
             pods_failing=bool(ray_failure or prefect_failure),
             work_pool=found.work_pool,
             ready_prefect_workers=ready_prefect,
+            ray_pods=ray_pods_check(desired, found),
         ),
         previous,
     )
+
+
+def ray_pods_check(desired: Plan, found: Found) -> Check:
+    """RayPodsUpToDate: whether every running Ray pod was made from the current spec.
+
+    KubeRay never restarts running pods for a template change, so until they are
+    replaced the cluster runs the old image, version or resources: say which fields.
+    """
+    if found.token_restarted:
+        return Check(
+            False,
+            "RayTokenReplaced",
+            f"the Ray token Secret {naming.ray_token_secret(desired.pool_name)} was made anew; "
+            f"restarting {len(found.token_restarted)} pods so that all hold the new token",
+        )
+    cluster = desired.desired.get(RAY_CLUSTER)
+    if cluster is None:
+        return Check(None, "Pending", "no RayCluster planned")
+    templates = {"head": _digests(cluster["spec"]["headGroupSpec"]["template"])}
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        templates[f"worker/{group['groupName']}"] = _digests(group["template"])
+    fields: set[str] = set()
+    pods = []
+    for pod in found.pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        role = labels.get("ray.io/node-type")
+        if role == "worker":
+            role = f"worker/{labels.get('ray.io/group')}"
+        if role not in templates or meta.get("deletionTimestamp"):
+            continue
+        stale = outdated_fields((meta.get("annotations") or {}).get(SPEC_DIGESTS), templates[role])
+        if stale:
+            fields.update(stale)
+            pods.append(meta.get("name", "?"))
+    if not pods:
+        return Check(True, "RayPodsUpToDate", "every Ray pod runs the current spec")
+    return Check(
+        False,
+        "RayPodsOutdated",
+        f"{len(pods)} Ray pods run an older spec ({', '.join(sorted(fields))}): KubeRay does "
+        "not restart running pods; restart them to apply it (the flow runs on them fail): "
+        f"kubectl delete pod -n {desired.namespace} -l "
+        f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes",
+    )
+
+
+def _digests(template: Obj) -> str | None:
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(SPEC_DIGESTS)
 
 
 def _head_pod(pods: list[Obj]) -> Obj | None:

@@ -46,9 +46,12 @@ class ClusterIO(Protocol):
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool: ...
 
-    def create_secret(self, manifest: Obj) -> bool:
-        """Create unless it exists (never overwritten); True if this call made it."""
+    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
+        """Create unless it exists (never overwritten): (its creationTimestamp, whether
+        this call made it)."""
         ...
+
+    def delete_pod(self, namespace: str, name: str) -> None: ...
 
     def secret_value(self, namespace: str, ref: KeyRef) -> str | None: ...
 
@@ -114,10 +117,11 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
     if refusal is not None:
         return Found(refusal=refusal)
     found = Found()
-    if repair and desired.makes_ray_token:
+    if desired.makes_ray_token:
         _ensure_ray_token(desired, io, memory, found)
     _apply_owned(desired, io, memory, repair, found)
     found.pods = io.pods(desired.namespace, desired.pool_name)
+    _restart_pods_with_a_replaced_token(desired, io, memory, found)
     found.work_pool = _work_pool(desired, io, memory, values)
     return found
 
@@ -133,14 +137,34 @@ def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Pro
 
 
 def _ensure_ray_token(desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
-    if recent(memory.ray_token_seen_at):
+    """The Secret `<pool>-ray-token` exists; remember since when."""
+    if recent(memory.ray_token_seen_at) and memory.ray_token_created:
         return
     token = secrets.token_urlsafe(32)
     secret = build_ray_token_secret(desired.pool_name, desired.namespace, token)
     kopf.adopt(secret, owner=kopf.Body(cast(Any, desired.body)))
-    if io.create_secret(secret):
+    created_at, made = io.ensure_secret(secret)
+    if made:
         found.created.append(f"Secret/{secret['metadata']['name']}")
+    memory.ray_token_created = created_at
     memory.ray_token_seen_at = time.monotonic()
+
+
+def _restart_pods_with_a_replaced_token(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found
+) -> None:
+    """Pods made before the token Secret (deleted, then made anew) started with the old
+    token, which no restarted Ray process can use to join them: restart them all, so
+    every pod of the cluster holds the new one (KubeRay and the Deployment make new)."""
+    since = memory.ray_token_created if desired.makes_ray_token else None
+    if not since:
+        return
+    for pod in found.pods:
+        meta = pod.get("metadata") or {}
+        made = meta.get("creationTimestamp")
+        if made and made < since and not meta.get("deletionTimestamp"):  # RFC 3339, UTC
+            io.delete_pod(desired.namespace, meta["name"])
+            found.token_restarted.append(meta["name"])
 
 
 def _apply_owned(

@@ -17,6 +17,7 @@ READY = "Ready"
 RAY_CLUSTER_READY = "RayClusterReady"
 PREFECT_WORKER_READY = "WorkerReady"
 WORK_POOL_READY = "WorkPoolReady"
+RAY_PODS_UP_TO_DATE = "RayPodsUpToDate"  # informs; not part of Ready
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Observed:
     work_pool: Check | None = None
     ready_prefect_workers: int | None = None
     pods_failing: bool = False  # a container cannot run (podstatus.py)
+    ray_pods: Check | None = None  # running Ray pods against the current spec
 
 
 def _condition(
@@ -90,6 +92,16 @@ def build_status(
         _condition(kind, check, obs.generation, old.get(kind, {}), stamp)
         for kind, check in parts.items()
     ]
+    if obs.blocking is None:
+        conditions.append(
+            _condition(
+                RAY_PODS_UP_TO_DATE,
+                obs.ray_pods,
+                obs.generation,
+                old.get(RAY_PODS_UP_TO_DATE, {}),
+                stamp,
+            )
+        )
     status = PrefectRayPoolStatus(
         observedGeneration=obs.generation,
         phase=phase(obs, overall),

@@ -121,6 +121,7 @@ NEEDED = [
     ("get", "secrets", ""),
     ("create", "secrets", ""),
     ("list", "pods", ""),
+    ("delete", "pods", ""),  # pods holding a Ray token their pool's Secret no longer has
     ("create", "events", ""),
 ]
 # Never, in any namespace.
@@ -128,7 +129,6 @@ DENIED = [
     *((verb, "secrets", "") for verb in ("list", "watch", "update", "patch", "delete")),
     ("create", "pods", ""),
     ("create", "pods", "exec"),
-    ("delete", "pods", ""),
     ("create", "serviceaccounts", "token"),
     ("update", PRP, ""),
     ("delete", PRP, ""),

@@ -11,7 +11,9 @@ from typing import Any
 import kopf
 import pytest
 
+from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
 from prefect_raypool_operator.controller import Controller
+from prefect_raypool_operator.memory import NEVER
 from prefect_raypool_operator.owned import (
     NETWORK_POLICY,
     PREFECT_WORKER_DEPLOYMENT,
@@ -42,6 +44,9 @@ class FakeIO:
         self.calls: list[tuple[str, ...]] = []
         self.statuses: list[Obj] = []
         self.events: list[tuple[str, str]] = []
+        self.secret_made_at: dict[str, str] = {}
+        self.extra_pods: list[Obj] = []
+        self.now = "2026-01-01T00:00:00Z"  # creationTimestamp of what is made next
 
     def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
         body = {
@@ -82,13 +87,25 @@ class FakeIO:
         self.calls.append(("delete", owned.kind.kind, owned.object_name(pool_name)))
         return self.objects.pop((owned.kind.kind, owned.object_name(pool_name)), None) is not None
 
-    def create_secret(self, manifest: Obj) -> bool:
-        self.calls.append(("create", "Secret", manifest["metadata"]["name"]))
+    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
         name = manifest["metadata"]["name"]
-        made = not any(secret == name for secret, _ in self.secrets)
+        if name in self.secret_made_at:
+            return self.secret_made_at[name], False
+        self.calls.append(("create", "Secret", name))
         for key, value in manifest["stringData"].items():
-            self.secrets.setdefault((name, key), value)
-        return made
+            self.secrets[(name, key)] = value
+        self.secret_made_at[name] = self.now
+        return self.now, True
+
+    def delete_secret(self, name: str) -> None:
+        self.secret_made_at.pop(name)
+        self.secrets = {k: v for k, v in self.secrets.items() if k[0] != name}
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.calls.append(("delete", "Pod", name))
+        self.extra_pods = [p for p in self.extra_pods if p["metadata"]["name"] != name]
+        if self.head and self.head["metadata"]["name"] == name:
+            self.head = None
 
     def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
         return self.secrets.get((ref.name, ref.key))
@@ -97,7 +114,7 @@ class FakeIO:
         return self.kuberay
 
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
-        return [self.head] if self.head else []
+        return ([self.head] if self.head else []) + self.extra_pods
 
     def ensure_work_pool(
         self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
@@ -314,6 +331,7 @@ def test_a_deleted_pool_is_forgotten_entirely(controller: Controller, io: FakeIO
     assert controller.memory.get((NS, POOL)) is not None
     assert controller.liveness()["pools"] == 1
     del io.pools[(NS, POOL)]
+    io.delete_secret(f"{POOL}-ray-token")  # garbage-collected with its owner
     controller.on_resync(NS, POOL, LOG, {})
     assert controller.memory.get((NS, POOL)) is None
     assert controller.liveness()["pools"] == 0
@@ -331,3 +349,96 @@ def test_the_autoscaler_keeps_its_replicas(controller: Controller, io: FakeIO) -
     io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] = 4
     controller.on_resync(NS, POOL, LOG, {})
     assert io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] == 4
+
+
+def _pods_from_templates(io: FakeIO, made: str) -> list[Obj]:
+    """The pods KubeRay and the Deployment controller would make from the live objects now."""
+    rc = io.objects[(RAY, POOL)]["spec"]
+    pods = []
+    for role, template in [
+        ("head", rc["headGroupSpec"]["template"]),
+        *(("worker", g["template"]) for g in rc["workerGroupSpecs"]),
+    ]:
+        labels = {**template["metadata"]["labels"], "ray.io/node-type": role}
+        if role == "worker":
+            labels["ray.io/group"] = rc["workerGroupSpecs"][0]["groupName"]
+        pods.append(
+            {
+                "metadata": {
+                    "name": f"{POOL}-{role}-{made[-3:-1]}",
+                    "creationTimestamp": made,
+                    "labels": labels,
+                    "annotations": dict(template["metadata"].get("annotations") or {}),
+                }
+            }
+        )
+    pods.append({"metadata": {"name": f"{POOL}-prefect-worker-{made[-3:-1]}",
+                              "creationTimestamp": made}})  # fmt: skip
+    return pods
+
+
+def _message(io: FakeIO, kind: str) -> str:
+    return next(c["message"] for c in io.statuses[-1]["conditions"] if c["type"] == kind)
+
+
+def test_a_replaced_ray_token_restarts_the_pods_that_hold_the_old_one(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
+    io.ray_ready()
+    io.deployment_ready()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+
+    # Someone deletes the token Secret; a resync interval later the operator sees it.
+    io.delete_secret(f"{POOL}-ray-token")
+    io.now = "2026-01-01T01:00:00Z"
+    memory = controller.memory.get((NS, POOL))
+    assert memory is not None
+    memory.ray_token_seen_at = NEVER
+    io.writes()
+    io.events.clear()
+    controller.on_resync(NS, POOL, LOG, {})
+    writes = io.writes()
+    assert ("create", "Secret", f"{POOL}-ray-token") in writes
+    deleted = {name for verb, kind, name in writes if (verb, kind) == ("delete", "Pod")}
+    assert deleted == {f"{POOL}-head-05", f"{POOL}-worker-05", f"{POOL}-prefect-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplaced")
+    assert "restarting 3 pods" in _message(io, "RayPodsUpToDate")
+    assert [reason for reason, _ in io.events] == ["Created", "RayTokenReplaced"]
+
+    # The new pods hold the new token: nothing more is restarted.
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T01:00:09Z")
+    memory.ray_token_seen_at = NEVER
+    controller.on_resync(NS, POOL, LOG, {})
+    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]
+    assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+
+
+def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
+    io.ray_ready()
+    io.deployment_ready()
+    new_ray = {"image": "registry.example/flows:2", "head": {"resources": {"cpu": "750m"}}}
+    io.add_pool({"ray": new_ray}, generation=2)
+    controller.on_spec(NS, POOL, LOG, {})
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayPodsOutdated")
+    message = _message(io, "RayPodsUpToDate")
+    assert "2 Ray pods run an older spec (ray.head, ray.image)" in message
+    assert "kubectl delete pod" in message
+    assert _conditions(io)["RayClusterReady"][0] == "True"  # the old pods still serve
+    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]  # reported, not forced
+
+    # Scaling is not a change of the pods; new pods from the new templates are current.
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:10:00Z")
+    groups = [{"name": "workers", "replicas": 2, "minReplicas": 0}]
+    io.add_pool({"ray": {**new_ray, "workerGroups": groups}}, generation=3)
+    controller.on_spec(NS, POOL, LOG, {})
+    assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+    assert SPEC_DIGESTS in io.extra_pods[0]["metadata"]["annotations"]

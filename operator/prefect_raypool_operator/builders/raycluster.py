@@ -17,6 +17,12 @@ from prefect_raypool_operator.builders.common import (
     resources,
 )
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_sidecar_container
+from prefect_raypool_operator.builders.rollout import (
+    SPEC_DIGESTS,
+    digests,
+    head_inputs,
+    worker_inputs,
+)
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec, WorkerGroup
 
 COMPONENT = "ray-cluster"
@@ -48,7 +54,9 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
         # sidecar must see the head container's raylet.
         pod_spec["shareProcessNamespace"] = True
     pod_spec["containers"][0] = hardened(head)
-    return {"metadata": pod_metadata(pool_name, spec, HEAD_COMPONENT), "spec": pod_spec}
+    metadata = pod_metadata(pool_name, spec, HEAD_COMPONENT)
+    metadata.setdefault("annotations", {})[SPEC_DIGESTS] = digests(head_inputs(spec))
+    return {"metadata": metadata, "spec": pod_spec}
 
 
 def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGroup) -> Obj:
@@ -61,6 +69,8 @@ def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGro
             "volumeMounts": [SHM_MOUNT],
         }
     )
+    metadata = pod_metadata(pool_name, spec, "ray-worker")
+    metadata.setdefault("annotations", {})[SPEC_DIGESTS] = digests(worker_inputs(spec, group))
     return {
         "groupName": group.name,
         "replicas": group.replicas,
@@ -68,7 +78,7 @@ def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGro
         "maxReplicas": group.maxReplicas if group.maxReplicas is not None else group.replicas,
         "rayStartParams": dict(group.rayStartParams),  # KubeRay requires it, even empty
         "template": {
-            "metadata": pod_metadata(pool_name, spec, "ray-worker"),
+            "metadata": metadata,
             "spec": {**pod_settings(spec), "containers": [container], "volumes": [SHM_VOLUME]},
         },
     }

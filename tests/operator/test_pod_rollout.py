@@ -1,0 +1,85 @@
+"""Running pods against the spec, on the real control plane with the real KubeRay:
+a Ray token Secret made anew restarts every pod holding the old token, and a change
+KubeRay does not roll into running pods is named in `RayPodsUpToDate` until they are
+replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefect_raypool_operator import naming
+from testbed.waiting import eventually
+from tests.operator.pool_env import Env
+
+pytestmark = pytest.mark.controlplane
+
+POOL_PODS = f"{naming.POOL_LABEL}=analytics"
+
+
+def _pods(env: Env) -> dict[str, str]:
+    """uid -> creationTimestamp of the pool's pods that are not going away."""
+    pods = env.core.list_namespaced_pod(env.ns, label_selector=POOL_PODS).items
+    return {
+        p.metadata.uid: p.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for p in pods
+        if not p.metadata.deletion_timestamp
+    }
+
+
+def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: Env) -> None:
+    env.apply(env.example("zero-capacity.yaml"))
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+    before = _pods(env)
+    assert len(before) >= 2  # the head and the Prefect worker at least
+    old_token = env.core.read_namespaced_secret("analytics-ray-token", env.ns)
+
+    env.core.delete_namespaced_secret("analytics-ray-token", env.ns)
+
+    def new_token() -> object:
+        secret = env.core.list_namespaced_secret(
+            env.ns, field_selector="metadata.name=analytics-ray-token"
+        ).items
+        return secret and secret[0].metadata.uid != old_token.metadata.uid and secret[0]
+
+    token = eventually(new_token, 60, "a new Ray token Secret")
+    made = token.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert token.data["token"] != old_token.data["token"]
+    eventually(
+        lambda: any(e.reason == "RayTokenReplaced" for e in env.events("analytics")),
+        60,
+        "a RayTokenReplaced Event",
+    )
+    # Every pod was replaced by one made after the new token, and the pool is whole again.
+    eventually(
+        lambda: (
+            (now := _pods(env))
+            and not (now.keys() & before.keys())
+            and len(now) >= len(before)
+            and all(t >= made for t in now.values())
+        ),
+        120,
+        "new pods made after the new token",
+    )
+    env.wait_condition("analytics", "Ready", "True", timeout=120)
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+
+
+def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(env: Env) -> None:
+    doc = env.example("zero-capacity.yaml")
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = "600m"
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "RayPodsUpToDate", "False", "RayPodsOutdated")
+    assert "(ray.head)" in cond["message"] and "kubectl delete pod" in cond["message"]
+    assert env.condition("analytics", "Ready")["status"] == "True"  # the old pods still serve
+    warnings = [e for e in env.events("analytics") if e.reason == "RayPodsOutdated"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+
+    # What the message says to run.
+    selector = cond["message"].split(" -l ")[1]
+    env.core.delete_collection_namespaced_pod(env.ns, label_selector=selector)
+    env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=120)
