@@ -1,7 +1,6 @@
 """The Ray head pod deleted mid-flow (kuberay #1141: workers stranded after a head
-restart): the flow run does not hang (it ends within bounded time: Completed when its
-tasks were already on the Ray workers, which need no GCS to finish them, else Failed or
-Crashed with a message), and the zero-capacity Prefect worker rejoins the new head by
+restart): the flow run does not hang but ends Failed or Crashed with a message within
+bounded time, and the zero-capacity Prefect worker rejoins the new head by
 itself (its entrypoint exits when Ray does, so the pod restarts and joins again), after
 which the pool runs flows again."""
 
@@ -27,7 +26,8 @@ def test_head_deleted_mid_flow_fails_the_run_and_the_worker_rejoins(pools: PoolD
     pools.apply(pool_manifest("hr", pools.prefect_api_url, "ZeroCapacityNode"))
     pools.wait_ready("hr")
     old_head = pools.head_pod("hr").metadata.name
-    run_id = pools.run_deployment("hr", "count_to.py:count_to", "count-to", {"highest_number": 80})
+    # 240 tasks of 0.5 s on 2 CPUs: a minute of work, longer than the new head takes.
+    run_id = pools.run_deployment("hr", "count_to.py:count_to", "count-to", {"highest_number": 240})
 
     def tasks_started() -> bool:
         with pools.prefect() as c:
@@ -40,9 +40,8 @@ def test_head_deleted_mid_flow_fails_the_run_and_the_worker_rejoins(pools: PoolD
     pools.kubectl("delete", "pod", "-n", pools.namespace, old_head, "--wait=false")
     t0 = time.monotonic()
     run = pools.wait_final(run_id, timeout=FAILS_WITHIN)
-    assert run.state.type.value in {"COMPLETED", "FAILED", "CRASHED"}, run.state
-    if run.state.type.value != "COMPLETED":
-        assert run.state.message, "the final state says nothing"
+    assert run.state.type.value in {"FAILED", "CRASHED"}, run.state
+    assert run.state.message, "the final state says nothing"
     print(f"flow run ended {run.state.type.value} {time.monotonic() - t0:.0f}s after the "
           f"head was deleted: {run.state.message}")  # fmt: skip
 
