@@ -1,0 +1,108 @@
+"""Pure: a RayJob and its pods to what the flow run's state and logs should say.
+
+The model is Prefect's Kubernetes worker and its observer: a cluster that cannot come
+up is a crash with its reason, never a run left Pending or Running for ever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Obj = dict[str, Any]
+
+#: Container waiting reasons that will not resolve by waiting.
+FATAL_WAITING = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+#: A terminated container's reasons that doom the cluster.
+FATAL_TERMINATED = {"OOMKilled", "ContainerCannotRun", "StartError"}
+TERMINAL_DEPLOYMENT = {"Complete", "Failed", "ValidationFailed"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where the RayJob stands: still going, succeeded, or failed with a reason."""
+
+    finished: bool
+    succeeded: bool = False
+    reason: str = ""
+
+
+def _pod_problem(pod: Obj) -> str | None:
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    if status.get("reason") == "Evicted" or (
+        status.get("phase") == "Failed" and status.get("reason")
+    ):
+        return f"pod {name} {status.get('reason')}: {status.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return f"pod {name} Unschedulable: {cond.get('message', '')}".rstrip(": ")
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            msg = waiting.get("message", "")
+            return f"pod {name} container {cs.get('name')} {waiting['reason']}: {msg}".rstrip(": ")
+        term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        if term.get("reason") in FATAL_TERMINATED:
+            return (
+                f"pod {name} container {cs.get('name')} {term['reason']} "
+                f"(exit code {term.get('exitCode')})"
+            )
+    return None
+
+
+def pod_failure(pods: list[Obj]) -> str | None:
+    """The first pod problem that will not resolve by waiting, named, or None."""
+    for pod in pods:
+        if problem := _pod_problem(pod):
+            return problem
+    return None
+
+
+def rayjob_outcome(rayjob: Obj) -> Outcome:
+    """KubeRay's verdict on the RayJob, its own reason and message kept."""
+    status = rayjob.get("status") or {}
+    deployment = status.get("jobDeploymentStatus", "")
+    if deployment not in TERMINAL_DEPLOYMENT:
+        return Outcome(finished=False)
+    if deployment == "Complete" and status.get("jobStatus") == "SUCCEEDED":
+        return Outcome(finished=True, succeeded=True)
+    reason = status.get("reason") or deployment
+    detail = f"RayJob {rayjob['metadata']['name']} {deployment}"
+    if job_status := status.get("jobStatus"):
+        detail += f" (Ray job {job_status})"
+    detail += f": {reason}"
+    if message := status.get("message"):
+        detail += f": {message}"
+    return Outcome(finished=True, succeeded=False, reason=detail)
+
+
+def crash_reason(rayjob: Obj, pods: list[Obj]) -> Outcome:
+    """KubeRay's own verdict first, then a pod that cannot start or was killed."""
+    outcome = rayjob_outcome(rayjob)
+    if outcome.finished:
+        return outcome
+    if problem := pod_failure(pods):
+        return Outcome(
+            finished=True,
+            reason=f"Ray cluster of RayJob {rayjob['metadata']['name']} cannot run: {problem}",
+        )
+    return outcome
+
+
+def last_lines(text: str, limit: int = 100) -> str:
+    """The tail of a driver's output, as much as a flow-run log line should hold."""
+    lines = text.rstrip("\n").splitlines()
+    return "\n".join(lines[-limit:])

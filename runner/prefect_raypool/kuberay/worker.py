@@ -1,0 +1,356 @@
+"""The `kuberay` Prefect worker: one KubeRay RayJob (its own Ray cluster) per flow run.
+
+The I/O shell around the pure parts: `rayjob.py` builds the manifest, `failures.py`
+reads the verdict. Kubernetes calls use the sync client in a thread.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
+from prefect.workers.base import BaseWorker, BaseWorkerResult
+
+from prefect_raypool.kuberay.failures import Outcome, crash_reason, last_lines
+from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration, KubeRayVariables
+from prefect_raypool.kuberay.rayjob import (
+    FLOW_RUN_ID_LABEL,
+    WORK_POOL_LABEL,
+    build_rayjob,
+    label_value,
+    rayjob_name,
+)
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+#: How long a RayJob may outlive its finished flow run before it counts as an orphan.
+FINAL_GRACE_SECONDS = 30.0
+SWEEP_INTERVAL_SECONDS = 15.0
+DRIVER_LOG_LINES = 100
+
+
+class KubeRayWorkerResult(BaseWorkerResult):
+    """identifier: the RayJob's name; status_code 0 when the Ray job succeeded."""
+
+
+def _default_api_client() -> k8s.ApiClient:
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRayWorkerResult]):
+    type = "kuberay"
+    job_configuration = KubeRayJobConfiguration
+    job_configuration_variables = KubeRayVariables
+    _description = (
+        "Runs each flow run as a KubeRay RayJob: its own Ray cluster, torn down afterwards."
+    )
+
+    def __init__(self, *args: Any, kube_api_client: k8s.ApiClient | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._api_client = kube_api_client
+        self._watched: set[str] = set()  # RayJobs a run() of this process watches
+        self._namespaces: set[str] = set()
+        self._last_sweep = 0.0
+
+    # ---- Kubernetes, in a thread --------------------------------------------------
+
+    @property
+    def _api(self) -> k8s.ApiClient:
+        if self._api_client is None:
+            self._api_client = _default_api_client()
+        return self._api_client
+
+    async def _kube(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def _get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        api = k8s.CustomObjectsApi(self._api)
+        try:
+            return await self._kube(
+                api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except k8s.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def _delete_rayjob(self, namespace: str, name: str) -> bool:
+        """Delete it and what it owns (cluster, submitter Job); False when already gone."""
+        api = k8s.CustomObjectsApi(self._api)
+        try:
+            await self._kube(
+                api.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+            )
+            return True
+        except k8s.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def _pods(self, namespace: str, rayjob: dict[str, Any]) -> list[dict[str, Any]]:
+        core = k8s.CoreV1Api(self._api)
+        selectors = [f"batch.kubernetes.io/job-name={rayjob['metadata']['name']}"]
+        if cluster := (rayjob.get("status") or {}).get("rayClusterName"):
+            selectors.append(f"ray.io/cluster={cluster}")
+        pods: list[dict[str, Any]] = []
+        for selector in selectors:
+            found = await self._kube(core.list_namespaced_pod, namespace, label_selector=selector)
+            pods += [self._api.sanitize_for_serialization(p) for p in found.items]
+        return pods
+
+    # ---- one flow run -------------------------------------------------------------
+
+    async def run(  # type: ignore[override]  # the infrastructure id is a name
+        self,
+        flow_run: FlowRun,
+        configuration: KubeRayJobConfiguration,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
+    ) -> KubeRayWorkerResult:
+        suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+        name = rayjob_name(configuration.name or flow_run.name, suffix)
+        namespace = configuration.namespace
+        secret = configuration.api_key_secret_name
+        manifest = build_rayjob(
+            manifest=configuration.rayjob_manifest,
+            name=name,
+            namespace=namespace,
+            command=configuration.command or "prefect flow-run execute",
+            env=configuration.env,
+            labels=configuration.labels,
+            api_key_secret=(secret, configuration.api_key_secret_key) if secret else None,
+        )
+        api = k8s.CustomObjectsApi(self._api)
+        await self._kube(
+            api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, manifest
+        )
+        self._namespaces.add(namespace)
+        self._watched.add(name)
+        logger = self.get_flow_run_logger(flow_run)
+        logger.info(f"Created RayJob {namespace}/{name}")
+        if task_status is not None:
+            task_status.started(name)  # the infrastructure id
+        try:
+            code = await self._watch(flow_run, configuration, name)
+        finally:
+            self._watched.discard(name)
+        return KubeRayWorkerResult(identifier=name, status_code=code)
+
+    async def _watch(
+        self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, name: str
+    ) -> int:
+        """Follow the RayJob until it finishes, vanishes, or the flow run is cancelled."""
+        namespace = configuration.namespace
+        logger = self.get_flow_run_logger(flow_run)
+        final_since: float | None = None
+        while True:
+            await anyio.sleep(configuration.watch_interval_seconds)
+            try:
+                current = await self.client.read_flow_run(flow_run.id)
+            except ObjectNotFound:
+                await self._delete_rayjob(namespace, name)
+                return 1
+            state = current.state
+            if state is not None and state.type == StateType.CANCELLING:
+                await self._delete_rayjob(namespace, name)
+                logger.info(f"Flow run cancelled: deleted RayJob {namespace}/{name}")
+                await self._mark_flow_run_as_cancelled(
+                    current, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
+                )
+                return 0
+            rayjob = await self._get_rayjob(namespace, name)
+            if rayjob is None:
+                if state is not None and state.is_final():
+                    return 0 if state.is_completed() else 1
+                message = f"RayJob {namespace}/{name} was deleted before the flow run finished"
+                logger.error(message)
+                await self._propose_crashed_state(current, message)
+                return 1
+            pods = (
+                []
+                if state is not None and state.is_final()
+                else await self._pods(namespace, rayjob)
+            )
+            outcome = crash_reason(rayjob, pods)
+            if outcome.finished:
+                return await self._finish(current, namespace, rayjob, outcome)
+            if state is not None and state.is_final():
+                # The driver ended the flow run but the Ray job never finished: an orphan.
+                final_since = final_since or time.monotonic()
+                if time.monotonic() - final_since > FINAL_GRACE_SECONDS:
+                    await self._delete_rayjob(namespace, name)
+                    return 0 if state.is_completed() else 1
+
+    async def _finish(
+        self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: Outcome
+    ) -> int:
+        """Copy the driver's last output, then report a failure as a crash with its reason."""
+        logger = self.get_flow_run_logger(flow_run)
+        name = rayjob["metadata"]["name"]
+        if output := await self._driver_output(namespace, rayjob):
+            logger.info(f"Driver output of RayJob {namespace}/{name} (last lines):\n{output}")
+        if outcome.succeeded:
+            return 0
+        logger.error(outcome.reason)
+        await self._propose_crashed_state(flow_run, outcome.reason)
+        return 1
+
+    async def _driver_output(self, namespace: str, rayjob: dict[str, Any]) -> str:
+        """The submitter pod follows the Ray job's logs: its log tail, else its
+        termination message (FallbackToLogsOnError), is the driver's last output."""
+        core = k8s.CoreV1Api(self._api)
+        name = rayjob["metadata"]["name"]
+        try:
+            found = await self._kube(
+                core.list_namespaced_pod,
+                namespace,
+                label_selector=f"batch.kubernetes.io/job-name={name}",
+            )
+        except k8s.ApiException:
+            return ""
+        for pod in found.items:
+            try:
+                text = await self._kube(
+                    core.read_namespaced_pod_log,
+                    pod.metadata.name if pod.metadata else "",
+                    namespace,
+                    tail_lines=DRIVER_LOG_LINES,
+                )
+                if text:
+                    return last_lines(text, DRIVER_LOG_LINES)
+            except k8s.ApiException:
+                pass  # no kubelet to ask (node gone): fall back to the status
+            for cs in (pod.status and pod.status.container_statuses) or []:
+                term = cs.state and cs.state.terminated
+                if term and term.message:
+                    return last_lines(term.message, DRIVER_LOG_LINES)
+        return ""
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: KubeRayJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        """Cancellation: delete the RayJob; KubeRay stops the Ray job and the cluster."""
+        if not await self._delete_rayjob(configuration.namespace, infrastructure_pid):
+            raise InfrastructureNotFound(
+                f"RayJob {configuration.namespace}/{infrastructure_pid} not found"
+            )
+
+    # ---- orphans, both ways -------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        runs = await super().get_and_submit_flow_runs()
+        if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_SECONDS:
+            self._last_sweep = time.monotonic()
+            try:
+                await self.sweep_orphans()
+            except Exception:
+                self._logger.exception("Sweeping orphaned RayJobs failed; retrying next poll")
+        return runs
+
+    def _pool_namespace(self) -> str:
+        props = (self.work_pool.base_job_template.get("variables") or {}).get("properties", {})
+        return str((props.get("namespace") or {}).get("default") or "default")
+
+    async def sweep_orphans(self) -> None:
+        """Remove RayJobs whose flow run is over or gone; crash running flow runs whose
+        RayJob vanished. What a run() of this process watches is left to it."""
+        custom = k8s.CustomObjectsApi(self._api)
+        selector = f"{WORK_POOL_LABEL}={label_value(self.work_pool.name)}"
+        live: dict[str, str] = {}  # RayJob name -> namespace
+        for namespace in sorted({self._pool_namespace(), *self._namespaces}):
+            found = await self._kube(
+                custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                label_selector=selector,
+            )
+            for item in dict(found).get("items", []):
+                name = item["metadata"]["name"]
+                live[name] = namespace
+                if name not in self._watched:
+                    await self._sweep_rayjob(namespace, item)
+        await self._crash_vanished(live)
+
+    async def _sweep_rayjob(self, namespace: str, rayjob: dict[str, Any]) -> None:
+        name = rayjob["metadata"]["name"]
+        run_id = (rayjob["metadata"].get("labels") or {}).get(FLOW_RUN_ID_LABEL)
+        try:
+            flow_run = await self.client.read_flow_run(UUID(run_id)) if run_id else None
+        except ObjectNotFound:
+            flow_run = None
+        state = flow_run.state if flow_run is not None else None
+        if flow_run is None:
+            why = "its flow run no longer exists"
+        elif state is not None and state.is_final():
+            why = f"its flow run is {state.type.value}"
+        elif state is not None and state.type == StateType.CANCELLING:
+            why = "its flow run is cancelling"
+        else:
+            return
+        if await self._delete_rayjob(namespace, name):
+            self._logger.info(f"Deleted orphaned RayJob {namespace}/{name}: {why}")
+        if flow_run is not None and state is not None and state.type == StateType.CANCELLING:
+            await self._mark_flow_run_as_cancelled(
+                flow_run, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
+            )
+
+    async def _crash_vanished(self, live: dict[str, str]) -> None:
+        runs = await self.client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool.name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                )
+            ),
+        )
+        for flow_run in runs:
+            pid = flow_run.infrastructure_pid
+            if not pid or pid in live or pid in self._watched:
+                continue
+            if flow_run.id in self._submitting_flow_run_ids:
+                continue
+            namespace = await self._namespace_of(flow_run)
+            if await self._get_rayjob(namespace, pid) is not None:
+                continue
+            message = f"RayJob {namespace}/{pid} vanished while the flow run was not finished"
+            self.get_flow_run_logger(flow_run).error(message)
+            await self._propose_crashed_state(flow_run, message)
+
+    async def _namespace_of(self, flow_run: FlowRun) -> str:
+        try:
+            configuration = await self.job_configuration.resolve_for_flow_run(
+                flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name
+            )
+            return configuration.namespace
+        except ObjectNotFound:
+            return self._pool_namespace()

@@ -1,0 +1,200 @@
+"""The pure parts of the `kuberay` worker: template, RayJob builder, failure mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prefect.utilities.templating import apply_values
+
+from prefect_raypool.kuberay.failures import crash_reason, last_lines, pod_failure
+from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration
+from prefect_raypool.kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
+from prefect_raypool.kuberay.worker import KubeRayWorker
+
+pytestmark = pytest.mark.unit
+
+
+def _configuration(**values: Any) -> KubeRayJobConfiguration:
+    """What `from_template_and_values` does, without a server: defaults + values."""
+    template = KubeRayWorker.get_default_base_job_template()
+    props = template["variables"]["properties"]
+    merged = {k: v["default"] for k, v in props.items() if v.get("default") is not None}
+    merged.update(values)
+    return KubeRayJobConfiguration(**apply_values(template["job_configuration"], merged))
+
+
+def _build(cfg: KubeRayJobConfiguration, env: dict[str, str | None] | None = None) -> Any:
+    secret = cfg.api_key_secret_name
+    return build_rayjob(
+        manifest=cfg.rayjob_manifest,
+        name="my-flow-abcde",
+        namespace=cfg.namespace,
+        command="prefect flow-run execute",
+        env=env if env is not None else {"PREFECT_API_URL": "http://prefect:4200/api"},
+        labels={"prefect.io/flow-run-id": "1234", "prefect.io/flow-run-name": "happy cat"},
+        api_key_secret=(secret, cfg.api_key_secret_key) if secret else None,
+    )
+
+
+def test_variables_fill_the_rayjob() -> None:
+    cfg = _configuration(
+        image="flows:1",
+        namespace="team-a",
+        service_account_name="ray-sa",
+        head_cpu="2",
+        worker_memory="3Gi",
+        worker_replicas=3,
+        ray_version="2.60.0",
+        active_deadline_seconds=600,
+        ttl_seconds_after_finished=30,
+    )
+    job = _build(cfg)
+    spec = job["spec"]
+    assert job["metadata"]["name"] == "my-flow-abcde"
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["labels"]["prefect.io/flow-run-name"] == "happy-cat"
+    assert spec["entrypoint"] == "prefect flow-run execute"
+    assert spec["submissionMode"] == "K8sJobMode"
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert (spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"]) == (30, 600)
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]["template"]
+    assert head["spec"]["serviceAccountName"] == "ray-sa"
+    assert head["metadata"]["labels"] == {"prefect.io/flow-run-id": "1234"}
+    container = head["spec"]["containers"][0]
+    assert container["image"] == "flows:1"
+    assert container["resources"]["limits"]["cpu"] == "2"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "PREFECT_API_URL", "value": "http://prefect:4200/api"} in container["env"]
+    group = cluster["workerGroupSpecs"][0]
+    assert group["replicas"] == group["maxReplicas"] == 3
+    assert group["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == "3Gi"
+
+
+def test_unset_optionals_leave_no_empty_fields() -> None:
+    job = _build(_configuration())
+    assert "activeDeadlineSeconds" not in job["spec"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert "serviceAccountName" not in head
+
+
+def test_api_key_only_as_a_secret_reference() -> None:
+    cfg = _configuration(api_key_secret_name="prefect-api", api_key_secret_key="token")
+    job = _build(cfg, env={"PREFECT_API_KEY": "pnu_secret", "PREFECT_API_URL": "u"})
+    assert "pnu_secret" not in repr(job)
+    for c in [
+        job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0],
+        job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0],
+    ]:
+        key = [e for e in c["env"] if e["name"] == "PREFECT_API_KEY"]
+        assert key == [
+            {
+                "name": "PREFECT_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "prefect-api", "key": "token"}},
+            }
+        ]
+    # Without a Secret the literal key is dropped, never copied.
+    assert "pnu_secret" not in repr(_build(_configuration(), env={"PREFECT_API_KEY": "pnu_secret"}))
+
+
+def test_bad_manifests_name_the_field() -> None:
+    cfg = _configuration()
+    wrong_kind = {**cfg.rayjob_manifest, "kind": "Job"}
+    with pytest.raises(ManifestError, match="must be a ray.io/v1 RayJob"):
+        _build(cfg.model_copy(update={"rayjob_manifest": wrong_kind}))
+    selector = {**cfg.rayjob_manifest, "spec": {"clusterSelector": {"ray.io/cluster": "x"}}}
+    with pytest.raises(ManifestError, match="rayClusterSpec is required"):
+        _build(cfg.model_copy(update={"rayjob_manifest": selector}))
+    manifest = _build(cfg)
+    manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "env"
+    ] = [{"name": "PREFECT_API_KEY", "value": "x"}]
+    with pytest.raises(ManifestError, match="api_key_secret_name"):
+        _build(cfg.model_copy(update={"rayjob_manifest": manifest}))
+
+
+def test_rayjob_names_fit_kuberay() -> None:
+    name = rayjob_name("A Very_Long flow run name " * 4, "x1y2z")
+    assert len(name) <= 47 and name.endswith("-x1y2z") and name[0].isalpha()
+    assert rayjob_name("123 !!", "abcde") == "flow-run-abcde"
+
+
+def _rayjob(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "rj"}, "status": status}
+
+
+def _pod(status: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "rj-head-x"}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"jobDeploymentStatus": "Running"}, None),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, ""),
+        (
+            {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "past 60s"},
+            "RayJob rj Failed: DeadlineExceeded: past 60s",
+        ),
+        (
+            {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed"},
+            "RayJob rj Failed (Ray job FAILED): AppFailed",
+        ),
+        (
+            {"jobDeploymentStatus": "ValidationFailed", "message": "name too long"},
+            "RayJob rj ValidationFailed: ValidationFailed: name too long",
+        ),
+    ],
+)
+def test_kuberay_verdicts(status: dict[str, Any], expected: str | None) -> None:
+    outcome = crash_reason(_rayjob(**status), [])
+    assert outcome.finished is (expected is not None)
+    if expected is not None:
+        assert outcome.reason == expected
+        assert outcome.succeeded is (expected == "")
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            {"containerStatuses": [{"name": "ray-head", "state": {"waiting": {
+                "reason": "ImagePullBackOff", "message": "flows:nope not found"}}}]},
+            "pod rj-head-x container ray-head ImagePullBackOff: flows:nope not found",
+        ),
+        (
+            {"containerStatuses": [{"name": "ray-head", "state": {"running": {}}, "lastState": {
+                "terminated": {"reason": "OOMKilled", "exitCode": 137}}}]},
+            "pod rj-head-x container ray-head OOMKilled (exit code 137)",
+        ),
+        (
+            {"phase": "Failed", "reason": "Evicted", "message": "low on memory"},
+            "pod rj-head-x Evicted: low on memory",
+        ),
+        (
+            {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": "0/1 nodes: Insufficient cpu"}]},
+            "pod rj-head-x Unschedulable: 0/1 nodes: Insufficient cpu",
+        ),
+        ({"phase": "Pending", "containerStatuses": [{"name": "c", "state": {"waiting": {
+            "reason": "ContainerCreating"}}}]}, None),
+    ],
+)  # fmt: skip
+def test_pods_that_cannot_run(status: dict[str, Any], expected: str | None) -> None:
+    assert pod_failure([_pod(status)]) == expected
+    outcome = crash_reason(_rayjob(jobDeploymentStatus="Initializing"), [_pod(status)])
+    assert outcome.finished is (expected is not None)
+    if expected:
+        assert outcome.reason == f"Ray cluster of RayJob rj cannot run: {expected}"
+
+
+def test_kuberay_verdict_beats_pods() -> None:
+    pods = [_pod({"phase": "Failed", "reason": "Evicted"})]
+    outcome = crash_reason(_rayjob(jobDeploymentStatus="Failed", reason="AppFailed"), pods)
+    assert outcome.reason == "RayJob rj Failed: AppFailed"
+
+
+def test_last_lines() -> None:
+    assert last_lines("\n".join(str(i) for i in range(500)) + "\n", 3) == "497\n498\n499"
