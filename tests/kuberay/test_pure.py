@@ -5,23 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prefect.utilities.templating import apply_values
 
 from prefect_raypool.kuberay.failures import crash_reason, last_lines, pod_failure
 from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration
 from prefect_raypool.kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
-from prefect_raypool.kuberay.worker import KubeRayWorker
+from tests.kuberay.templates import configuration as _configuration
 
 pytestmark = pytest.mark.unit
-
-
-def _configuration(**values: Any) -> KubeRayJobConfiguration:
-    """What `from_template_and_values` does, without a server: defaults + values."""
-    template = KubeRayWorker.get_default_base_job_template()
-    props = template["variables"]["properties"]
-    merged = {k: v["default"] for k, v in props.items() if v.get("default") is not None}
-    merged.update(values)
-    return KubeRayJobConfiguration(**apply_values(template["job_configuration"], merged))
 
 
 def _build(cfg: KubeRayJobConfiguration, env: dict[str, str | None] | None = None) -> Any:

@@ -1,0 +1,331 @@
+"""The `kuberay` worker on the real control plane, the real KubeRay operator and a real
+Prefect server. Pods run on kwok's simulated node, so nothing executes: the tests drive
+the RayJob's status (and a pod's) the way KubeRay and the kubelet would set them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from kubernetes import client as k8s
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling, Completed, Running
+
+from prefect_raypool.kuberay.rayjob import build_rayjob
+from prefect_raypool.kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
+from testbed.cluster import Cluster
+from testbed.prefect_server import PrefectServer
+from tests.kuberay.templates import configuration
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.prefect]
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _eventually(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+async def _aeventually(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
+    return await anyio.to_thread.run_sync(lambda: _eventually(what, probe, timeout))
+
+
+def _create_pool(server: PrefectServer, name: str, namespace: str) -> dict[str, Any]:
+    """`prefect work-pool create --type kuberay`, then the namespace and a fast watch."""
+    env = {**os.environ, **server.env()}
+    out = subprocess.run(
+        [PREFECT, "work-pool", "create", name, "--type", "kuberay"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    import httpx
+
+    pool = httpx.get(f"{server.api_url}/work_pools/{name}", timeout=10).json()
+    template = copy.deepcopy(pool["base_job_template"])
+    props = template["variables"]["properties"]
+    props["namespace"]["default"] = namespace
+    props["watch_interval_seconds"]["default"] = 0.3
+    httpx.patch(
+        f"{server.api_url}/work_pools/{name}",
+        json={"base_job_template": template},
+        timeout=10,
+    ).raise_for_status()
+    return dict(pool)
+
+
+@pytest.fixture
+def pool(prefect_server: PrefectServer, namespace: str) -> str:
+    name = f"kr-{uuid.uuid4().hex[:6]}"
+    _create_pool(prefect_server, name, namespace)
+    return name
+
+
+def _rayjobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    api = k8s.CustomObjectsApi(cluster.api_client())
+    return list(api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"])
+
+
+def _patch_status(cluster: Cluster, namespace: str, name: str, status: dict[str, Any]) -> None:
+    api = k8s.CustomObjectsApi(cluster.api_client())
+    api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+    )
+
+
+async def _flow_run(pool: str, job_variables: dict[str, Any] | None = None) -> uuid.UUID:
+    async with get_client() as c:
+        flow_id = await c.create_flow_from_name("ephemeral-flow")
+        deployment_id = await c.create_deployment(
+            flow_id=flow_id,
+            name=f"d-{uuid.uuid4().hex[:6]}",
+            work_pool_name=pool,
+            entrypoint="flows.py:ephemeral_flow",
+            job_variables=job_variables or {},
+        )
+        return (await c.create_flow_run_from_deployment(deployment_id)).id
+
+
+@asynccontextmanager
+async def _worker(pool: str, cluster: Cluster) -> AsyncIterator[KubeRayWorker]:
+    async with KubeRayWorker(
+        work_pool_name=pool, kube_api_client=cluster.api_client(), prefetch_seconds=10
+    ) as worker:
+        yield worker
+
+
+async def _submit(worker: KubeRayWorker, cluster: Cluster, namespace: str) -> str:
+    """Poll once; return the RayJob the flow run got."""
+    await worker.get_and_submit_flow_runs()
+    jobs = await _aeventually("a RayJob", lambda: _rayjobs(cluster, namespace))
+    return str(jobs[0]["metadata"]["name"])
+
+
+async def _final_state(flow_run_id: uuid.UUID, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    async with get_client() as c:
+        while True:
+            run = await c.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flow run still {run.state}")
+            await anyio.sleep(0.2)
+
+
+async def _log_text(flow_run_id: uuid.UUID) -> str:
+    from prefect.logging.handlers import APILogWorker
+
+    await anyio.to_thread.run_sync(lambda: APILogWorker.drain_all(timeout=10))
+    async with get_client() as c:
+        logs = await c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def test_work_pool_template_round_trips(prefect_server: PrefectServer, namespace: str) -> None:
+    pool = _create_pool(prefect_server, f"kr-{uuid.uuid4().hex[:6]}", namespace)
+    assert pool["type"] == "kuberay"
+    assert pool["base_job_template"] == KubeRayWorker.get_default_base_job_template()
+
+
+def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
+    kube_cluster: Cluster, namespace: str, pool: str
+) -> None:
+    async def scenario() -> None:
+        run_id = await _flow_run(
+            pool,
+            {
+                "image": "flows:1",
+                "worker_replicas": 2,
+                "api_key_secret_name": "prefect-api",
+                "active_deadline_seconds": 600,
+                "env": {"PREFECT_API_KEY": "pnu_never_in_the_rayjob", "MY_SETTING": "x"},
+            },
+        )
+        async with _worker(pool, kube_cluster) as worker:
+            name = await _submit(worker, kube_cluster, namespace)
+            job = _rayjobs(kube_cluster, namespace)[0]
+            labels = job["metadata"]["labels"]
+            assert labels["prefect.io/flow-run-id"] == str(run_id)
+            assert labels["prefect.io/work-pool-name"] == pool
+            spec = job["spec"]
+            assert spec["entrypoint"] == "prefect flow-run execute"
+            assert spec["shutdownAfterJobFinishes"] is True
+            assert spec["activeDeadlineSeconds"] == 600
+            assert "pnu_never_in_the_rayjob" not in json.dumps(job)
+            head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+            env = {e["name"]: e for e in head["env"]}
+            assert env["PREFECT__FLOW_RUN_ID"]["value"] == str(run_id)
+            assert env["MY_SETTING"]["value"] == "x"
+            assert env["PREFECT_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "prefect-api"
+            assert spec["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+            # The real KubeRay accepted it and made the flow run's Ray cluster.
+            cluster_name = await _aeventually(
+                "KubeRay's RayCluster",
+                lambda: (_rayjobs(kube_cluster, namespace)[0].get("status") or {}).get(
+                    "rayClusterName"
+                ),
+            )
+            async with get_client() as c:
+                assert (await c.read_flow_run(run_id)).infrastructure_pid == name
+            _patch_status(
+                kube_cluster,
+                namespace,
+                name,
+                {
+                    "jobDeploymentStatus": "Failed",
+                    "reason": "DeadlineExceeded",
+                    "message": "The RayJob has passed the activeDeadlineSeconds.",
+                    "endTime": "2020-01-01T00:00:00Z",
+                },
+            )
+            run = await _final_state(run_id)
+        assert run.state.type == StateType.CRASHED
+        assert "DeadlineExceeded" in run.state.message
+        assert "activeDeadlineSeconds" in run.state.message
+        assert "DeadlineExceeded" in await _log_text(run_id)
+        assert cluster_name
+
+    anyio.run(scenario)
+
+
+def test_deleted_rayjob_crashes_the_flow_run(
+    kube_cluster: Cluster, namespace: str, pool: str
+) -> None:
+    async def scenario() -> None:
+        run_id = await _flow_run(pool)
+        async with _worker(pool, kube_cluster) as worker:
+            name = await _submit(worker, kube_cluster, namespace)
+            k8s.CustomObjectsApi(kube_cluster.api_client()).delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+            run = await _final_state(run_id)
+        assert run.state.type == StateType.CRASHED
+        assert f"RayJob {namespace}/{name} was deleted" in run.state.message
+
+    anyio.run(scenario)
+
+
+def test_head_pod_that_cannot_start_crashes_the_flow_run(
+    kube_cluster: Cluster, namespace: str, pool: str
+) -> None:
+    async def scenario() -> None:
+        run_id = await _flow_run(pool, {"image": "flows:does-not-exist"})
+        async with _worker(pool, kube_cluster) as worker:
+            await _submit(worker, kube_cluster, namespace)
+            core = k8s.CoreV1Api(kube_cluster.api_client())
+
+            def head() -> Any:
+                pods = core.list_namespaced_pod(namespace, label_selector="ray.io/node-type=head")
+                return pods.items[0] if pods.items else None
+
+            pod = await _aeventually("the head pod", head)
+            core.patch_namespaced_pod_status(
+                pod.metadata.name,
+                namespace,
+                {
+                    "status": {
+                        "phase": "Pending",
+                        "containerStatuses": [
+                            {
+                                "name": "ray-head",
+                                "image": "flows:does-not-exist",
+                                "imageID": "",
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": {
+                                    "waiting": {
+                                        "reason": "ImagePullBackOff",
+                                        "message": 'Back-off pulling image "flows:does-not-exist"',
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                },
+            )
+            run = await _final_state(run_id)
+        assert run.state.type == StateType.CRASHED
+        assert "ImagePullBackOff" in run.state.message
+        assert "flows:does-not-exist" in run.state.message
+
+    anyio.run(scenario)
+
+
+def test_cancelling_deletes_the_rayjob(kube_cluster: Cluster, namespace: str, pool: str) -> None:
+    async def scenario() -> None:
+        run_id = await _flow_run(pool)
+        async with _worker(pool, kube_cluster) as worker:
+            await _submit(worker, kube_cluster, namespace)
+            async with get_client() as c:
+                await c.set_flow_run_state(run_id, Running(), force=True)
+                await c.set_flow_run_state(run_id, Cancelling(), force=True)
+            run = await _final_state(run_id)
+            assert await _aeventually(
+                "the RayJob deleted", lambda: not _rayjobs(kube_cluster, namespace)
+            )
+        assert run.state.type == StateType.CANCELLED
+
+    anyio.run(scenario)
+
+
+def test_orphans_both_ways(kube_cluster: Cluster, namespace: str, pool: str) -> None:
+    async def scenario() -> None:
+        done_id = await _flow_run(pool)
+        running_id = await _flow_run(pool)
+        # Another worker made these, then went away.
+        async with get_client() as c:
+            await c.set_flow_run_state(done_id, Completed(), force=True)
+            await c.set_flow_run_state(running_id, Running(), force=True)
+            await c.update_flow_run(running_id, infrastructure_pid="vanished-abcde")
+        api = k8s.CustomObjectsApi(kube_cluster.api_client())
+        for name, run_id in [("done-run", done_id), ("gone-run", uuid.uuid4())]:
+            api.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _orphan(name, namespace, pool, run_id)
+            )
+        async with _worker(pool, kube_cluster) as worker:
+            await worker.sweep_orphans()
+        assert _rayjobs(kube_cluster, namespace) == [] or all(
+            j["metadata"].get("deletionTimestamp") for j in _rayjobs(kube_cluster, namespace)
+        )
+        async with get_client() as c:
+            running = await c.read_flow_run(running_id)
+        assert running.state.type == StateType.CRASHED
+        assert f"RayJob {namespace}/vanished-abcde vanished" in running.state.message
+
+    anyio.run(scenario)
+
+
+def _orphan(name: str, namespace: str, pool: str, run_id: uuid.UUID) -> dict[str, Any]:
+    """A RayJob as another worker of the pool made it for `run_id`."""
+    return build_rayjob(
+        manifest=configuration(namespace=namespace, worker_replicas=0).rayjob_manifest,
+        name=name,
+        namespace=namespace,
+        command="prefect flow-run execute",
+        env={},
+        labels={"prefect.io/flow-run-id": str(run_id), "prefect.io/work-pool-name": pool},
+        api_key_secret=None,
+    )
