@@ -4,7 +4,6 @@ the RayJob's status (and a pod's) the way KubeRay and the kubelet would set them
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from kubernetes import client as k8s
 from prefect.client.orchestration import get_client
@@ -50,36 +50,23 @@ async def _aeventually(what: str, probe: Callable[[], Any], timeout: float = 30)
     return await anyio.to_thread.run_sync(lambda: _eventually(what, probe, timeout))
 
 
-def _create_pool(server: PrefectServer, name: str, namespace: str) -> dict[str, Any]:
-    """`prefect work-pool create --type kuberay`, then the namespace and a fast watch."""
-    env = {**os.environ, **server.env()}
-    out = subprocess.run(
-        [PREFECT, "work-pool", "create", name, "--type", "kuberay"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    import httpx
-
-    pool = httpx.get(f"{server.api_url}/work_pools/{name}", timeout=10).json()
-    template = copy.deepcopy(pool["base_job_template"])
+def _pool_template(namespace: str) -> dict[str, Any]:
+    """The default template with the test's namespace and a fast watch."""
+    template = KubeRayWorker.get_default_base_job_template()
     props = template["variables"]["properties"]
     props["namespace"]["default"] = namespace
     props["watch_interval_seconds"]["default"] = 0.3
-    httpx.patch(
-        f"{server.api_url}/work_pools/{name}",
-        json={"base_job_template": template},
-        timeout=10,
-    ).raise_for_status()
-    return dict(pool)
+    return template
 
 
 @pytest.fixture
 def pool(prefect_server: PrefectServer, namespace: str) -> str:
     name = f"kr-{uuid.uuid4().hex[:6]}"
-    _create_pool(prefect_server, name, namespace)
+    httpx.post(
+        f"{prefect_server.api_url}/work_pools/",
+        json={"name": name, "type": "kuberay", "base_job_template": _pool_template(namespace)},
+        timeout=10,
+    ).raise_for_status()
     return name
 
 
@@ -144,8 +131,18 @@ async def _log_text(flow_run_id: uuid.UUID) -> str:
     return "\n".join(log.message for log in logs)
 
 
-def test_work_pool_template_round_trips(prefect_server: PrefectServer, namespace: str) -> None:
-    pool = _create_pool(prefect_server, f"kr-{uuid.uuid4().hex[:6]}", namespace)
+def test_work_pool_template_round_trips(prefect_server: PrefectServer) -> None:
+    """`prefect work-pool create --type kuberay` finds the worker through its entry point."""
+    name = f"kr-{uuid.uuid4().hex[:6]}"
+    out = subprocess.run(
+        [PREFECT, "work-pool", "create", name, "--type", "kuberay"],
+        env={**os.environ, **prefect_server.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    pool = httpx.get(f"{prefect_server.api_url}/work_pools/{name}", timeout=10).json()
     assert pool["type"] == "kuberay"
     assert pool["base_job_template"] == KubeRayWorker.get_default_base_job_template()
 
@@ -190,6 +187,7 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
             )
             async with get_client() as c:
                 assert (await c.read_flow_run(run_id)).infrastructure_pid == name
+            _fake_submitter_output(kube_cluster, namespace, name, "Traceback...\nValueError: boom")
             _patch_status(
                 kube_cluster,
                 namespace,
@@ -205,7 +203,11 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
         assert run.state.type == StateType.CRASHED
         assert "DeadlineExceeded" in run.state.message
         assert "activeDeadlineSeconds" in run.state.message
-        assert "DeadlineExceeded" in await _log_text(run_id)
+        logs = await _log_text(run_id)
+        assert "DeadlineExceeded" in logs
+        # The driver's last output, copied before the cluster goes.
+        assert f"Driver output of RayJob {namespace}/{name}" in logs
+        assert "ValueError: boom" in logs
         assert cluster_name
 
     anyio.run(scenario)
@@ -316,6 +318,46 @@ def test_orphans_both_ways(kube_cluster: Cluster, namespace: str, pool: str) -> 
         assert f"RayJob {namespace}/vanished-abcde vanished" in running.state.message
 
     anyio.run(scenario)
+
+
+def _fake_submitter_output(cluster: Cluster, namespace: str, rayjob: str, output: str) -> None:
+    """The submitter pod as it ends on a real node: kwok runs no container, so its
+    termination message (FallbackToLogsOnError: the log tail) is set by hand."""
+    core = k8s.CoreV1Api(cluster.api_client())
+    pod = core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {
+                "name": f"{rayjob}-submitter",
+                "labels": {"batch.kubernetes.io/job-name": rayjob},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "nodeName": "does-not-exist",  # no kubelet: the logs API cannot answer
+                "containers": [{"name": "ray-job-submitter", "image": "flows:1"}],
+            },
+        },
+    )
+    terminated = {"exitCode": 1, "reason": "Error", "message": output}
+    core.patch_namespaced_pod_status(
+        pod.metadata.name,
+        namespace,
+        {
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "ray-job-submitter",
+                        "image": "flows:1",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ],
+            }
+        },
+    )
 
 
 def _orphan(name: str, namespace: str, pool: str, run_id: uuid.UUID) -> dict[str, Any]:
