@@ -58,6 +58,7 @@ def test_variables_fill_the_rayjob() -> None:
     assert container["resources"]["limits"]["cpu"] == "2"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "PREFECT_API_URL", "value": "http://prefect:4200/api"} in container["env"]
+    assert {"name": "RAY_AUTH_MODE", "value": "disabled"} in container["env"]
     group = cluster["workerGroupSpecs"][0]
     assert group["replicas"] == group["maxReplicas"] == 3
     assert group["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == "3Gi"

@@ -46,12 +46,15 @@ def _resources(cpu: str, memory: str) -> dict[str, Any]:
 
 
 def _container(name: str, cpu: str, memory: str) -> dict[str, Any]:
-    # The worker fills `env` (the flow run's, the API key as a secretKeyRef) and, on
-    # the head, nothing else: KubeRay adds RAY_ADDRESS and the ports.
+    # The worker adds the flow run's env (the API key as a secretKeyRef); KubeRay adds
+    # RAY_ADDRESS and the ports.
     return {
         "name": name,
         "image": "{{ image }}",
         "imagePullPolicy": "{{ image_pull_policy }}",
+        # Never left to the machine's history (a token file turns auth on): the
+        # cluster lives for one flow run and is reached only by its own pods.
+        "env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}],
         "resources": _resources(cpu, memory),
         "volumeMounts": [dict(SHM_MOUNT)],
         "securityContext": dict(CONTAINER_SECURITY),
