@@ -21,6 +21,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from ray.job_submission import JobSubmissionClient
 
+from prefect_raypool_operator.cli import main
 from testbed.dataplane import RayCluster
 from testbed.prefect_server import PrefectServer
 from tests.runner.conftest import LOOPBACK_ENV, REPO, task_runs_of
@@ -139,7 +140,6 @@ def write_project(root: Path) -> Path:
 
             @flow(task_runner=RayTaskRunner())
             def broken() -> None:
-                place.submit(0).result()
                 raise ValueError("the flow failed on purpose")
             """
         )
@@ -210,12 +210,7 @@ def test_a_failed_flow_fails_the_job_and_the_command(
     tmp_path: Path,
 ) -> None:
     root = write_project(tmp_path)
-    runtime_env = {"py_modules": [str(root / "libs" / "raypool_test_lib")]}
-    result = raypool_submit(
-        ray_jobs_head,
-        ["flows/where.py:broken", "--runtime-env-json", json.dumps(runtime_env)],
-        cwd=root,
-    )
+    result = raypool_submit(ray_jobs_head, ["flows/where.py:broken"], cwd=root)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the flow failed on purpose" in result.stdout
     assert re.search(r"^job \S+ FAILED", result.stderr, re.MULTILINE), result.stderr
@@ -226,15 +221,22 @@ def test_a_failed_flow_fails_the_job_and_the_command(
 
 
 def test_a_wrong_token_is_refused_before_anything_runs(
-    ray_jobs_head: RayCluster, prefect_server: PrefectServer
+    ray_jobs_head: RayCluster,
+    prefect_server: PrefectServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     jobs = JobSubmissionClient(
         ray_jobs_head.dashboard_url, headers={"Authorization": f"Bearer {ray_jobs_head.token}"}
     )
     before = len(jobs.list_jobs())
     bad = "not-the-token-4f1c"
-    result = raypool_submit(ray_jobs_head, ["examples/count_to.py:count_to"], token=bad)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "RAY_AUTH_TOKEN" in result.stderr and "-ray-token" in result.stderr
-    assert bad not in result.stdout + result.stderr  # a token is never printed
+    monkeypatch.setenv("RAY_AUTH_TOKEN", bad)
+    assert ray_jobs_head.dashboard_url
+    target = str(REPO / "examples" / "count_to.py") + ":count_to"
+    code = main(["submit", target, "--address", ray_jobs_head.dashboard_url])
+    out = capsys.readouterr()
+    assert code == 2, out
+    assert "RAY_AUTH_TOKEN" in out.err and "-ray-token" in out.err
+    assert bad not in out.out + out.err  # a token is never printed
     assert len(jobs.list_jobs()) == before
