@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.processes import free_port, kill_group, kill_stragglers
+from testbed.processes import free_port, http_ok, kill_group, kill_stragglers, wait_until
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -31,6 +31,7 @@ class RayCluster:
     auth_mode: str
     token: str | None
     client_port: int | None = None  # Ray Client server (ray://), on the head
+    dashboard_url: str | None = None  # the dashboard and its job server, when started
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     node_dirs: list[Path] = field(default_factory=list)
 
@@ -51,6 +52,9 @@ def ray_env(auth_mode: str, token: str | None) -> dict[str, str]:
         del env[key]
     if token:
         env["RAY_AUTH_TOKEN"] = token
+    # A node's `python` is the interpreter Ray runs on, as in the Ray image: Ray Job
+    # entrypoints (`python -m ...`) run with this PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
 
@@ -110,12 +114,25 @@ def wait_for_nodes(cluster: RayCluster, count: int, timeout: float = 120.0) -> N
     raise RuntimeError(f"Ray cluster did not reach {count} nodes:\n{last[-3000:]}{logs}")
 
 
-def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
+def start_ray_head(
+    num_cpus: int = 2, auth_mode: str = "token", dashboard: bool = False
+) -> RayCluster:
+    """`dashboard`: also start the dashboard and its job server (Ray Job submission)."""
     # Short path: Ray's Unix sockets live under it (107-char limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
     token = secrets.token_hex(32) if auth_mode == "token" else None
     port = free_port()
     client_port = free_port()
+    dashboard_port = free_port() if dashboard else None
+    dashboard_args = (
+        [
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+        ]
+        if dashboard_port
+        else ["--include-dashboard=false"]
+    )
     cmd = [
         RAY,
         "start",
@@ -126,7 +143,7 @@ def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
         f"--temp-dir={temp_dir}",
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
-        "--include-dashboard=false",
+        *dashboard_args,
         f"--ray-client-server-port={client_port}",
         "--disable-usage-stats",
         *node_ports(),
@@ -145,10 +162,14 @@ def start_ray_head(num_cpus: int = 2, auth_mode: str = "token") -> RayCluster:
         auth_mode=auth_mode,
         token=token,
         client_port=client_port,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None,
         processes=[proc],
     )
     try:
         wait_for_nodes(cluster, 1)
+        if cluster.dashboard_url:  # the job server answers after the node is up
+            url = f"{cluster.dashboard_url}/api/version"
+            wait_until("Ray dashboard", lambda: http_ok(url, token), timeout=120, quiet=True)
     except Exception:
         stop_ray(cluster)
         raise

@@ -2,8 +2,8 @@
 
 Fixtures: `kube_cluster` (a `Cluster` for the session), `namespace` (a fresh one per
 test), `prefect_server` (a real server; PREFECT_API_URL points at it), `ray_head` (a
-real `ray start --head` with token auth) and `ray_multinode` (plus a zero-capacity
-node).
+real `ray start --head` with token auth), `ray_multinode` (plus a zero-capacity
+node) and `ray_jobs_head` (a head with its dashboard and job server).
 """
 
 from __future__ import annotations
@@ -94,6 +94,16 @@ def ray_multinode() -> Iterator[RayCluster]:
     cluster = start_ray_head(num_cpus=2, auth_mode="token")
     try:
         add_zero_capacity_node(cluster)
+        yield cluster
+    finally:
+        stop_ray(cluster)
+
+
+@pytest.fixture(scope="module")
+def ray_jobs_head() -> Iterator[RayCluster]:
+    """A head with token auth plus its dashboard and job server (Ray Job submission)."""
+    cluster = start_ray_head(num_cpus=2, auth_mode="token", dashboard=True)
+    try:
         yield cluster
     finally:
         stop_ray(cluster)

@@ -22,6 +22,12 @@ def _doctor(args: argparse.Namespace) -> int:
     return doctor_cli(args)
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from prefect_raypool_operator.submit import submit_cli
+
+    return submit_cli(args)
+
+
 def _dev(args: argparse.Namespace) -> int:
     # The test bed is dev-only: it ships in the source checkout, never in the wheel.
     try:
@@ -51,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("target", help="FLOW_FILE:FLOW_FUNCTION")
     doctor.set_defaults(func=_doctor)
+
+    from prefect_raypool_operator.submit import add_arguments as submit_arguments
+
+    submit = sub.add_parser(
+        "submit",
+        help="run a flow as a Ray Job on a pool's cluster (the driver runs in the cluster)",
+    )
+    submit_arguments(submit)
+    submit.set_defaults(func=_submit)
 
     dev = sub.add_parser("dev", help="the local control plane (what `make up` runs)")
     dev.add_argument("action", choices=["up", "down", "status"])
