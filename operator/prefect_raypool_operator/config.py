@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from prefect_raypool_operator import naming
+from prefect_raypool_operator import naming, urls
 
 
 def _float(name: str, default: float) -> float:
@@ -27,6 +27,15 @@ def _url_map(raw: str) -> list[tuple[str, str]]:
             raise ValueError(f"RAYPOOL_PREFECT_URL_MAP entry {item!r}: expected FROM=TO")
         pairs.append((source, target))
     return pairs
+
+
+def _allowlist(raw: str) -> tuple[str, ...]:
+    entries = tuple(filter(None, (p.strip() for p in raw.split(","))))
+    for entry in entries:
+        problem = urls.check_prefix(entry)
+        if problem:
+            raise ValueError(f"RAYPOOL_PREFECT_API_ALLOWLIST entry {problem}")
+    return entries
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,13 @@ class Config:
     # The operator's own namespace (the chart sets it from the pod): pools' NetworkPolicies
     # admit the operator's pods there. None outside a cluster: no such rule.
     operator_namespace: str | None = None
+    # The Prefect API URL prefixes pools may name (chart value prefectApiAllowlist);
+    # empty: any. The operator sends a pool's API key, and reads its answers, only there.
+    prefect_api_allowlist: tuple[str, ...] = ()
+    # On pool deletion, tries to delete or release its work pool before letting go
+    # (a Warning Event then): an unreachable Prefect must not keep a pool forever.
+    work_pool_release_tries: int = 5
+    work_pool_release_delay: float = 10.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -60,7 +76,15 @@ class Config:
             watch_client_timeout=_float("RAYPOOL_WATCH_CLIENT_TIMEOUT", 330.0),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
+            prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
+            work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
+            work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),
         )
+
+    def prefect_api_allowed(self, url: str) -> bool:
+        """Whether a pool's spec.prefect.apiUrl is on the allow-list (before the URL map:
+        the map is the operator's own route to an allowed API)."""
+        return urls.allowed(url, self.prefect_api_allowlist)
 
     def operator_prefect_url(self, url: str) -> str:
         for source, target in self.prefect_url_map:

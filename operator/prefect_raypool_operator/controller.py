@@ -33,7 +33,7 @@ from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.kube import KubeIO
 from prefect_raypool_operator.memory import Memory, PoolKey
 from prefect_raypool_operator.naming import POOL_LABEL
-from prefect_raypool_operator.reconcile import ClusterIO, Outcome, reconcile
+from prefect_raypool_operator.reconcile import ClusterIO, Outcome, reconcile, release
 from prefect_raypool_operator.refusals import Problem, reconcile_error
 from prefect_raypool_operator.status import Check, Observed, build_status, transitions
 from prefect_raypool_operator.watchcache import Reads
@@ -196,6 +196,43 @@ class Controller:
         )
         drifted = event_type in (None, "DELETED") or meta.get("generation") != seen
         self.run((namespace, pool_name), self._connect(kwargs), logger, repair=drifted)
+
+    def on_delete(
+        self,
+        body: Mapping[str, Any],
+        retry: int,
+        logger: Logger,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        """The pool is being deleted (kopf holds it by our finalizer until this returns):
+        delete the work pool the operator created for it, or release one it adopted.
+        Prefect unreachable: a bounded number of tries, then let go with a Warning
+        Event; a pool must not stay undeletable because Prefect is down."""
+        owner = dict(body)
+        meta = owner["metadata"]
+        self.memory.forget((meta["namespace"], meta["name"]))
+        io = self._connect(kwargs)
+        try:
+            check = release(owner, io)
+        except Exception as exc:  # e.g. the Secret read refused: counted as a failed try
+            check = Check(False, "ReleaseFailed", f"{type(exc).__name__} while releasing")
+        if check is None:
+            return
+        if check.ok:
+            if check.reason in ("WorkPoolDeleted", "WorkPoolReleased"):
+                io.post_event(owner, "Normal", check.reason, check.message)
+            return
+        tries = CONFIG.work_pool_release_tries
+        if retry + 1 < tries:
+            raise kopf.TemporaryError(
+                f"{check.reason}: {check.message}", delay=CONFIG.work_pool_release_delay
+            )
+        message = (
+            f"gave up after {tries} tries, the pool is deleted anyway: {check.message}; "
+            "the work pool may still exist in Prefect, claimed by this pool: delete it there"
+        )
+        io.post_event(owner, "Warning", "WorkPoolNotReleased", message)
+        logger.warning(f"WorkPoolNotReleased: {message}")
 
     def liveness(self) -> dict[str, Any]:
         return self.memory.liveness()

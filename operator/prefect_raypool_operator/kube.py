@@ -7,7 +7,6 @@ level-triggered: whatever was edited or deleted by hand in the fields we own is 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any, cast
@@ -124,18 +123,20 @@ def list_pool_pods(api: client.ApiClient, namespace: str, pool_name: str) -> lis
     return [dict(p) for p in pods.get("items") or []]
 
 
-def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
-    """The decoded value of a Secret key, or None when the Secret or key is missing."""
+def read_secret_data(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
+    """The referenced key of a Secret as stored (base64), or None when the Secret or
+    key is missing. Nothing else of the Secret is kept, nothing is decoded here:
+    whoever sends a value decodes it (reconcile._SecretValues)."""
     try:
-        secret = client.CoreV1Api(api).read_namespaced_secret(
-            ref.name, namespace, _request_timeout=_timeout()
+        response: Any = client.CoreV1Api(api).read_namespaced_secret(
+            ref.name, namespace, _request_timeout=_timeout(), _preload_content=False
         )
     except client.ApiException as exc:
         if not_found(exc):
             return None
         raise
-    raw = (secret.data or {}).get(ref.key)
-    return base64.b64decode(raw).decode() if raw is not None else None
+    value = (_json(response).get("data") or {}).get(ref.key)
+    return value if isinstance(value, str) else None
 
 
 #: Read a Secret as metadata only: its data never reaches the operator.
@@ -222,8 +223,8 @@ class KubeIO:
     def delete_pod(self, namespace: str, name: str) -> None:
         delete_pod(self.api, namespace, name)
 
-    def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
-        return read_secret_key(self.api, namespace, ref)
+    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
+        return read_secret_data(self.api, namespace, ref)
 
     def kuberay_installed(self, namespace: str) -> bool:
         return kuberay_installed(self.api, namespace)
@@ -232,12 +233,29 @@ class KubeIO:
         return list_pool_pods(self.api, namespace, pool_name)
 
     def ensure_work_pool(
-        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+        self,
+        api_url: str,
+        name: str,
+        concurrency_limit: int | None,
+        owner: workpool.Owner,
+        api_key: str | None,
     ) -> Check:
         return workpool.ensure_work_pool(
             CONFIG.operator_prefect_url(api_url),
             name,
             concurrency_limit,
+            owner,
+            api_key=api_key,
+            timeout=CONFIG.prefect_timeout,
+        )
+
+    def release_work_pool(
+        self, api_url: str, name: str, owner: workpool.Owner, api_key: str | None
+    ) -> Check:
+        return workpool.release_work_pool(
+            CONFIG.operator_prefect_url(api_url),
+            name,
+            owner,
             api_key=api_key,
             timeout=CONFIG.prefect_timeout,
         )

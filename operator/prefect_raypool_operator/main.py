@@ -46,6 +46,11 @@ def on_resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -
     CONTROLLER.on_resync(namespace, name, logger, kwargs)
 
 
+@kopf.on.delete(*POOLS)
+def on_delete(body: kopf.Body, retry: int, logger: Logger, **kwargs: Any) -> None:
+    CONTROLLER.on_delete(body, retry, logger, kwargs)
+
+
 def on_owned_change(
     type: str | None, body: kopf.Body, namespace: str | None, logger: Logger, **kwargs: Any
 ) -> None:

@@ -12,6 +12,8 @@ an owned object changing or vanishing).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import secrets
 import time
@@ -21,6 +23,7 @@ from typing import Any, Protocol, cast
 import kopf
 
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
+from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import NEVER, PoolMemory, recent
 from prefect_raypool_operator.observe import Found, observe
 from prefect_raypool_operator.owned import OWNED, Owned
@@ -28,6 +31,8 @@ from prefect_raypool_operator.plan import Plan, plan
 from prefect_raypool_operator.refusals import KUBERAY_NOT_INSTALLED, Problem, secret_not_found
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check, Transition, transitions
+from prefect_raypool_operator.urls import redact
+from prefect_raypool_operator.workpool import Owner
 
 Obj = dict[str, Any]
 
@@ -53,7 +58,9 @@ class ClusterIO(Protocol):
 
     def delete_pod(self, namespace: str, name: str) -> None: ...
 
-    def secret_value(self, namespace: str, ref: KeyRef) -> str | None: ...
+    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
+        """The referenced key as stored (base64), None when the Secret or key is missing."""
+        ...
 
     def kuberay_installed(self, namespace: str) -> bool: ...
 
@@ -62,8 +69,19 @@ class ClusterIO(Protocol):
         ...
 
     def ensure_work_pool(
-        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+        self,
+        api_url: str,
+        name: str,
+        concurrency_limit: int | None,
+        owner: Owner,
+        api_key: str | None,
     ) -> Check: ...
+
+    def release_work_pool(
+        self, api_url: str, name: str, owner: Owner, api_key: str | None
+    ) -> Check:
+        """On deletion: delete the work pool `owner` created, release one it adopted."""
+        ...
 
     def write_status(self, namespace: str, name: str, status: Obj) -> None: ...
 
@@ -92,19 +110,57 @@ def reconcile(
     return Outcome(status, transitions(previous, status), problem, found.created)
 
 
+class SecretValueInvalid(ValueError):
+    """A Secret value the operator would send but cannot: the message names the fix."""
+
+
 class _SecretValues:
-    """Referenced Secret keys, each read at most once per reconcile (the Prefect API
-    key is checked for existence first and used for the work pool after)."""
+    """Referenced Secret keys, each read at most once per reconcile and kept as
+    stored: existence is checked without decoding; only the Prefect API key is
+    decoded, when it is sent (`api_key`)."""
 
     def __init__(self, io: ClusterIO, namespace: str) -> None:
         self._io, self._namespace = io, namespace
         self._values: dict[tuple[str, str], str | None] = {}
 
-    def get(self, ref: KeyRef) -> str | None:
+    def exists(self, ref: KeyRef) -> bool:
+        return self._stored(ref) is not None
+
+    def _stored(self, ref: KeyRef) -> str | None:
         key = (ref.name, ref.key)
         if key not in self._values:
-            self._values[key] = self._io.secret_value(self._namespace, ref)
+            self._values[key] = self._io.secret_data(self._namespace, ref)
         return self._values[key]
+
+    def api_key(self, ref: KeyRef) -> str | None:
+        """The Prefect API key as text for an HTTP header; None when missing."""
+        stored = self._stored(ref)
+        if stored is None:
+            return None
+        where = f"spec.prefect.apiKey: key {ref.key!r} of Secret {ref.name!r}"
+        try:
+            text = base64.b64decode(stored, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise SecretValueInvalid(
+                f"{where} is not UTF-8 text: store the Prefect API key itself"
+            ) from None
+        if not text or not all("!" <= c <= "~" for c in text):
+            raise SecretValueInvalid(
+                f"{where} is empty or holds spaces, line breaks or other characters an API "
+                "key has not (a trailing newline, as `echo` adds?): store the key alone"
+            )
+        return text
+
+
+def not_allowed(api_url: str) -> Problem:
+    allowed = ", ".join(redact(p) for p in CONFIG.prefect_api_allowlist)
+    return Problem(
+        "PrefectAPIURLNotAllowed",
+        f"spec.prefect.apiUrl {redact(api_url)} is not on this operator's allow-list of "
+        f"Prefect API URLs ({allowed}): use one of them, or ask whoever installed the "
+        "operator to add it (chart value prefectApiAllowlist)",
+        permanent=True,
+    )
 
 
 def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
@@ -112,6 +168,8 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
     was found. `repair=False` applies only what is missing."""
     if desired.spec is None or desired.refusal is not None:
         return Found()
+    if not CONFIG.prefect_api_allowed(desired.spec.prefect.apiUrl):
+        return Found(refusal=not_allowed(desired.spec.prefect.apiUrl))
     values = _SecretValues(io, desired.namespace)
     refusal = _cluster_refusal(desired, io, values)
     if refusal is not None:
@@ -129,7 +187,7 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
 def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Problem | None:
     """The first of what only the cluster knows that stops the pool, if any."""
     for where, ref in desired.secret_refs:
-        if values.get(ref) is None:
+        if not values.exists(ref):
             return secret_not_found(where, ref, desired.namespace)
     if not io.kuberay_installed(desired.namespace):
         return KUBERAY_NOT_INSTALLED
@@ -188,18 +246,44 @@ def _apply_owned(
             io.delete(owned, namespace, pool_name)
 
 
+def owner_of(body: Obj) -> Owner:
+    meta = body["metadata"]
+    return Owner(meta["namespace"], meta["name"], meta["uid"])
+
+
 def _work_pool(desired: Plan, io: ClusterIO, memory: PoolMemory, values: _SecretValues) -> Check:
     assert desired.spec is not None
     prefect = desired.spec.prefect
-    api_key = values.get(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+    try:
+        api_key = values.api_key(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+    except SecretValueInvalid as exc:
+        return Check(False, "SecretValueInvalid", str(exc))
     limit = prefect.workPool.concurrencyLimit
     name = desired.work_pool_name
     key = (prefect.apiUrl, name, limit, hashlib.sha256((api_key or "").encode()).hexdigest())
     if recent(memory.work_pool_checked_at.get(key, NEVER)):
         return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
-    check = io.ensure_work_pool(prefect.apiUrl, name, limit, api_key)
+    check = io.ensure_work_pool(prefect.apiUrl, name, limit, owner_of(desired.body), api_key)
     if check.ok:
         memory.work_pool_checked_at[key] = time.monotonic()
     else:
         memory.work_pool_checked_at.pop(key, None)
     return check
+
+
+def release(body: Obj, io: ClusterIO) -> Check | None:
+    """A deleted pool's work pool: deleted if the operator created it for this pool,
+    released if adopted. None when the operator never sent this pool's spec anywhere
+    (refused, or its URL not allowed)."""
+    desired = plan(body)
+    if desired.spec is None or desired.refusal is not None:
+        return None
+    prefect = desired.spec.prefect
+    if not CONFIG.prefect_api_allowed(prefect.apiUrl):
+        return None
+    try:
+        values = _SecretValues(io, desired.namespace)
+        api_key = values.api_key(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+    except SecretValueInvalid as exc:
+        return Check(False, "SecretValueInvalid", str(exc))
+    return io.release_work_pool(prefect.apiUrl, desired.work_pool_name, owner_of(body), api_key)

@@ -92,7 +92,7 @@ def build_status(
         _condition(kind, check, obs.generation, old.get(kind, {}), stamp)
         for kind, check in parts.items()
     ]
-    if obs.blocking is None:
+    if obs.blocking is None and obs.ray_pods is not None:
         conditions.append(
             _condition(
                 RAY_PODS_UP_TO_DATE,

@@ -1,82 +1,306 @@
 """The Prefect work pool of a PrefectRayPool, through the Prefect REST API.
 
-Created when missing, its concurrency limit kept equal to the spec. Failures come
-back as a `Check` (an unreachable API is a False condition and a retry, not a crash).
-The API key is sent as a header and never appears in a message.
+Prefect work pools are global, PrefectRayPools namespaced. So each work pool the
+operator uses carries a claim, one line of its description:
+
+    prefectray.io/owner=<namespace>/<pool>/<uid>;created   (the operator made it)
+    prefectray.io/owner=<namespace>/<pool>/<uid>;adopted   (it existed before)
+
+A pool whose work pool is claimed by another PrefectRayPool is refused
+(WorkPoolClaimed, naming the holder) and never touches it. On deletion, a created work
+pool is deleted, an adopted one only loses the claim (`release_work_pool`).
+
+What a pool author names here (the URL) is not trusted: messages carry the URL
+redacted, HTTP status codes and fixed explanations, never an answer's body, an
+exception's text or the API key. Failures come back as a `Check`, never an exception.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from prefect_raypool_operator.status import Check
+from prefect_raypool_operator.urls import redact
 
 WORK_POOL_TYPE = "process"  # the Prefect worker type that polls it
+CLAIM_KEY = "prefectray.io/owner"
+CREATED, ADOPTED = "created", "adopted"
+_CLAIM = re.compile(
+    rf"^{re.escape(CLAIM_KEY)}=([a-z0-9-]{{1,63}})/([a-z0-9-]{{1,63}})/([A-Za-z0-9-]{{1,64}})"
+    rf";({CREATED}|{ADOPTED})$",
+    re.MULTILINE,
+)
+_SHOWN_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")  # a type worth quoting back
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The PrefectRayPool holding a work pool."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}/{self.uid}"
+
+    def same_pool(self, other: Owner) -> bool:
+        """One namespace and name is one pool: a pool deleted and created again (a new
+        uid) takes over what its predecessor held."""
+        return (self.namespace, self.name) == (other.namespace, other.name)
+
+
+@dataclass(frozen=True)
+class Claim:
+    owner: Owner
+    how: str  # CREATED or ADOPTED
+
+
+def parse_claim(description: str | None) -> Claim | None:
+    match = _CLAIM.search(description or "")
+    if match is None:
+        return None
+    namespace, name, uid, how = match.groups()
+    return Claim(Owner(namespace, name, uid), how)
+
+
+def with_claim(description: str | None, claim: Claim | None) -> str:
+    """The description without any claim line, then `claim`'s (if any)."""
+    kept = [line for line in (description or "").splitlines() if not _CLAIM.match(line)]
+    text = "\n".join(kept).rstrip()
+    if claim is None:
+        return text
+    line = f"{CLAIM_KEY}={claim.owner};{claim.how}"
+    return f"{text}\n{line}" if text else line
+
+
+def created_description(owner: Owner) -> str:
+    return with_claim(
+        f"Created by the prefect-raypool operator for PrefectRayPool "
+        f"{owner.namespace}/{owner.name}; deleted with it.",
+        Claim(owner, CREATED),
+    )
 
 
 def ensure_work_pool(
     api_url: str,
     name: str,
     concurrency_limit: int | None,
+    owner: Owner,
     api_key: str | None = None,
     timeout: float = 10.0,
 ) -> Check:
+    """Create the work pool, or adopt one nobody claims; keep its limit equal to the spec."""
     base = api_url.rstrip("/")
     try:
-        return _ensure(_client(base, api_key, timeout), name, concurrency_limit)
-    except httpx.HTTPError as exc:
-        return Check(
-            False,
-            "PrefectAPIUnreachable",
-            f"cannot reach the Prefect API at {base}: {type(exc).__name__}: {exc}",
-        )
+        return _ensure(_Api(base, api_key, timeout), name, concurrency_limit, owner)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _unreachable(base, exc)
+
+
+def release_work_pool(
+    api_url: str, name: str, owner: Owner, api_key: str | None = None, timeout: float = 10.0
+) -> Check:
+    """On deletion: delete the work pool `owner` created, release one it adopted, leave
+    anyone else's alone. ok False only when Prefect could not be asked."""
+    base = api_url.rstrip("/")
+    try:
+        return _release(_Api(base, api_key, timeout), name, owner)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _unreachable(base, exc)
+
+
+class _Api:
+    """The calls on one work pool, its name escaped in the path."""
+
+    def __init__(self, base: str, api_key: str | None, timeout: float) -> None:
+        self.base, self.http = base, _client(base, api_key, timeout)
+
+    def path(self, name: str) -> str:
+        return f"/work_pools/{quote(name, safe='')}"
 
 
 @functools.lru_cache(maxsize=16)
 def _client(base: str, api_key: str | None, timeout: float) -> httpx.Client:
     """One pooled, thread-safe client per Prefect API: a new one per call costs a TLS
-    context and a connection, which dominated the operator's CPU with 100 pools."""
+    context and a connection, which dominated the operator's CPU with 100 pools.
+    Redirects are not followed: the API key goes to the URL the allow-list checked."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout, follow_redirects=False)
 
 
-def _ensure(http: httpx.Client, name: str, limit: int | None) -> Check:
-    response = http.get(f"/work_pools/{name}")
+def _ensure(api: _Api, name: str, limit: int | None, owner: Owner) -> Check:
+    http = api.http
+    response = http.get(api.path(name))
     if response.status_code == 404:
         created = http.post(
-            "/work_pools/", json={"name": name, "type": WORK_POOL_TYPE, "concurrency_limit": limit}
+            "/work_pools/",
+            json={
+                "name": name,
+                "type": WORK_POOL_TYPE,
+                "concurrency_limit": limit,
+                "description": created_description(owner),
+            },
         )
         if created.status_code == 409:  # created meanwhile by someone else: check it
-            response = http.get(f"/work_pools/{name}")
+            response = http.get(api.path(name))
         elif created.is_success:
             return Check(True, "WorkPoolCreated", f"created work pool {name!r}")
         else:
-            return _http_problem("create", name, created)
+            return _http_problem("create", name, api.base, created)
     if not response.is_success:
-        return _http_problem("read", name, response)
-    work_pool: dict[str, Any] = response.json()
-    if work_pool.get("type") != WORK_POOL_TYPE:
+        return _http_problem("read", name, api.base, response)
+    work_pool = _work_pool(response)
+    if work_pool is None:
+        return _not_a_work_pool(name, api.base)
+    if work_pool["type"] != WORK_POOL_TYPE:
+        shown = work_pool["type"]
+        shown = repr(shown) if _SHOWN_TYPE.match(shown) else "another type"
         return Check(
             False,
             "WorkPoolTypeMismatch",
-            f"work pool {name!r} has type {work_pool.get('type')!r}, not {WORK_POOL_TYPE!r}: "
+            f"work pool {name!r} has type {shown}, not {WORK_POOL_TYPE!r}: "
             "set spec.prefect.workPool.name to another pool",
         )
-    if work_pool.get("concurrency_limit") != limit:
-        patched = http.patch(f"/work_pools/{name}", json={"concurrency_limit": limit})
-        if not patched.is_success:
-            return _http_problem("update", name, patched)
+    claim = parse_claim(work_pool["description"])
+    if claim is not None and not claim.owner.same_pool(owner):
+        return _claimed(name, claim)
+    update: dict[str, Any] = {}
+    if claim is None or claim.owner != owner:  # adopt it, or take over from our predecessor
+        how = claim.how if claim else ADOPTED
+        update["description"] = with_claim(work_pool["description"], Claim(owner, how))
+    if work_pool["concurrency_limit"] != limit:
+        update["concurrency_limit"] = limit
+    if not update:
+        return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
+    patched = http.patch(api.path(name), json=update)
+    if not patched.is_success:
+        return _http_problem("update", name, api.base, patched)
+    if claim is None:
+        # Prefect has no compare-and-set: of two pools adopting at once, the last
+        # writer holds the claim; the other sees it now (or at its next resync).
+        again = http.get(api.path(name))
+        after = _work_pool(again) if again.is_success else None
+        holder = parse_claim(after["description"]) if after else None
+        if holder is not None and not holder.owner.same_pool(owner):
+            return _claimed(name, holder)
+        return Check(True, "WorkPoolAdopted", f"adopted the existing work pool {name!r}")
+    if "concurrency_limit" in update:
         return Check(True, "WorkPoolUpdated", f"set concurrency limit of {name!r} to {limit}")
-    return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
+    return Check(
+        True, "WorkPoolUpdated", f"took over work pool {name!r} from this pool's predecessor"
+    )
 
 
-def _http_problem(action: str, name: str, response: httpx.Response) -> Check:
-    reason = "PrefectAPIUnauthorized" if response.status_code in (401, 403) else "PrefectAPIError"
+def _release(api: _Api, name: str, owner: Owner) -> Check:
+    response = api.http.get(api.path(name))
+    if response.status_code == 404:
+        return Check(True, "WorkPoolGone", f"work pool {name!r} no longer exists")
+    if not response.is_success:
+        return _http_problem("read", name, api.base, response)
+    work_pool = _work_pool(response)
+    if work_pool is None:
+        return _not_a_work_pool(name, api.base)
+    claim = parse_claim(work_pool["description"])
+    if claim is None or not claim.owner.same_pool(owner):
+        return Check(True, "WorkPoolNotHeld", f"work pool {name!r} is not held by this pool")
+    if claim.how == CREATED:
+        deleted = api.http.delete(api.path(name))
+        if not deleted.is_success and deleted.status_code != 404:
+            return _http_problem("delete", name, api.base, deleted)
+        return Check(True, "WorkPoolDeleted", f"deleted work pool {name!r}, created for this pool")
+    released = api.http.patch(
+        api.path(name), json={"description": with_claim(work_pool["description"], None)}
+    )
+    if not released.is_success:
+        return _http_problem("release", name, api.base, released)
+    return Check(True, "WorkPoolReleased", f"released work pool {name!r} (it existed before; kept)")
+
+
+def _work_pool(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer as a work pool (name, type, limit, description), or None when it is
+    not one: an HTML page, a list, another service's JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    limit, description = body.get("concurrency_limit"), body.get("description")
+    if (
+        not isinstance(body.get("name"), str)
+        or not isinstance(body.get("type"), str)
+        or not (limit is None or (isinstance(limit, int) and not isinstance(limit, bool)))
+        or not (description is None or isinstance(description, str))
+    ):
+        return None
+    return {
+        "type": body["type"],
+        "concurrency_limit": limit,
+        "description": description,
+    }
+
+
+def _claimed(name: str, claim: Claim) -> Check:
+    holder = claim.owner
     return Check(
         False,
-        reason,
-        f"could not {action} work pool {name!r}: HTTP {response.status_code} {response.text[:200]}",
+        "WorkPoolClaimed",
+        f"work pool {name!r} is held by PrefectRayPool {holder.namespace}/{holder.name} "
+        f"(uid {holder.uid}): set spec.prefect.workPool.name to another name, or delete "
+        "that pool first",
+    )
+
+
+def _not_a_work_pool(name: str, base: str) -> Check:
+    return Check(
+        False,
+        "PrefectAPIError",
+        f"the Prefect API at {redact(base)} did not answer with work pool {name!r} "
+        "(expected a JSON object with name and type; its answer is not shown): check that "
+        "spec.prefect.apiUrl is a Prefect API (it ends in /api)",
+    )
+
+
+def _http_problem(action: str, name: str, base: str, response: httpx.Response) -> Check:
+    code = response.status_code
+    where = f"could not {action} work pool {name!r} at {redact(base)}: HTTP {code}"
+    if code in (401, 403):
+        return Check(
+            False,
+            "PrefectAPIUnauthorized",
+            f"{where}: the Prefect API refused the request: check spec.prefect.apiKey",
+        )
+    return Check(
+        False,
+        "PrefectAPIError",
+        f"{where} (the answer's body is not shown): check spec.prefect.apiUrl and the "
+        "Prefect server",
+    )
+
+
+# Fixed explanations: an exception's text may quote the URL, the request's headers or
+# bytes of whatever answered.
+_EXPLAINED: tuple[tuple[type[Exception], str], ...] = (
+    (httpx.TimeoutException, "no answer in time"),
+    (httpx.ConnectError, "cannot connect (nothing listens there, or the host is unknown)"),
+    (httpx.UnsupportedProtocol, "not an http(s) URL"),
+    (httpx.InvalidURL, "not a valid URL"),
+    (httpx.RemoteProtocolError, "what answered does not speak HTTP"),
+    (httpx.LocalProtocolError, "the request could not be sent"),
+)
+
+
+def _unreachable(base: str, exc: Exception) -> Check:
+    why = next((text for kind, text in _EXPLAINED if isinstance(exc, kind)), "request failed")
+    return Check(
+        False,
+        "PrefectAPIUnreachable",
+        f"cannot reach the Prefect API at {redact(base)}: {why} ({type(exc).__name__})",
     )

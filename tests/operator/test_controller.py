@@ -4,6 +4,7 @@ a real API server and KubeRay are in test_pool_controlplane.py."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import logging
 from typing import Any
@@ -22,6 +23,7 @@ from prefect_raypool_operator.owned import (
 )
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
+from prefect_raypool_operator.workpool import Owner
 
 pytestmark = pytest.mark.unit
 Obj = dict[str, Any]
@@ -107,8 +109,9 @@ class FakeIO:
         if self.head and self.head["metadata"]["name"] == name:
             self.head = None
 
-    def secret_value(self, namespace: str, ref: KeyRef) -> str | None:
-        return self.secrets.get((ref.name, ref.key))
+    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
+        value = self.secrets.get((ref.name, ref.key))
+        return None if value is None else base64.b64encode(value.encode()).decode()
 
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
@@ -117,9 +120,20 @@ class FakeIO:
         return ([self.head] if self.head else []) + self.extra_pods
 
     def ensure_work_pool(
-        self, api_url: str, name: str, concurrency_limit: int | None, api_key: str | None
+        self,
+        api_url: str,
+        name: str,
+        concurrency_limit: int | None,
+        owner: Owner,
+        api_key: str | None,
     ) -> Check:
         self.calls.append(("work pool", name))
+        return self.work_pool
+
+    def release_work_pool(
+        self, api_url: str, name: str, owner: Owner, api_key: str | None
+    ) -> Check:
+        self.calls.append(("release work pool", name))
         return self.work_pool
 
     def write_status(self, namespace: str, name: str, status: Obj) -> None:

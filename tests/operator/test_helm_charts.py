@@ -141,7 +141,7 @@ def test_operator_chart_grants_only_the_verbs_the_operator_uses() -> None:
         ("prefect-raypool-operator", ["watchNamespaces={team-*}"], "/watchNamespaces/0"),
         ("prefect-raypool-operator", ["workers=0"], "/workers"),
         ("prefect-raypool-operator", ["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
-        ("prefect-raypool-operator", ["prefectApiAllowList=http://a"], "/prefectApiAllowList"),
+        ("prefect-raypool-operator", ["prefectApiAllowlist=http://a"], "/prefectApiAllowlist"),
         ("prefect-raypool", ["spec.prefect.apiUrl=prefect:4200"], "/spec/prefect/apiUrl"),
         ("prefect-raypool", ["spec.placment=HeadSidecar"], "'placment' not allowed"),
         ("prefect-raypool", ["name=Bad_Name"], "/name"),
@@ -159,7 +159,7 @@ def test_bad_values_are_refused_with_the_key_named(
 
 
 def test_good_values_pass_the_schemas() -> None:
-    _operator("--set", "prefectApiAllowList={http://prefect.svc:4200/api}")
+    _operator("--set", "prefectApiAllowlist={http://prefect.svc:4200/api}")
     _template(
         "prefect-raypool",
         "--set",

@@ -1,0 +1,225 @@
+"""A pool author gains nothing through the operator, on the real control plane with the
+real KubeRay operator and a real Prefect server: no credential comes back in status,
+Events, the operator's log or `raypool render`; Secrets are checked without decoding;
+only allowed Prefect APIs are sent anything; a work pool belongs to one pool and goes
+with it (or, Prefect being unreachable, the pool is let go after bounded tries)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from testbed.cluster import Cluster
+from testbed.operator_process import OperatorProcess
+from testbed.prefect_server import PrefectServer
+from testbed.processes import free_port
+from testbed.waiting import eventually
+from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
+from tests.operator.stub_http import stub_server
+
+pytestmark = pytest.mark.controlplane
+
+
+def _secret(env: Env, name: str, data: dict[str, bytes]) -> None:
+    encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
+    env.core.create_namespaced_secret(
+        env.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name), data=encoded)
+    )
+
+
+def _ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretKeyRef": {"name": name, "key": key}}
+
+
+def _work_pool(env: Env, name: str) -> httpx.Response:
+    return httpx.get(f"{env.prefect.api_url}/work_pools/{name}", timeout=10)
+
+
+def _delete(env: Env, name: str) -> None:
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, name)
+
+
+def test_no_planted_credential_comes_back(env: Env) -> None:
+    """One random string in every place a pool author can put a credential: the API
+    key Secret, the URL's userinfo, a Secret-referenced env var, the Ray token Secret,
+    and the body a misbehaving Prefect API answers with."""
+    cred = f"planted-{uuid.uuid4().hex}"
+    for name, key in (("api-key", "key"), ("ray-token", "token"), ("env-secret", "v")):
+        _secret(env, name, {key: cred.encode()})
+    echo = json.dumps({"detail": f"invalid token {cred}", "type": cred}).encode()
+    with stub_server(lambda method, path: (500, "application/json", echo)) as stub:
+        doc = env.example("zero-capacity.yaml")
+        doc["spec"]["prefect"]["apiUrl"] = stub.url.replace("http://", f"http://admin:{cred}@")
+        doc["spec"]["prefect"]["apiKey"] = _ref("api-key", "key")
+        doc["spec"]["prefect"]["env"] = [{"name": "TOKEN", "valueFrom": _ref("env-secret", "v")}]
+        doc["spec"]["ray"]["auth"] = _ref("ray-token", "token")
+        env.apply(doc)
+        cond = env.wait_condition("analytics", "WorkPoolReady", "False", "PrefectAPIError")
+        assert "HTTP 500" in cond["message"] and "***@127.0.0.1" in cond["message"]
+        env.wait_condition("analytics", "RayClusterReady", "True")  # the rest reconciled
+        # The operator did ask that URL (no allow-list here), credentials attached.
+        assert stub.requests and all("Authorization" in r.headers for r in stub.requests)
+        eventually(
+            lambda: (
+                any(e.reason == "WorkPoolReadyFalse" for e in env.events("analytics"))
+                or any("PrefectAPIError" in (e.message or "") for e in env.events("analytics"))
+            ),
+            what="a Warning Event for the work pool",
+        )
+    status = json.dumps((env.pool("analytics") or {}).get("status"))
+    events = json.dumps([(e.reason, e.message) for e in env.events("analytics")])
+    assert "PrefectAPIError" in status
+    assert cred not in status, status
+    assert cred not in events, events
+    assert cred not in env.op.log.read_text(errors="replace")
+    rendered = subprocess.run(
+        [sys.executable, "-m", "prefect_raypool_operator.cli", "render", "-"],
+        input=yaml.safe_dump(doc),
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    # The worker's PREFECT_API_URL is the spec's URL as written (the author's own input,
+    # which the worker needs); nothing else may carry the string.
+    url = doc["spec"]["prefect"]["apiUrl"]
+    assert cred not in rendered.stdout.replace(url, "<spec.prefect.apiUrl>") + rendered.stderr
+
+
+def test_secrets_are_checked_without_decoding(env: Env) -> None:
+    """A binary Secret value passed to pods by reference is fine (it used to be decoded,
+    and the reconcile crashed); an API key that is not UTF-8 is a condition."""
+    _secret(env, "binary", {"blob": b"\xff\xfe\x00binary"})
+    _secret(env, "api-key", {"key": b"\xffnot-text"})
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["prefect"]["workPool"]["name"] = f"wp-{uuid.uuid4().hex[:8]}"
+    doc["spec"]["prefect"]["env"] = [{"name": "BLOB", "valueFrom": _ref("binary", "blob")}]
+    doc["spec"]["prefect"]["apiKey"] = _ref("api-key", "key")
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "WorkPoolReady", "False", "SecretValueInvalid")
+    assert "spec.prefect.apiKey" in cond["message"] and "UTF-8" in cond["message"]
+    env.wait_condition("analytics", "RayClusterReady", "True")
+    env.core.replace_namespaced_secret(
+        "api-key",
+        env.ns,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="api-key"), string_data={"key": "k-1"}),
+    )
+    env.wait_condition("analytics", "Ready", "True")
+
+
+@pytest.fixture
+def second_namespace(kube_cluster: Cluster, raypool_operator: OperatorProcess) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    api = client.CoreV1Api(kube_cluster.api_client())
+    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    api.delete_namespace(name, propagation_policy="Background")
+
+
+def test_one_work_pool_name_in_two_namespaces(env: Env, second_namespace: str) -> None:
+    """Both pools used to share the work pool and reset its limit every resync."""
+    work_pool = f"wp-{uuid.uuid4().hex[:8]}"
+    first = env.example("zero-capacity.yaml")
+    first["spec"]["prefect"]["workPool"] = {"name": work_pool, "concurrencyLimit": 2}
+    env.apply(first)
+    env.wait_condition("analytics", "WorkPoolReady", "True")
+    other = Env(env.cluster, second_namespace, env.op, env.prefect)
+    second = other.example("zero-capacity.yaml")
+    second["spec"]["prefect"]["workPool"] = {"name": work_pool, "concurrencyLimit": 7}
+    other.apply(second)
+    cond = other.wait_condition("analytics", "Ready", "False", "WorkPoolReadyFalse")
+    claimed = other.wait_condition("analytics", "WorkPoolReady", "False", "WorkPoolClaimed")
+    assert f"{env.ns}/analytics" in claimed["message"], cond
+    assert _work_pool(env, work_pool).json()["concurrency_limit"] == 2
+    # Deleting the holder deletes the work pool it created; the other pool then has it.
+    _delete(env, "analytics")
+    eventually(lambda: env.pool("analytics") is None, what="the first pool deleted")
+    assert any(e.reason == "WorkPoolDeleted" for e in env.events("analytics"))
+    other.wait_condition("analytics", "WorkPoolReady", "True", timeout=60)
+    assert _work_pool(env, work_pool).json()["concurrency_limit"] == 7
+
+
+def test_a_pre_existing_work_pool_outlives_the_pool(env: Env) -> None:
+    work_pool = f"wp-{uuid.uuid4().hex[:8]}"
+    httpx.post(
+        f"{env.prefect.api_url}/work_pools/",
+        json={"name": work_pool, "type": "process", "description": "ours"},
+        timeout=10,
+    ).raise_for_status()
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["prefect"]["workPool"] = {"name": work_pool, "concurrencyLimit": 3}
+    env.apply(doc)
+    env.wait_condition("analytics", "WorkPoolReady", "True")
+    assert "prefectray.io/owner=" in _work_pool(env, work_pool).json()["description"]
+    _delete(env, "analytics")
+    eventually(lambda: env.pool("analytics") is None, what="the pool deleted")
+    kept = _work_pool(env, work_pool).json()
+    assert kept["description"] == "ours" and kept["concurrency_limit"] == 3
+
+
+@pytest.fixture
+def guarded(
+    kube_cluster: Cluster,
+    pool_crd: None,
+    prefect_server: PrefectServer,
+    tmp_path: Any,
+) -> Iterator[tuple[Env, str]]:
+    """An operator installed with an allow-list (the session's Prefect server and one
+    dead URL) and 2 quick tries to release a work pool, watching `d-*` namespaces."""
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    op = OperatorProcess(
+        kube_cluster.kubeconfig,
+        tmp_path / "operator.log",
+        free_port(),
+        {
+            "RAYPOOL_RESYNC_SECONDS": "3",
+            "RAYPOOL_PREFECT_API_ALLOWLIST": f"{prefect_server.api_url},{dead}",
+            "RAYPOOL_WORK_POOL_RELEASE_TRIES": "2",
+            "RAYPOOL_WORK_POOL_RELEASE_DELAY": "1",
+        },
+        scope=("--namespace=d-*",),
+    )
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    api = client.CoreV1Api(kube_cluster.api_client())
+    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    op.start()
+    try:
+        yield Env(kube_cluster, name, op, prefect_server), dead
+    finally:
+        api.delete_namespace(name, propagation_policy="Background")
+        op.stop()
+
+
+def test_allow_list_and_bounded_release(guarded: tuple[Env, str]) -> None:
+    env, dead = guarded
+    with stub_server(lambda method, path: (200, "application/json", b"{}")) as stub:
+        doc = env.example("zero-capacity.yaml")
+        doc["spec"]["prefect"]["apiUrl"] = stub.url
+        env.apply(doc)
+        cond = env.wait_condition("analytics", "Ready", "False", "PrefectAPIURLNotAllowed")
+        assert "spec.prefect.apiUrl" in cond["message"]
+        assert "prefectApiAllowlist" in cond["message"] and env.prefect.api_url in cond["message"]
+        _delete(env, "analytics")
+        eventually(lambda: env.pool("analytics") is None, what="the refused pool deleted")
+        assert stub.requests == []  # nothing sent, not even on deletion
+    assert env.raycluster("analytics") is None  # nothing created either
+
+    # Prefect unreachable at deletion: two tries, then the pool goes with a Warning.
+    doc = env.example("zero-capacity.yaml")
+    doc["metadata"]["name"] = "stranded"
+    doc["spec"]["prefect"]["apiUrl"] = dead
+    env.apply(doc)
+    env.wait_condition("stranded", "WorkPoolReady", "False", "PrefectAPIUnreachable")
+    _delete(env, "stranded")
+    eventually(lambda: env.pool("stranded") is None, timeout=60, what="the pool let go")
+    [warning] = [e for e in env.events("stranded") if e.reason == "WorkPoolNotReleased"]
+    assert warning.type == "Warning" and "gave up after 2 tries" in (warning.message or "")
