@@ -14,6 +14,7 @@ from kubernetes.client import ApiException
 from prefect_raypool_operator import naming, replicas
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
 from prefect_raypool_operator.kube import apply_conflicts
+from prefect_raypool_operator.observe import desired_workers, prefect_worker_deployment_check
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
@@ -159,3 +160,23 @@ def test_contest_ends_after_a_quiet_spell() -> None:
     assert contest.contested()
     contest.start(1, replicas.FREE_RESTORES + replicas.quiet_after() + 1)
     assert contest.contested() is None
+
+
+def test_status_counts_against_the_live_replicas_when_external() -> None:
+    external, managed = _desired(external=True, count=2), _desired(count=2)
+    live = _live(external, 3, ("kubectl", "scale"))
+    live["status"] = {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 3}
+    spec = PrefectRayPoolSpec.model_validate(
+        {
+            "prefect": {
+                "apiUrl": "http://p:4200/api",
+                "replicas": 2,
+                "replicasManagedExternally": True,
+            }
+        }
+    )
+    check = prefect_worker_deployment_check(live, desired_workers(spec.prefect, live))
+    assert (check.ok, check.message) == (False, "2/3 Prefect workers ready")
+    assert desired_workers(spec.prefect, None) == 2  # not created yet: the spec's count
+    spec.prefect.replicasManagedExternally = False
+    assert desired_workers(spec.prefect, _live(managed, 3)) == 2
