@@ -111,6 +111,8 @@ class Controller:
         )
         for created in outcome.created:
             io.post_event(body, "Normal", "Created", f"created {created}")
+        for override in outcome.overrides:
+            io.post_event(body, "Warning", "ReplicasOverridden", override.event())
         for change in outcome.transitions:
             io.post_event(
                 body,

@@ -8,6 +8,7 @@ level-triggered: whatever was edited or deleted by hand in the fields we own is 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from prefect_raypool_operator import kinds, naming, workpool
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import NEVER, recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
+from prefect_raypool_operator.reconcile import ApplyConflict
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.watchcache import Reads
@@ -46,7 +48,12 @@ def not_found(exc: client.ApiException) -> bool:
     return exc.status == 404
 
 
-def apply(api: client.ApiClient, manifest: Obj) -> tuple[Obj, bool]:
+def apply(
+    api: client.ApiClient,
+    manifest: Obj,
+    field_manager: str = naming.FIELD_MANAGER,
+    force: bool = True,
+) -> tuple[Obj, bool]:
     """Server-side apply of one of the kinds a pool owns: (the live object, whether
     this apply created it; the server answers 201 then)."""
     meta = manifest["metadata"]
@@ -54,20 +61,61 @@ def apply(api: client.ApiClient, manifest: Obj) -> tuple[Obj, bool]:
     # The custom-objects API is a plain /apis/<group>/<version>/... client, good for
     # any grouped kind. Raw: its deserialisation of an apply response yields None
     # (kubernetes 37), and raw is cheaper anyway.
-    response: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        group,
-        version,
-        meta["namespace"],
-        plural,
-        meta["name"],
-        manifest,
-        field_manager=naming.FIELD_MANAGER,
-        force=True,
-        _content_type=APPLY,
-        _request_timeout=_timeout(),
-        _preload_content=False,
-    )
+    try:
+        response: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            group,
+            version,
+            meta["namespace"],
+            plural,
+            meta["name"],
+            manifest,
+            field_manager=field_manager,
+            force=force,
+            _content_type=APPLY,
+            _request_timeout=_timeout(),
+            _preload_content=False,
+        )
+    except client.ApiException as exc:
+        conflicts = apply_conflicts(exc) if not force else None
+        if conflicts:
+            raise ApplyConflict(conflicts) from exc
+        raise
     return _json(response), response.status == 201
+
+
+_CONFLICT = re.compile(r'conflict with "([^"]*)"(?: with subresource "([^"]*)")?')
+
+
+def apply_conflicts(exc: client.ApiException) -> dict[str, str]:
+    """Field path -> the managers holding it, from a 409 to an unforced apply (each
+    cause: 'conflict with "kubectl" with subresource "scale" using apps/v1')."""
+    if exc.status != 409:
+        return {}
+    try:
+        causes = json.loads(exc.body or "{}").get("details", {}).get("causes") or []
+    except ValueError:
+        return {}
+    managers: dict[str, list[str]] = {}
+    for cause in causes:
+        found = _CONFLICT.match(cause.get("message") or "")
+        if cause.get("reason") == "FieldManagerConflict" and found:
+            manager, sub = found.groups()
+            names = managers.setdefault(str(cause.get("field")), [])
+            names.append(f"{manager} ({sub})" if sub else manager)
+    return {field: ", ".join(names) for field, names in managers.items()}
+
+
+def hand_over(api: client.ApiClient, manifest: Obj) -> bool:
+    """Apply a few fields as the hand-over field manager (replicas.py), unforced: a
+    conflict means another manager (kubectl scale, an HPA) holds them already, a 404 or
+    422 that the object is gone; either way there is nothing left to keep."""
+    try:
+        apply(api, manifest, naming.HANDOVER_FIELD_MANAGER, force=False)
+        return True
+    except client.ApiException as exc:
+        if exc.status in (404, 409, 422):
+            return False
+        raise
 
 
 def delete(api: client.ApiClient, owned: Owned, namespace: str, pool_name: str) -> bool:
@@ -211,8 +259,11 @@ class KubeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.reads.owned(owned, namespace, pool_name)
 
-    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
-        return apply(self.api, manifest)
+    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+        return apply(self.api, manifest, force=force)
+
+    def hand_over(self, manifest: Obj) -> bool:
+        return hand_over(self.api, manifest)
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
         return delete(self.api, owned, namespace, pool_name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.replicas import Contest
 
 PoolKey = tuple[str, str]  # (namespace, name)
 NEVER = -1e9
@@ -41,6 +42,9 @@ class PoolMemory:
     work_pool_checked_at: dict[tuple[str, str, int | None, str], float] = field(
         default_factory=dict
     )
+    # Another field manager changing the worker Deployment's replicas, and when the
+    # operator restores them next (replicas.py).
+    replicas_contest: Contest = field(default_factory=Contest)
     reconciled: bool = False  # counted by the liveness probe
 
 

@@ -21,6 +21,11 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 FINALIZER = f"{DOMAIN}/finalizer"
 ANNOTATION_PREFIX = DOMAIN
+#: On a worker Deployment whose replicas an HPA or `kubectl scale` sets, not the operator.
+EXTERNAL_REPLICAS_ANNOTATION = f"{DOMAIN}/replicas-managed-externally"
+#: Holds a Deployment's replicas for a moment while the operator gives them up, so the
+#: count stays as it is instead of falling back to the Deployment's default of 1.
+HANDOVER_FIELD_MANAGER = f"{MANAGED_BY}-handover"
 
 #: The image pools run unless spec.ray.image names another (images/ray/Dockerfile): Ray
 #: at spec.DEFAULT_RAY_VERSION, Prefect, and this version of prefect-raypool. The one

@@ -16,6 +16,8 @@ from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTE
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
 from prefect_raypool_operator.refusals import Problem
+from prefect_raypool_operator.replicas import Override
+from prefect_raypool_operator.spec import PrefectSpec
 from prefect_raypool_operator.status import Check, Observed, build_status
 
 Obj = dict[str, Any]
@@ -32,6 +34,8 @@ class Found:
     created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
     # Pods deleted because they hold a Ray token the pool's Secret no longer has.
     token_restarted: list[str] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)  # another manager's, restored
+    contested: str | None = None  # the worker Deployment's replicas are fought over
 
 
 def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
@@ -54,7 +58,11 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
         ready_prefect = 1 if prefect_worker.ok else 0
     else:
         deployment = found.live.get(PREFECT_WORKER_DEPLOYMENT)
-        prefect_worker = prefect_worker_deployment_check(deployment, desired.spec.prefect.replicas)
+        prefect_worker = prefect_worker_deployment_check(
+            deployment, desired_workers(desired.spec.prefect, deployment)
+        )
+        if found.contested:
+            prefect_worker = Check(False, "ReplicasContested", found.contested)
         ready_prefect = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
     ray = ray_cluster_check(cluster)
     # Where pods cannot run, their containers' own reasons replace the bare counts.
@@ -161,13 +169,22 @@ def ray_cluster_check(live: Obj | None) -> Check:
     return Check(False, "RayClusterProvisioning", "KubeRay is starting the worker pods")
 
 
+def desired_workers(prefect: PrefectSpec, live: Obj | None) -> int:
+    """The worker count to be ready: the Deployment's own when an HPA or kubectl scale
+    sets it (spec.prefect.replicasManagedExternally)."""
+    if prefect.replicasManagedExternally and live is not None:
+        replicas = (live.get("spec") or {}).get("replicas")
+        return replicas if isinstance(replicas, int) else prefect.replicas
+    return prefect.replicas
+
+
 def prefect_worker_deployment_check(live: Obj | None, desired_replicas: int) -> Check:
     if live is None:
         return Check(False, "DeploymentMissing", "the worker Deployment does not exist yet")
     status = live.get("status") or {}
     ready = status.get("readyReplicas") or 0
     if desired_replicas == 0:
-        return Check(True, "ScaledToZero", "prefect.replicas is 0")
+        return Check(True, "ScaledToZero", "the worker Deployment is scaled to 0")
     current = (status.get("observedGeneration") or 0) >= (
         live.get("metadata", {}).get("generation") or 0
     )

@@ -10,13 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_raypool_operator import kinds, naming
+from prefect_raypool_operator import kinds, naming, replicas
 
 Obj = dict[str, Any]
 
 
 def _desired_as_is(desired: Obj, live: Obj | None) -> Obj:
     return desired
+
+
+def _none(desired: Obj, live: Obj | None) -> None:
+    return None
+
+
+Overridden = Callable[[Obj, Obj | None, dict[str, str]], replicas.Override | None]
 
 
 def keep_autoscaled_replicas(desired: Obj, live: Obj | None) -> Obj:
@@ -38,13 +45,24 @@ class Owned:
     object_name: Callable[[str], str]  # pool name -> this object's name
     # What of the live object an apply keeps: (desired, live or None) -> what to apply.
     merge_live: Callable[[Obj, Obj | None], Obj] = _desired_as_is
+    # Fields other field managers may take, which are not forced back unannounced:
+    # (desired, live, the API server's conflicts: field -> manager) -> what to restore.
+    overridden: Overridden | None = None
+    # Fields the operator stops sending that must keep their live value: (what it will
+    # apply, live) -> an apply by the hand-over field manager first, or None.
+    hand_over: Callable[[Obj, Obj | None], Obj | None] = _none
 
 
 RAY_CLUSTER = Owned(
     kinds.RAY_CLUSTER, "raycluster_index", naming.ray_cluster, keep_autoscaled_replicas
 )
 PREFECT_WORKER_DEPLOYMENT = Owned(
-    kinds.DEPLOYMENT, "deployment_index", naming.prefect_worker_deployment
+    kinds.DEPLOYMENT,
+    "deployment_index",
+    naming.prefect_worker_deployment,
+    replicas.leave_external_replicas,
+    replicas.override,
+    replicas.hand_over,
 )
 NETWORK_POLICY = Owned(kinds.NETWORK_POLICY, "networkpolicy_index", naming.network_policy)
 OWNED = (RAY_CLUSTER, PREFECT_WORKER_DEPLOYMENT, NETWORK_POLICY)

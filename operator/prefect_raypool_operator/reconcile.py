@@ -29,12 +29,21 @@ from prefect_raypool_operator.observe import Found, observe
 from prefect_raypool_operator.owned import OWNED, Owned
 from prefect_raypool_operator.plan import Plan, plan
 from prefect_raypool_operator.refusals import KUBERAY_NOT_INSTALLED, Problem, secret_not_found
+from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check, Transition, transitions
 from prefect_raypool_operator.urls import redact
 from prefect_raypool_operator.workpool import Owner
 
 Obj = dict[str, Any]
+
+
+class ApplyConflict(Exception):
+    """An unforced apply found fields that other field managers hold."""
+
+    def __init__(self, managers: dict[str, str]) -> None:
+        super().__init__(f"apply conflicts: {managers}")
+        self.managers = managers  # field path (".spec.replicas") -> who holds it
 
 
 class ClusterIO(Protocol):
@@ -45,8 +54,14 @@ class ClusterIO(Protocol):
 
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None: ...
 
-    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
-        """Server-side apply: (the live object, whether this apply created it)."""
+    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+        """Server-side apply: (the live object, whether this apply created it).
+        Unforced, raises ApplyConflict where another field manager holds a field."""
+        ...
+
+    def hand_over(self, manifest: Obj) -> bool:
+        """Apply (unforced) as the hand-over field manager; False when another manager
+        holds the field already or the object is gone."""
         ...
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool: ...
@@ -94,6 +109,7 @@ class Outcome:
     transitions: list[Transition]
     problem: Problem | None = None  # why the pool is not fully reconciled
     created: list[str] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)  # restored: one Event each
 
 
 def reconcile(
@@ -107,7 +123,7 @@ def reconcile(
     problem = desired.refusal or found.refusal
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
         problem = Problem(found.work_pool.reason, found.work_pool.message, permanent=False)
-    return Outcome(status, transitions(previous, status), problem, found.created)
+    return Outcome(status, transitions(previous, status), problem, found.created, found.overrides)
 
 
 class SecretValueInvalid(ValueError):
@@ -232,11 +248,19 @@ def _apply_owned(
     ones the plan no longer wants, remember each one's generation."""
     namespace, pool_name = desired.namespace, desired.pool_name
     before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
+    memory.replicas_contest.start(desired.generation, time.monotonic())
     for owned, manifest in desired.desired.items():
         live = before[owned]
         name = manifest["metadata"]["name"]
         if repair or live is None:
-            live, created = io.apply(owned.merge_live(manifest, live))
+            manifest = owned.merge_live(manifest, live)
+            handing_over = owned.hand_over(manifest, live)
+            if handing_over is not None:
+                io.hand_over(handing_over)
+            if owned.overridden is None:
+                live, created = io.apply(manifest)
+            else:
+                live, created = _apply_contestable(owned, manifest, live, io, memory, found)
             if created:
                 found.created.append(f"{owned.kind.kind}/{name}")
         memory.generations[(owned.kind.kind, name)] = live["metadata"].get("generation")
@@ -244,6 +268,26 @@ def _apply_owned(
     for owned in OWNED:
         if owned not in desired.desired and before[owned] is not None:
             io.delete(owned, namespace, pool_name)
+    found.contested = memory.replicas_contest.contested()
+
+
+def _apply_contestable(
+    owned: Owned, manifest: Obj, live: Obj | None, io: ClusterIO, memory: PoolMemory, found: Found
+) -> tuple[Obj, bool]:
+    """An object with a field other managers may take (owned.overridden): an unforced
+    apply first asks the API server, which knows who holds what even when the watch
+    lags behind; restoring it is up to the pool's contest (replicas.py)."""
+    assert owned.overridden is not None
+    try:
+        return io.apply(manifest, force=False)
+    except ApplyConflict as conflict:
+        theirs = owned.overridden(manifest, live, conflict.managers)
+    if theirs is not None:
+        if memory.replicas_contest.restore_now(theirs, time.monotonic()):
+            found.overrides.append(theirs)
+        else:
+            manifest = theirs.leave(manifest)  # backing off: theirs stands for now
+    return io.apply(manifest)
 
 
 def owner_of(body: Obj) -> Owner:

@@ -519,6 +519,12 @@ class PrefectSpec(_Model):
         description="Worker image (needs prefect and ray); defaults to the Ray image.",
     )
     replicas: Int32 = Field(default=1, description="Prefect worker pods (ZeroCapacityNode).")
+    replicasManagedExternally: StrictBool = Field(
+        default=False,
+        description="Leave the worker Deployment's replicas to an HPA or `kubectl scale`: "
+        "the operator stops setting them, and prefect.replicas is only the count a new "
+        "Deployment starts with (ZeroCapacityNode).",
+    )
     resources: WorkerResources = Field(
         default_factory=WorkerResources,
         description="Resources of the Prefect worker container.",
@@ -614,6 +620,12 @@ class NetworkPolicySpec(_Model):
     )
 
 
+EXTERNAL_REPLICAS_SIDECAR = (
+    "HeadSidecar has no worker Deployment to scale: remove replicasManagedExternally "
+    "or use ZeroCapacityNode"
+)
+
+
 class PrefectRayPoolSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -622,6 +634,12 @@ class PrefectRayPoolSpec(_Model):
                 "HeadSidecar runs one Prefect worker beside the one Ray head: "
                 "set prefect.replicas to 1 or use ZeroCapacityNode",
                 ".prefect.replicas",
+            ),
+            cel(
+                "self.placement != 'HeadSidecar' || !has(self.prefect.replicasManagedExternally) "
+                "|| !self.prefect.replicasManagedExternally",
+                EXTERNAL_REPLICAS_SIDECAR,
+                ".prefect.replicasManagedExternally",
             ),
             cel(
                 "self.ray.taskResources.gpu == 0 || "
@@ -650,6 +668,8 @@ class PrefectRayPoolSpec(_Model):
     def _cross_field(self) -> PrefectRayPoolSpec:
         if self.placement == Placement.HEAD_SIDECAR and self.prefect.replicas > 1:
             raise ValueError("HeadSidecar runs one Prefect worker: set prefect.replicas to 1")
+        if self.placement == Placement.HEAD_SIDECAR and self.prefect.replicasManagedExternally:
+            raise ValueError(f"prefect.replicasManagedExternally: {EXTERNAL_REPLICAS_SIDECAR}")
         gpu = self.ray.taskResources.gpu
         if gpu and not any(g.resources.gpu >= gpu for g in self.ray.workerGroups):
             raise ValueError("ray.taskResources.gpu asks for more GPUs than any worker group has")

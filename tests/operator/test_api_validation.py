@@ -75,6 +75,15 @@ BAD = {
         ),
         "spec.prefect.replicas",
     ),
+    "sidecar with externally managed replicas": (
+        _bad(
+            lambda d: d["spec"].update(
+                placement="HeadSidecar",
+                prefect={"apiUrl": "http://p/api", "replicasManagedExternally": True},
+            )
+        ),
+        "spec.prefect.replicasManagedExternally: Invalid value",
+    ),
 }
 
 

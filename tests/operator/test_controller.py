@@ -71,7 +71,7 @@ class FakeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.objects.get((owned.kind.kind, owned.object_name(pool_name)))
 
-    def apply(self, manifest: Obj) -> tuple[Obj, bool]:
+    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         key = (manifest["kind"], manifest["metadata"]["name"])
         self.calls.append(("apply", *key))
         live = self.objects.get(key)
@@ -84,6 +84,10 @@ class FakeIO:
             live["spec"] = copy.deepcopy(manifest["spec"])
             live["metadata"]["generation"] += 1
         return copy.deepcopy(live), False
+
+    def hand_over(self, manifest: Obj) -> bool:
+        self.calls.append(("hand over", manifest["kind"], manifest["metadata"]["name"]))
+        return True
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
         self.calls.append(("delete", owned.kind.kind, owned.object_name(pool_name)))

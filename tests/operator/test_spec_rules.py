@@ -77,6 +77,21 @@ BAD_INPUTS = {
         ),
         "prefect.replicas",
     ),
+    "sidecar with externally managed replicas": (
+        _with(
+            "spec",
+            {
+                **GOOD["spec"],
+                "placement": "HeadSidecar",
+                "prefect": {"apiUrl": "http://prefect:4200/api", "replicasManagedExternally": True},
+            },
+        ),
+        "prefect.replicasManagedExternally",
+    ),
+    "replicas switch not a boolean": (
+        _with("spec.prefect.replicasManagedExternally", "yes"),
+        "spec.prefect.replicasManagedExternally",
+    ),
 }
 
 

@@ -115,12 +115,16 @@ def build_prefect_worker_deployment(
             },
         }
     )
+    metadata = object_metadata(
+        naming.prefect_worker_deployment(pool_name), namespace, pool_name, COMPONENT
+    )
+    if spec.prefect.replicasManagedExternally:
+        # Read by owned.py: replicas are applied only to create the Deployment.
+        metadata["annotations"] = {naming.EXTERNAL_REPLICAS_ANNOTATION: "true"}
     return {
         "apiVersion": kinds.DEPLOYMENT.api_version,
         "kind": kinds.DEPLOYMENT.kind,
-        "metadata": object_metadata(
-            naming.prefect_worker_deployment(pool_name), namespace, pool_name, COMPONENT
-        ),
+        "metadata": metadata,
         "spec": {
             "replicas": spec.prefect.replicas,
             "selector": {"matchLabels": naming.selector(pool_name, COMPONENT)},
