@@ -97,6 +97,12 @@ class Controller:
             previous = body.get("status") or {}
         try:
             outcome = reconcile(body, io, memory, previous, repair=repair)
+        except client.ApiException as exc:
+            if _namespace_terminating(exc):  # nothing can be made there; the pool goes next
+                logger.debug(f"namespace {namespace} is terminating: not reconciled")
+                return None
+            logger.exception("reconcile failed")
+            outcome = self._failed(key, body, previous, exc)
         except Exception as exc:  # the safety net: a status and an Event, not a traceback
             logger.exception("reconcile failed")
             outcome = self._failed(key, body, previous, exc)
@@ -238,6 +244,11 @@ class Controller:
 
     def liveness(self) -> dict[str, Any]:
         return self.memory.liveness()
+
+
+def _namespace_terminating(exc: client.ApiException) -> bool:
+    """The API server's refusal to create anything in a namespace being deleted."""
+    return exc.status == 403 and "because it is being terminated" in str(exc.body or "")
 
 
 _api: client.ApiClient | None = None

@@ -10,12 +10,13 @@ from typing import Any
 
 import kopf
 
-from prefect_raypool_operator import config, kinds, naming, watchcache
+from prefect_raypool_operator import config, kinds, kopf_namespaces, naming, watchcache
 from prefect_raypool_operator.controller import CONTROLLER, Logger, api_client
 from prefect_raypool_operator.owned import OWNED
 
 POOLS = kinds.POOL.resource
 MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
+kopf_namespaces.keep_watching_terminating_namespaces()
 
 
 @kopf.on.startup()

@@ -32,7 +32,14 @@ class Env:
         doc = yaml.safe_load((REPO / "examples" / "pools" / name).read_text())
         doc["spec"]["prefect"]["apiUrl"] = self.prefect.api_url
         doc["metadata"]["namespace"] = self.ns
+        # Prefect work pools are global and each belongs to one pool: one per test.
+        work_pool = doc["spec"]["prefect"].setdefault("workPool", {})
+        work_pool["name"] = self.work_pool_name(work_pool.get("name") or doc["metadata"]["name"])
         return dict(doc)
+
+    def work_pool_name(self, example_name: str) -> str:
+        """The work pool name `example` gives an example's work pool in this namespace."""
+        return f"{example_name}-{self.ns}"
 
     def apply(self, doc: dict[str, Any], check: bool = True) -> str:
         return self.cluster.kubectl(

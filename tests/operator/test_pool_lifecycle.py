@@ -69,7 +69,9 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
     assert status["readyWorkerReplicas"] == 2
     for kind in ("RayClusterReady", "WorkerReady", "WorkPoolReady"):
         assert env.condition("analytics", kind)["status"] == "True"  # type: ignore[index]
-    work_pool = httpx.get(f"{env.prefect.api_url}/work_pools/analytics", timeout=10).json()
+    work_pool = httpx.get(
+        f"{env.prefect.api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
+    ).json()
     assert work_pool["concurrency_limit"] == 10 and work_pool["type"] == "process"
     reasons = {e.reason for e in env.events("analytics")}
     assert "Created" in reasons and "Ready" in reasons
@@ -91,7 +93,9 @@ def test_head_sidecar_pool(env: Env) -> None:
     assert (
         get_or_none(env.apps.read_namespaced_deployment, "reports-prefect-worker", env.ns) is None
     )
-    limit = httpx.get(f"{env.prefect.api_url}/work_pools/reports-ray", timeout=10).json()
+    limit = httpx.get(
+        f"{env.prefect.api_url}/work_pools/{env.work_pool_name('reports-ray')}", timeout=10
+    ).json()
     assert limit["concurrency_limit"] == 4
 
 
@@ -115,9 +119,9 @@ def test_spec_changes_roll_out(env: Env) -> None:
     eventually(rolled, what="replicas and worker image rolled out")
     eventually(
         lambda: (
-            httpx.get(f"{env.prefect.api_url}/work_pools/analytics", timeout=10).json()[
-                "concurrency_limit"
-            ]
+            httpx.get(
+                f"{env.prefect.api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
+            ).json()["concurrency_limit"]
             == 7
         ),
         what="the work pool limit to follow the spec",
