@@ -161,15 +161,17 @@ QUALIFIED_KEYS = (
     "keys must be qualified names: an optional DNS-subdomain prefix and '/', then "
     "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
 )
-QualifiedNameMap = Annotated[
-    dict[str, str],
+# Maps keyed by qualified names (labels, annotations, node selectors): the same key
+# rule at the API server (CEL) and offline.
+_QUALIFIED_KEY_RULES = (
     Field(
         json_schema_extra=_map_rules(
             syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX
         )
     ),
     _keys_match(syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX),
-]
+)
+QualifiedNameMap = Annotated[dict[str, str], *_QUALIFIED_KEY_RULES]
 LabelValue = Annotated[
     str,
     Field(max_length=63, json_schema_extra=_pattern(syntax.LABEL_VALUE)),
@@ -179,15 +181,7 @@ LabelValue = Annotated[
         "starting and ending alphanumeric",
     ),
 ]
-LabelMap = Annotated[
-    dict[str, LabelValue],
-    Field(
-        json_schema_extra=_map_rules(
-            syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX
-        )
-    ),
-    _keys_match(syntax.QUALIFIED_NAME, QUALIFIED_KEYS, syntax.QUALIFIED_NAME_MAX),
-]
+LabelMap = Annotated[dict[str, LabelValue], *_QUALIFIED_KEY_RULES]
 RayStartParams = Annotated[
     dict[str, Annotated[str, Field(max_length=1024, pattern=syntax.ONE_LINE)]],
     Field(

@@ -395,6 +395,14 @@ def _pods_from_templates(io: FakeIO, made: str) -> list[Obj]:
     return pods
 
 
+def _ready_pool_with_pods(controller: Controller, io: FakeIO) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
+    io.ray_ready()
+    io.deployment_ready()
+
+
 def _message(io: FakeIO, kind: str) -> str:
     return next(c["message"] for c in io.statuses[-1]["conditions"] if c["type"] == kind)
 
@@ -402,11 +410,7 @@ def _message(io: FakeIO, kind: str) -> str:
 def test_a_replaced_ray_token_restarts_the_pods_that_hold_the_old_one(
     controller: Controller, io: FakeIO
 ) -> None:
-    io.add_pool({})
-    controller.on_spec(NS, POOL, LOG, {})
-    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
-    io.ray_ready()
-    io.deployment_ready()
+    _ready_pool_with_pods(controller, io)
     controller.on_resync(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
 
@@ -438,11 +442,7 @@ def test_a_replaced_ray_token_restarts_the_pods_that_hold_the_old_one(
 def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
     controller: Controller, io: FakeIO
 ) -> None:
-    io.add_pool({})
-    controller.on_spec(NS, POOL, LOG, {})
-    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
-    io.ray_ready()
-    io.deployment_ready()
+    _ready_pool_with_pods(controller, io)
     new_ray = {"image": "registry.example/flows:2", "head": {"resources": {"cpu": "750m"}}}
     io.add_pool({"ray": new_ray}, generation=2)
     controller.on_spec(NS, POOL, LOG, {})
