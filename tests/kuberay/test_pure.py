@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -189,3 +191,21 @@ def test_kuberay_verdict_beats_pods() -> None:
 
 def test_last_lines() -> None:
     assert last_lines("\n".join(str(i) for i in range(500)) + "\n", 3) == "497\n498\n499"
+
+
+def test_the_entry_point_is_found_and_does_not_import_ray() -> None:
+    """Prefect imports every `prefect.collections` entry point in every process that
+    loads its plugins (the CLI, workers, flows): ours must cost no Ray import."""
+    code = (
+        "import sys\n"
+        "from prefect.plugins import load_prefect_collections\n"
+        "from prefect.workers.base import BaseWorker\n"
+        "load_prefect_collections()\n"
+        "types = {w.type for w in BaseWorker.__subclasses__()}\n"
+        "assert 'kuberay' in types, types\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "from prefect_raypool import RayTaskRunner  # the drop-in names still resolve\n"
+        "assert 'ray' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
