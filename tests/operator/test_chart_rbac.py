@@ -123,6 +123,19 @@ NEEDED = [
     ("list", "pods", ""),
     ("delete", "pods", ""),  # pods holding a Ray token their pool's Secret no longer has
     ("create", "events", ""),
+    # An Ephemeral pool's kuberay worker: its account, Role and RoleBinding, and what
+    # the Role grants, which the operator must hold itself to grant it.
+    *(
+        (verb, kind, "")
+        for kind in (
+            "serviceaccounts",
+            "roles.rbac.authorization.k8s.io",
+            "rolebindings.rbac.authorization.k8s.io",
+        )
+        for verb in ("list", "watch", "create", "patch", "delete")
+    ),
+    *((verb, "rayjobs.ray.io", "") for verb in ("create", "get", "list", "delete")),
+    ("get", "pods", "log"),
 ]
 # Never, in any namespace.
 DENIED = [
@@ -135,8 +148,9 @@ DENIED = [
     ("update", PRP, "status"),
     ("update", RC, ""),
     ("update", "deployments.apps", ""),
+    ("patch", "rayjobs.ray.io", ""),
     ("patch", "events", ""),
-    ("create", "rolebindings.rbac.authorization.k8s.io", ""),
+    ("update", "rolebindings.rbac.authorization.k8s.io", ""),
     ("bind", "roles.rbac.authorization.k8s.io", ""),
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
 ]
