@@ -94,7 +94,10 @@ def test_operator_runs_with_only_the_charts_rbac(
 ) -> None:
     watched, op = chart_operator
     env = Env(kube_cluster, watched, op, prefect_server)
-    for example, name in (("zero-capacity.yaml", "analytics"), ("head-sidecar.yaml", "reports")):
+    examples = {"zero-capacity.yaml": "analytics", "head-sidecar.yaml": "reports"}
+    # Ephemeral: the operator grants the kuberay worker's Role, so it must hold it all.
+    examples["ephemeral.yaml"] = "nightly"
+    for example, name in examples.items():
         env.apply(env.example(example))
         env.wait_condition(name, "Ready", "True")
     assert {e.reason for e in env.events("analytics")} >= {"Created", "Ready"}
