@@ -181,7 +181,9 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
             False,
             "WorkPoolTypeMismatch",
             f"work pool {name!r} has type {shown}, not {wanted.type!r}: "
-            "set spec.prefect.workPool.name to another pool",
+            "set spec.prefect.workPool.name to another pool (Prefect cannot change a work "
+            "pool's type: switching placement to or from Ephemeral needs a new work pool, "
+            "and its flows deployed to that one)",
         )
     claim = parse_claim(work_pool["description"])
     if claim is not None and not claim.owner.same_pool(owner):

@@ -147,8 +147,14 @@ def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: Env) -> None
     doc["spec"]["placement"] = "Ephemeral"
     env.apply(doc)
     eventually(lambda: env.raycluster("analytics") is None, timeout=60, what="no RayCluster")
+    # The process work pool cannot become a kuberay one: the status names the fix.
+    message = env.wait_condition("analytics", "WorkPoolReady", "False", "WorkPoolTypeMismatch")
+    assert "spec.prefect.workPool.name" in message["message"]
+    doc["spec"]["prefect"]["workPool"]["name"] = env.work_pool_name("analytics-ephemeral")
+    env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
     status = (env.pool("analytics") or {})["status"]
     assert status.get("rayCluster") is None and status["flowRunClusters"] == 0
     deployment = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.ns)
-    assert deployment.spec.template.spec.containers[0].command[-2:] == ["--type", "kuberay"]
+    command = deployment.spec.template.spec.containers[0].command
+    assert command[-4:] == ["--type", "kuberay", "--work-queue", "default"]
