@@ -162,6 +162,11 @@ def crd() -> dict[str, Any]:
                         },
                         {"name": "Work-Pool", "type": "string", "jsonPath": ".status.workPool"},
                         {
+                            "name": "Clusters",
+                            "type": "integer",
+                            "jsonPath": ".status.flowRunClusters",
+                        },
+                        {
                             "name": "Age",
                             "type": "date",
                             "jsonPath": ".metadata.creationTimestamp",

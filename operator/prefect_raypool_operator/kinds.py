@@ -14,7 +14,7 @@ class Kind:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
 
     @property
     def resource(self) -> tuple[str, str, str]:
@@ -32,3 +32,7 @@ POOL = Kind(GROUP, VERSION, PLURAL, "PrefectRayPool")
 RAY_CLUSTER = Kind("ray.io", "v1", "rayclusters", "RayCluster")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 NETWORK_POLICY = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+SERVICE_ACCOUNT = Kind("", "v1", "serviceaccounts", "ServiceAccount")
+ROLE = Kind("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLE_BINDING = Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+RAY_JOB = Kind("ray.io", "v1", "rayjobs", "RayJob")

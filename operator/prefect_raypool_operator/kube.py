@@ -61,14 +61,12 @@ def apply(
     # The custom-objects API is a plain /apis/<group>/<version>/... client, good for
     # any grouped kind. Raw: its deserialisation of an apply response yields None
     # (kubernetes 37), and raw is cheaper anyway.
+    args = (meta["name"], meta["namespace"], manifest) if not group else (
+        group, version, meta["namespace"], plural, meta["name"], manifest
+    )  # fmt: skip
     try:
-        response: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
-            group,
-            version,
-            meta["namespace"],
-            plural,
-            meta["name"],
-            manifest,
+        response: Any = _objects(api, group, "patch", plural)(
+            *args,
             field_manager=field_manager,
             force=force,
             _content_type=APPLY,
@@ -81,6 +79,16 @@ def apply(
             raise ApplyConflict(conflicts) from exc
         raise
     return _json(response), response.status == 201
+
+
+def _objects(api: client.ApiClient, group: str, verb: str, plural: str) -> Any:
+    """The client call for `verb` on one object: the custom-objects API (a plain
+    /apis/<group>/<version>/... client) for any grouped kind, CoreV1Api's own method for
+    a core one (a ServiceAccount: /api/v1/...)."""
+    if group:
+        return getattr(client.CustomObjectsApi(api), f"{verb}_namespaced_custom_object")
+    singular = {"serviceaccounts": "service_account"}[plural]
+    return getattr(client.CoreV1Api(api), f"{verb}_namespaced_{singular}")
 
 
 _CONFLICT = re.compile(r'conflict with "([^"]*)"(?: with subresource "([^"]*)")?')
@@ -122,10 +130,9 @@ def delete(api: client.ApiClient, owned: Owned, namespace: str, pool_name: str) 
     """Remove an owned object the spec no longer wants; False if it was gone already."""
     group, version, plural = owned.kind.resource
     try:
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
-            group, version, namespace, plural, owned.object_name(pool_name),
-            _request_timeout=_timeout(),
-        )  # fmt: skip
+        name = owned.object_name(pool_name)
+        args = (name, namespace) if not group else (group, version, namespace, plural, name)
+        _objects(api, group, "delete", plural)(*args, _request_timeout=_timeout())
         return True
     except client.ApiException as exc:
         if not_found(exc):
@@ -169,6 +176,25 @@ def list_pool_pods(api: client.ApiClient, namespace: str, pool_name: str) -> lis
         )
     )
     return [dict(p) for p in pods.get("items") or []]
+
+
+def count_rayjobs(api: client.ApiClient, namespace: str, work_pool: str) -> int:
+    """The RayJobs (flow-run clusters) the `kuberay` worker of `work_pool` made here: it
+    labels each with the work pool's name (label_value of it, as the worker does)."""
+    group, version, plural = kinds.RAY_JOB.resource
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", work_pool)[:63].strip("-._")
+    found = _json(
+        client.CustomObjectsApi(api).list_namespaced_custom_object(
+            group,
+            version,
+            namespace,
+            plural,
+            label_selector=f"{naming.WORK_POOL_LABEL}={value}",
+            _request_timeout=_timeout(),
+            _preload_content=False,
+        )
+    )
+    return len(found.get("items") or [])
 
 
 def read_secret_data(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
@@ -274,6 +300,9 @@ class KubeIO:
     def delete_pod(self, namespace: str, name: str) -> None:
         delete_pod(self.api, namespace, name)
 
+    def flow_run_clusters(self, namespace: str, work_pool: str) -> int:
+        return count_rayjobs(self.api, namespace, work_pool)
+
     def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
         return read_secret_data(self.api, namespace, ref)
 
@@ -290,6 +319,8 @@ class KubeIO:
         concurrency_limit: int | None,
         owner: workpool.Owner,
         api_key: str | None,
+        work_pool_type: str = workpool.WORK_POOL_TYPE,
+        base_job_template: Obj | None = None,
     ) -> Check:
         return workpool.ensure_work_pool(
             CONFIG.operator_prefect_url(api_url),
@@ -298,6 +329,8 @@ class KubeIO:
             owner,
             api_key=api_key,
             timeout=CONFIG.prefect_timeout,
+            work_pool_type=work_pool_type,
+            base_job_template=base_job_template,
         )
 
     def release_work_pool(

@@ -39,9 +39,7 @@ class PoolMemory:
     ray_token_created: str | None = None
     # Successful work-pool checks, by what they checked: owned objects' events reconcile
     # often, the Prefect API need not be asked more than once per resync interval.
-    work_pool_checked_at: dict[tuple[str, str, int | None, str], float] = field(
-        default_factory=dict
-    )
+    work_pool_checked_at: dict[tuple[object, ...], float] = field(default_factory=dict)
     # Another field manager changing the worker Deployment's replicas, and when the
     # operator restores them next (replicas.py).
     replicas_contest: Contest = field(default_factory=Contest)

@@ -76,6 +76,15 @@ def prefect_worker_deployment(pool_name: str) -> str:
     return f"{pool_name}-prefect-worker"
 
 
+def kuberay_worker(pool_name: str) -> str:
+    """The ServiceAccount, Role and RoleBinding of an Ephemeral pool's `kuberay` worker."""
+    return f"{pool_name}-kuberay-worker"
+
+
+#: The label the `kuberay` worker puts on each RayJob (Prefect's own work pool label).
+WORK_POOL_LABEL = "prefect.io/work-pool-name"
+
+
 def ray_token_secret(pool_name: str) -> str:
     return f"{pool_name}-ray-token"
 

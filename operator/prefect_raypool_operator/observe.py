@@ -36,6 +36,7 @@ class Found:
     token_restarted: list[str] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
+    flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
 
 
 def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
@@ -64,6 +65,24 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
         if found.contested:
             prefect_worker = Check(False, "ReplicasContested", found.contested)
         ready_prefect = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+    if desired.ephemeral:
+        # No cluster of its own: Ready is the kuberay worker and the work pool.
+        worker = prefect_failure_or(found, prefect_worker)
+        return build_status(
+            Observed(
+                desired.pool_name,
+                desired.namespace,
+                desired.generation,
+                desired.work_pool_name,
+                ephemeral=True,
+                prefect_worker=worker,
+                pods_failing=worker is not prefect_worker,
+                work_pool=found.work_pool,
+                ready_prefect_workers=ready_prefect,
+                flow_run_clusters=found.flow_run_clusters,
+            ),
+            previous,
+        )
     ray = ray_cluster_check(cluster)
     # Where pods cannot run, their containers' own reasons replace the bare counts.
     ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container)
@@ -84,6 +103,11 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
         ),
         previous,
     )
+
+
+def prefect_failure_or(found: Found, check: Check) -> Check:
+    """A failing worker container's own reason, else `check`."""
+    return (None if check.ok else pod_failure(found.pods, _is_prefect_container)) or check
 
 
 def ray_pods_check(desired: Plan, found: Found) -> Check:

@@ -65,5 +65,16 @@ PREFECT_WORKER_DEPLOYMENT = Owned(
     replicas.hand_over,
 )
 NETWORK_POLICY = Owned(kinds.NETWORK_POLICY, "networkpolicy_index", naming.network_policy)
-OWNED = (RAY_CLUSTER, PREFECT_WORKER_DEPLOYMENT, NETWORK_POLICY)
+# An Ephemeral pool's `kuberay` worker: its account and rights (builders/ephemeral.py).
+SERVICE_ACCOUNT = Owned(kinds.SERVICE_ACCOUNT, "serviceaccount_index", naming.kuberay_worker)
+ROLE = Owned(kinds.ROLE, "role_index", naming.kuberay_worker)
+ROLE_BINDING = Owned(kinds.ROLE_BINDING, "rolebinding_index", naming.kuberay_worker)
+OWNED = (
+    RAY_CLUSTER,
+    SERVICE_ACCOUNT,
+    ROLE,
+    ROLE_BINDING,
+    PREFECT_WORKER_DEPLOYMENT,
+    NETWORK_POLICY,
+)
 BY_KIND = {owned.kind.kind: owned for owned in OWNED}

@@ -45,7 +45,12 @@ class Plan:
     @property
     def sidecar(self) -> bool:
         """The Prefect worker runs in the Ray head pod (not in its own Deployment)."""
-        return self.spec is not None and self.spec.placement != Placement.ZERO_CAPACITY_NODE
+        return self.spec is not None and self.spec.placement == Placement.HEAD_SIDECAR
+
+    @property
+    def ephemeral(self) -> bool:
+        """No RayCluster of the pool's own: a `kuberay` worker, one RayJob per flow run."""
+        return self.spec is not None and self.spec.placement == Placement.EPHEMERAL
 
 
 def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) -> Plan:
@@ -74,5 +79,8 @@ def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) 
         spec,
         desired=desired,
         secret_refs=secret_refs(spec),
-        makes_ray_token=spec.ray.auth.mode == RayAuthMode.TOKEN and not spec.ray.auth.secretKeyRef,
+        # An Ephemeral pool has no long-lived cluster to guard with a token.
+        makes_ray_token=spec.placement != Placement.EPHEMERAL
+        and spec.ray.auth.mode == RayAuthMode.TOKEN
+        and not spec.ray.auth.secretKeyRef,
     )

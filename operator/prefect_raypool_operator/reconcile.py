@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import kopf
 
+from prefect_raypool_operator.builders import ephemeral
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import NEVER, PoolMemory, recent
@@ -33,7 +35,7 @@ from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check, Transition, transitions
 from prefect_raypool_operator.urls import redact
-from prefect_raypool_operator.workpool import Owner
+from prefect_raypool_operator.workpool import KUBERAY_WORK_POOL_TYPE, WORK_POOL_TYPE, Owner
 
 Obj = dict[str, Any]
 
@@ -79,6 +81,10 @@ class ClusterIO(Protocol):
 
     def kuberay_installed(self, namespace: str) -> bool: ...
 
+    def flow_run_clusters(self, namespace: str, work_pool: str) -> int:
+        """RayJobs labelled with `work_pool`: an Ephemeral pool's flow-run clusters."""
+        ...
+
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
         """The pool's pods: the sidecar's readiness and containers' failure reasons."""
         ...
@@ -90,6 +96,8 @@ class ClusterIO(Protocol):
         concurrency_limit: int | None,
         owner: Owner,
         api_key: str | None,
+        work_pool_type: str = WORK_POOL_TYPE,
+        base_job_template: Obj | None = None,
     ) -> Check: ...
 
     def release_work_pool(
@@ -197,6 +205,8 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
     found.pods = io.pods(desired.namespace, desired.pool_name)
     _restart_pods_with_a_replaced_token(desired, io, memory, found)
     found.work_pool = _work_pool(desired, io, memory, values)
+    if desired.ephemeral:
+        found.flow_run_clusters = io.flow_run_clusters(desired.namespace, desired.work_pool_name)
     return found
 
 
@@ -304,10 +314,23 @@ def _work_pool(desired: Plan, io: ClusterIO, memory: PoolMemory, values: _Secret
         return Check(False, "SecretValueInvalid", str(exc))
     limit = prefect.workPool.concurrencyLimit
     name = desired.work_pool_name
-    key = (prefect.apiUrl, name, limit, hashlib.sha256((api_key or "").encode()).hexdigest())
+    template = (
+        ephemeral.base_job_template(desired.namespace, desired.spec) if desired.ephemeral else None
+    )
+    pool_type = KUBERAY_WORK_POOL_TYPE if desired.ephemeral else WORK_POOL_TYPE
+    key = (
+        prefect.apiUrl,
+        name,
+        limit,
+        hashlib.sha256((api_key or "").encode()).hexdigest(),
+        pool_type,
+        json.dumps(template, sort_keys=True),
+    )
     if recent(memory.work_pool_checked_at.get(key, NEVER)):
         return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
-    check = io.ensure_work_pool(prefect.apiUrl, name, limit, owner_of(desired.body), api_key)
+    check = io.ensure_work_pool(
+        prefect.apiUrl, name, limit, owner_of(desired.body), api_key, pool_type, template
+    )
     if check.ok:
         memory.work_pool_checked_at[key] = time.monotonic()
     else:

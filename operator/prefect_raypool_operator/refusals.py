@@ -23,7 +23,6 @@ from prefect_raypool_operator.builders.common import prefect_worker_image, ray_i
 from prefect_raypool_operator.spec import (
     DEFAULT_RAY_VERSION,
     KeyRef,
-    Placement,
     PrefectRayPoolSpec,
     RayAuthMode,
     name_problem,
@@ -113,15 +112,6 @@ def image_ray_version(image: str) -> str | None:
 def spec_problems(spec: PrefectRayPoolSpec) -> list[Problem]:
     """What the CRD schema cannot check, from the spec alone."""
     problems = []
-    if spec.placement == Placement.EPHEMERAL:
-        problems.append(
-            Problem(
-                "PlacementNotSupported",
-                "spec.placement Ephemeral is not supported by this operator version yet: "
-                "use ZeroCapacityNode or HeadSidecar",
-                permanent=True,
-            )
-        )
     if not spec.ray.image and spec.ray.version != DEFAULT_RAY_VERSION:
         problems.append(
             Problem(

@@ -702,6 +702,11 @@ class PrefectRayPoolStatus(_Model):
     readyWorkerReplicas: int | None = None
     readyPrefectWorkers: int | None = None
     workPool: str | None = None
+    flowRunClusters: int | None = Field(
+        default=None,
+        description="Ephemeral: the flow-run clusters (RayJobs) the kuberay worker made "
+        "that exist now.",
+    )
 
 
 NAME_MAX = 40

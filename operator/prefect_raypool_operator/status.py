@@ -48,6 +48,8 @@ class Observed:
     ready_prefect_workers: int | None = None
     pods_failing: bool = False  # a container cannot run (podstatus.py)
     ray_pods: Check | None = None  # running Ray pods against the current spec
+    ephemeral: bool = False  # no RayCluster of its own: RayClusterReady does not apply
+    flow_run_clusters: int | None = None  # RayJobs of an Ephemeral pool
 
 
 def _condition(
@@ -77,6 +79,8 @@ def build_status(
         PREFECT_WORKER_READY: obs.prefect_worker,
         WORK_POOL_READY: obs.work_pool,
     }
+    if obs.ephemeral:
+        del parts[RAY_CLUSTER_READY]
     if obs.blocking is not None:
         overall = Check(False, obs.blocking.reason, obs.blocking.message)
     else:
@@ -86,7 +90,13 @@ def build_status(
             kind, check = failing[0]
             overall = Check(False, f"{kind}False", check.message if check else "pending")
         else:
-            overall = Check(True, "Ready", "the Ray cluster and the Prefect worker are ready")
+            overall = Check(
+                True,
+                "Ready",
+                "the kuberay worker and the work pool are ready"
+                if obs.ephemeral
+                else "the Ray cluster and the Prefect worker are ready",
+            )
     conditions = [_condition(READY, overall, obs.generation, old.get(READY, {}), stamp)]
     conditions += [
         _condition(kind, check, obs.generation, old.get(kind, {}), stamp)
@@ -102,16 +112,18 @@ def build_status(
                 stamp,
             )
         )
+    own_cluster = not obs.ephemeral
     status = PrefectRayPoolStatus(
         observedGeneration=obs.generation,
         phase=phase(obs, overall),
         conditions=conditions,
-        rayCluster=naming.ray_cluster(obs.pool_name),
-        headService=naming.head_service_fqdn(obs.pool_name, obs.namespace),
-        dashboardURL=naming.dashboard_url(obs.pool_name, obs.namespace),
+        rayCluster=naming.ray_cluster(obs.pool_name) if own_cluster else None,
+        headService=naming.head_service_fqdn(obs.pool_name, obs.namespace) if own_cluster else None,
+        dashboardURL=naming.dashboard_url(obs.pool_name, obs.namespace) if own_cluster else None,
         readyWorkerReplicas=obs.ready_ray_workers,
         readyPrefectWorkers=obs.ready_prefect_workers,
         workPool=obs.work_pool_name,
+        flowRunClusters=obs.flow_run_clusters,
     )
     return status.model_dump(mode="json")
 

@@ -28,7 +28,8 @@ import httpx
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.urls import redact
 
-WORK_POOL_TYPE = "process"  # the Prefect worker type that polls it
+WORK_POOL_TYPE = "process"  # the Prefect worker type that polls it (ZeroCapacity, HeadSidecar)
+KUBERAY_WORK_POOL_TYPE = "kuberay"  # an Ephemeral pool's: builders/ephemeral.py
 CLAIM_KEY = "prefectray.io/owner"
 CREATED, ADOPTED = "created", "adopted"
 _CLAIM = re.compile(
@@ -95,11 +96,15 @@ def ensure_work_pool(
     owner: Owner,
     api_key: str | None = None,
     timeout: float = 10.0,
+    work_pool_type: str = WORK_POOL_TYPE,
+    base_job_template: dict[str, Any] | None = None,
 ) -> Check:
-    """Create the work pool, or adopt one nobody claims; keep its limit equal to the spec."""
+    """Create the work pool, or adopt one nobody claims; keep its limit (and the base
+    job template, when one is given) equal to the spec."""
     base = api_url.rstrip("/")
+    wanted = _Wanted(concurrency_limit, work_pool_type, base_job_template)
     try:
-        return _ensure(_Api(base, api_key, timeout), name, concurrency_limit, owner)
+        return _ensure(_Api(base, api_key, timeout), name, wanted, owner)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _unreachable(base, exc)
 
@@ -135,19 +140,29 @@ def _client(base: str, api_key: str | None, timeout: float) -> httpx.Client:
     return httpx.Client(base_url=base, headers=headers, timeout=timeout, follow_redirects=False)
 
 
-def _ensure(api: _Api, name: str, limit: int | None, owner: Owner) -> Check:
+@dataclass(frozen=True)
+class _Wanted:
+    """What the spec says of the work pool."""
+
+    limit: int | None
+    type: str
+    base_job_template: dict[str, Any] | None  # None: Prefect's default, left as it is
+
+
+def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
     http = api.http
+    limit = wanted.limit
     response = http.get(api.path(name))
     if response.status_code == 404:
-        created = http.post(
-            "/work_pools/",
-            json={
-                "name": name,
-                "type": WORK_POOL_TYPE,
-                "concurrency_limit": limit,
-                "description": created_description(owner),
-            },
-        )
+        new: dict[str, Any] = {
+            "name": name,
+            "type": wanted.type,
+            "concurrency_limit": limit,
+            "description": created_description(owner),
+        }
+        if wanted.base_job_template is not None:
+            new["base_job_template"] = wanted.base_job_template
+        created = http.post("/work_pools/", json=new)
         if created.status_code == 409:  # created meanwhile by someone else: check it
             response = http.get(api.path(name))
         elif created.is_success:
@@ -159,14 +174,16 @@ def _ensure(api: _Api, name: str, limit: int | None, owner: Owner) -> Check:
     work_pool = _work_pool(response)
     if work_pool is None:
         return _not_a_work_pool(name, api.base)
-    if work_pool["type"] != WORK_POOL_TYPE:
+    if work_pool["type"] != wanted.type:
         shown = work_pool["type"]
         shown = repr(shown) if _SHOWN_TYPE.match(shown) else "another type"
         return Check(
             False,
             "WorkPoolTypeMismatch",
-            f"work pool {name!r} has type {shown}, not {WORK_POOL_TYPE!r}: "
-            "set spec.prefect.workPool.name to another pool",
+            f"work pool {name!r} has type {shown}, not {wanted.type!r}: "
+            "set spec.prefect.workPool.name to another pool (Prefect cannot change a work "
+            "pool's type: switching placement to or from Ephemeral needs a new work pool, "
+            "and its flows deployed to that one)",
         )
     claim = parse_claim(work_pool["description"])
     if claim is not None and not claim.owner.same_pool(owner):
@@ -177,6 +194,9 @@ def _ensure(api: _Api, name: str, limit: int | None, owner: Owner) -> Check:
         update["description"] = with_claim(work_pool["description"], Claim(owner, how))
     if work_pool["concurrency_limit"] != limit:
         update["concurrency_limit"] = limit
+    template = wanted.base_job_template
+    if template is not None and work_pool["base_job_template"] != template:
+        update["base_job_template"] = template
     if not update:
         return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
     patched = http.patch(api.path(name), json=update)
@@ -193,6 +213,8 @@ def _ensure(api: _Api, name: str, limit: int | None, owner: Owner) -> Check:
         return Check(True, "WorkPoolAdopted", f"adopted the existing work pool {name!r}")
     if "concurrency_limit" in update:
         return Check(True, "WorkPoolUpdated", f"set concurrency limit of {name!r} to {limit}")
+    if "base_job_template" in update:
+        return Check(True, "WorkPoolUpdated", f"set the base job template of {name!r}")
     return Check(
         True, "WorkPoolUpdated", f"took over work pool {name!r} from this pool's predecessor"
     )
@@ -244,6 +266,7 @@ def _work_pool(response: httpx.Response) -> dict[str, Any] | None:
         "type": body["type"],
         "concurrency_limit": limit,
         "description": description,
+        "base_job_template": body.get("base_job_template"),
     }
 
 

@@ -338,10 +338,6 @@ ACCEPTED: dict[str, tuple[tuple[tuple[str, Any], ...], Expect]] = {
         ),
         Expect("True", "Ready", None),
     ),
-    "Ephemeral placement": (
-        (("spec.placement", "Ephemeral"),),
-        Expect("False", "PlacementNotSupported", "spec.placement", "PlacementNotSupported"),
-    ),
     "Ray image of another version": (
         (("spec.ray.image", "rayproject/ray:2.59.0-py311"),),
         Expect("False", "RayVersionMismatch", "spec.ray.image", "RayVersionMismatch"),

@@ -22,6 +22,8 @@ from prefect_raypool_operator.render import render_text
 pytestmark = pytest.mark.unit
 GOLDEN = Path(__file__).parent / "golden"
 POOLS = sorted(GOLDEN.glob("*.pool.yaml"))
+# Pools with a Ray cluster of their own (an Ephemeral pool's come from its RayJobs).
+CLUSTER_POOLS = [p for p in POOLS if not p.name.startswith("ephemeral")]
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "pools").glob("*.yaml"))
 
 
@@ -64,7 +66,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-@pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("pool_file", CLUSTER_POOLS, ids=lambda p: p.name)
 def test_every_container_sets_ray_auth_mode_and_references_the_token(pool_file: Path) -> None:
     name, namespace, pool = _load(pool_file)
     manifests = build_manifests(name, namespace, pool)
@@ -78,7 +80,7 @@ def test_every_container_sets_ray_auth_mode_and_references_the_token(pool_file: 
                 assert ref["name"] == getattr(expected, "name", expected)
 
 
-@pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("pool_file", CLUSTER_POOLS, ids=lambda p: p.name)
 def test_ray_container_is_container_zero_and_groups_have_ray_start_params(pool_file: Path) -> None:
     name, namespace, pool = _load(pool_file)
     cluster = build_manifests(name, namespace, pool)[0]
@@ -155,7 +157,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(pool_file: Path) -
             assert set(volume) - {"name"} <= allowed, volume
 
 
-@pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("pool_file", CLUSTER_POOLS, ids=lambda p: p.name)
 def test_every_raylet_gets_a_memory_backed_dev_shm(pool_file: Path) -> None:
     name, namespace, pool = _load(pool_file)
     for pod in _pods(build_manifests(name, namespace, pool)):

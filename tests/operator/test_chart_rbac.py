@@ -94,7 +94,10 @@ def test_operator_runs_with_only_the_charts_rbac(
 ) -> None:
     watched, op = chart_operator
     env = Env(kube_cluster, watched, op, prefect_server)
-    for example, name in (("zero-capacity.yaml", "analytics"), ("head-sidecar.yaml", "reports")):
+    examples = {"zero-capacity.yaml": "analytics", "head-sidecar.yaml": "reports"}
+    # Ephemeral: the operator grants the kuberay worker's Role, so it must hold it all.
+    examples["ephemeral.yaml"] = "nightly"
+    for example, name in examples.items():
         env.apply(env.example(example))
         env.wait_condition(name, "Ready", "True")
     assert {e.reason for e in env.events("analytics")} >= {"Created", "Ready"}
@@ -123,6 +126,19 @@ NEEDED = [
     ("list", "pods", ""),
     ("delete", "pods", ""),  # pods holding a Ray token their pool's Secret no longer has
     ("create", "events", ""),
+    # An Ephemeral pool's kuberay worker: its account, Role and RoleBinding, and what
+    # the Role grants, which the operator must hold itself to grant it.
+    *(
+        (verb, kind, "")
+        for kind in (
+            "serviceaccounts",
+            "roles.rbac.authorization.k8s.io",
+            "rolebindings.rbac.authorization.k8s.io",
+        )
+        for verb in ("list", "watch", "create", "patch", "delete")
+    ),
+    *((verb, "rayjobs.ray.io", "") for verb in ("create", "get", "list", "delete")),
+    ("get", "pods", "log"),
 ]
 # Never, in any namespace.
 DENIED = [
@@ -135,8 +151,9 @@ DENIED = [
     ("update", PRP, "status"),
     ("update", RC, ""),
     ("update", "deployments.apps", ""),
+    ("patch", "rayjobs.ray.io", ""),
     ("patch", "events", ""),
-    ("create", "rolebindings.rbac.authorization.k8s.io", ""),
+    ("update", "rolebindings.rbac.authorization.k8s.io", ""),
     ("bind", "roles.rbac.authorization.k8s.io", ""),
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
 ]

@@ -48,6 +48,8 @@ class FakeIO:
         self.events: list[tuple[str, str]] = []
         self.secret_made_at: dict[str, str] = {}
         self.extra_pods: list[Obj] = []
+        self.rayjobs: dict[str, int] = {}  # work pool -> its RayJobs
+        self.work_pool_types: list[tuple[str, Obj | None]] = []  # (type, template) sent
         self.now = "2026-01-01T00:00:00Z"  # creationTimestamp of what is made next
 
     def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
@@ -80,8 +82,8 @@ class FakeIO:
             live["metadata"]["generation"] = 1
             self.objects[key] = live
             return copy.deepcopy(live), True
-        if live["spec"] != manifest["spec"]:
-            live["spec"] = copy.deepcopy(manifest["spec"])
+        if live.get("spec") != manifest.get("spec"):  # a ServiceAccount has none
+            live["spec"] = copy.deepcopy(manifest.get("spec"))
             live["metadata"]["generation"] += 1
         return copy.deepcopy(live), False
 
@@ -120,6 +122,9 @@ class FakeIO:
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
 
+    def flow_run_clusters(self, namespace: str, work_pool: str) -> int:
+        return self.rayjobs.get(work_pool, 0)
+
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
         return ([self.head] if self.head else []) + self.extra_pods
 
@@ -130,8 +135,11 @@ class FakeIO:
         concurrency_limit: int | None,
         owner: Owner,
         api_key: str | None,
+        work_pool_type: str = "process",
+        base_job_template: Obj | None = None,
     ) -> Check:
         self.calls.append(("work pool", name))
+        self.work_pool_types.append((work_pool_type, base_job_template))
         return self.work_pool
 
     def release_work_pool(
@@ -241,12 +249,12 @@ def test_nothing_changed_writes_no_status_and_posts_no_event(
 def test_a_spec_only_a_change_can_fix_is_refused_before_any_write(
     controller: Controller, io: FakeIO
 ) -> None:
-    io.add_pool({"placement": "Ephemeral"})
-    with pytest.raises(kopf.PermanentError, match="PlacementNotSupported"):
+    io.add_pool({"ray": {"version": "2.59.0"}})
+    with pytest.raises(kopf.PermanentError, match="RayVersionMismatch"):
         controller.on_spec(NS, POOL, LOG, {})
     assert io.writes() == [] and io.objects == {}
     assert io.statuses[-1]["phase"] == "Failed"
-    assert _conditions(io)["Ready"] == ("False", "PlacementNotSupported")
+    assert _conditions(io)["Ready"] == ("False", "RayVersionMismatch")
 
 
 def test_missing_secret_waits_and_retries_then_continues(
@@ -460,3 +468,40 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
     controller.on_spec(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
     assert SPEC_DIGESTS in io.extra_pods[0]["metadata"]["annotations"]
+
+
+def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_clusters(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({"placement": "Ephemeral"})
+    controller.on_spec(NS, POOL, LOG, {})
+    worker = f"{POOL}-kuberay-worker"
+    assert io.writes() == [
+        ("apply", "ServiceAccount", worker),
+        ("apply", "Role", worker),
+        ("apply", "RoleBinding", worker),
+        ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        ("work pool", POOL),
+    ]  # no ray token, no RayCluster, no NetworkPolicy
+    [(pool_type, template)] = io.work_pool_types
+    assert pool_type == "kuberay" and template is not None
+    assert template["variables"]["properties"]["namespace"]["default"] == NS
+    io.deployment_ready()
+    io.rayjobs[POOL] = 2
+    controller.on_resync(NS, POOL, LOG, {})
+    status = io.statuses[-1]
+    assert status["phase"] == "Ready" and status["flowRunClusters"] == 2
+    assert "RayClusterReady" not in _conditions(io) and status.get("rayCluster") is None
+    assert _conditions(io)["WorkerReady"] == ("True", "WorkersReady")
+
+
+def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.writes()
+    io.add_pool({"placement": "Ephemeral"}, generation=2)
+    controller.on_spec(NS, POOL, LOG, {})
+    assert ("delete", RAY, POOL) in io.writes()
+    assert (RAY, POOL) not in io.objects and (NETPOL, f"{POOL}-ray-head") not in io.objects

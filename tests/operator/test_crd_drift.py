@@ -61,7 +61,9 @@ def test_crd_identity_and_columns() -> None:
     version = s["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Placement", "Phase", "Ready", "Ray-Workers", "Work-Pool", "Age"]
+    assert columns == [
+        *("Placement", "Phase", "Ready", "Ray-Workers", "Work-Pool", "Clusters", "Age")
+    ]
 
 
 def test_schema_carries_defaults_enums_and_cel_rules() -> None:

@@ -349,9 +349,9 @@ def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
         names = start_operator(
             sup, Path(kube_cluster.kubectl_bin), kube_cluster.kubeconfig, server.api_url
         )
-        assert sorted(names) == ["analytics", "reports"]
+        assert sorted(names) == ["analytics", "nightly", "reports"]
         printed = kube_cluster.kubectl("get", "prp", "-n", "default")
-        assert printed.count("True") == 2, printed
+        assert printed.count("True") == 3, printed
     finally:
         stop_recorded(tmp_path)
         kube_cluster.kubectl("delete", "prp", "--all", "-n", "default", "--wait=false")

@@ -140,10 +140,10 @@ def test_image_with_another_ray_version_is_a_permanent_problem() -> None:
     assert "spec.ray.image" in problem.message and "2.59.0" in problem.message
 
 
-def test_ephemeral_placement_is_refused_until_its_issue_lands() -> None:
+def test_ephemeral_placement_renders_a_kuberay_worker_and_no_ray_cluster() -> None:
     doc = _with("spec.placement", "Ephemeral")
-    with pytest.raises(Refused, match="Ephemeral"):
-        render_text(yaml.safe_dump(doc))
+    kinds = [m["kind"] for m in yaml.safe_load_all(render_text(yaml.safe_dump(doc)))]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "Deployment"]
 
 
 def test_raypool_render_cli(tmp_path: Path) -> None:

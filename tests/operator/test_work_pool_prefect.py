@@ -50,3 +50,38 @@ def test_unreachable_api_is_a_false_check_with_the_reason() -> None:
     check = ensure_work_pool(url, "wp", 1, OWNER, api_key="secret-key-value", timeout=2)
     assert (check.ok, check.reason) == (False, "PrefectAPIUnreachable")
     assert url in check.message and "secret-key-value" not in check.message
+
+
+def test_a_kuberay_work_pool_gets_its_type_and_template_kept(
+    prefect_server: PrefectServer,
+) -> None:
+    from prefect_raypool_operator.builders.ephemeral import base_job_template
+    from prefect_raypool_operator.spec import PrefectRayPoolSpec
+
+    spec = PrefectRayPoolSpec.model_validate(
+        {"placement": "Ephemeral", "prefect": {"apiUrl": prefect_server.api_url}}
+    )
+    template = base_job_template("flows", spec)
+    url = prefect_server.api_url
+
+    def ensure(limit: int | None = None) -> tuple[bool | None, str]:
+        check = ensure_work_pool(url, "wp-kuberay", limit, OWNER, None, 10, "kuberay", template)
+        return check.ok, check.reason
+
+    assert ensure() == (True, "WorkPoolCreated")
+    pool = _read(prefect_server, "wp-kuberay")
+    assert pool["type"] == "kuberay" and pool["base_job_template"] == template
+    # Someone edits the template: the next reconcile puts the spec's back.
+    edited = {**template, "variables": {**template["variables"], "required": ["image"]}}
+    httpx.patch(
+        f"{url}/work_pools/wp-kuberay", json={"base_job_template": edited}, timeout=10
+    ).raise_for_status()
+    assert ensure() == (True, "WorkPoolUpdated")
+    assert _read(prefect_server, "wp-kuberay")["base_job_template"] == template
+    assert ensure() == (True, "WorkPoolInSync")
+    # A process pool of the same name is not an Ephemeral pool's.
+    check = ensure_work_pool(url, "wp-limit-p", 1, OWNER)
+    assert check.ok
+    check = ensure_work_pool(url, "wp-limit-p", 1, OWNER, None, 10, "kuberay", template)
+    assert (check.ok, check.reason) == (False, "WorkPoolTypeMismatch")
+    assert "'process', not 'kuberay'" in check.message

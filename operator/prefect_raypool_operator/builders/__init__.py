@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect_raypool_operator.builders.ephemeral import build_ephemeral
 from prefect_raypool_operator.builders.networkpolicy import build_network_policy
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
 from prefect_raypool_operator.builders.raycluster import build_raycluster
@@ -19,6 +20,10 @@ def build_manifests(
 
     `operator_namespace`: where the operator's pods run, admitted by the NetworkPolicy.
     """
+    if spec.placement == Placement.EPHEMERAL:
+        # No cluster of the pool's own (each flow run's RayJob makes one), so no head
+        # to guard with a NetworkPolicy either.
+        return build_ephemeral(pool_name, namespace, spec)
     manifests = [build_raycluster(pool_name, namespace, spec)]
     if spec.placement == Placement.ZERO_CAPACITY_NODE:
         manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))

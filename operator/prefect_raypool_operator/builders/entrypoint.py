@@ -86,8 +86,10 @@ def _wait_for_raylet() -> str:
     return _WAIT_FOR_RAYLET.replace("%(wait)d", str(RAYLET_WAIT_SECONDS)).replace("%%", "%")
 
 
-def prefect_worker_command(work_pool: str, work_queues: list[str]) -> list[str]:
-    command = ["prefect", "worker", "start", "--pool", work_pool, "--type", "process"]
+def prefect_worker_command(
+    work_pool: str, work_queues: list[str], worker_type: str = "process"
+) -> list[str]:
+    command = ["prefect", "worker", "start", "--pool", work_pool, "--type", worker_type]
     for queue in work_queues:
         command += ["--work-queue", queue]
     return command

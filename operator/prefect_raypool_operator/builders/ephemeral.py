@@ -1,0 +1,171 @@
+"""Ephemeral: a `kuberay` Prefect worker that gives each flow run its own RayJob.
+
+No RayCluster of the pool's own: the worker creates one RayJob (a Ray cluster for the
+flow run) in the pool's namespace, from the work pool's base job template, whose
+defaults come from the pool's Ray spec (`base_job_template`). The worker runs as its
+own ServiceAccount, bound to a namespaced Role holding exactly the calls worker.py
+makes; nothing cluster-wide.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from prefect_raypool_operator import kinds, naming
+from prefect_raypool_operator.builders import entrypoint
+from prefect_raypool_operator.builders.common import (
+    Obj,
+    hardened,
+    object_metadata,
+    pod_metadata,
+    pod_settings,
+    prefect_worker_image,
+    ray_image,
+    resources,
+    secret_env,
+)
+from prefect_raypool_operator.builders.prefect_worker import COMPONENT as WORKER_COMPONENT
+from prefect_raypool_operator.builders.prefect_worker import user_env
+from prefect_raypool_operator.kuberay_template import DEFAULT_BASE_JOB_TEMPLATE
+from prefect_raypool_operator.spec import PrefectRayPoolSpec
+
+COMPONENT = "kuberay-worker"  # its ServiceAccount, Role and RoleBinding
+WORKER_TYPE = "kuberay"
+
+#: Exactly what runner/prefect_raypool/kuberay/worker.py calls: RayJobs created, read
+#: (get while watching, list when sweeping orphans) and deleted (cancellation, orphans);
+#: pods listed (a RayJob's pods, the submitter's) and the submitter's log read.
+WORKER_RULES: list[Obj] = [
+    {
+        "apiGroups": [kinds.RAY_JOB.group],
+        "resources": [kinds.RAY_JOB.plural],
+        "verbs": ["create", "get", "list", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+]
+
+
+def worker_env(spec: PrefectRayPoolSpec) -> list[Obj]:
+    """The worker's own env: where Prefect is, the API key by reference, the user's."""
+    env: list[Obj] = [{"name": "PREFECT_API_URL", "value": spec.prefect.apiUrl}]
+    if spec.prefect.apiKey:
+        env.append(secret_env("PREFECT_API_KEY", spec.prefect.apiKey.secretKeyRef))
+    return env + [user_env(e) for e in spec.prefect.env]
+
+
+def build_kuberay_worker_deployment(
+    pool_name: str, namespace: str, spec: PrefectRayPoolSpec
+) -> Obj:
+    """The `kuberay` worker: polls the work pool, one RayJob per flow run."""
+    command = entrypoint.prefect_worker_command(
+        naming.work_pool_name(pool_name, spec), spec.prefect.workQueues, WORKER_TYPE
+    )
+    container = hardened(
+        {
+            "name": naming.PREFECT_WORKER_CONTAINER,
+            "image": prefect_worker_image(spec),
+            "command": command,
+            "env": worker_env(spec),
+            "resources": resources(spec.prefect.resources),
+        }
+    )
+    # The other placements' component: a Deployment's selector cannot change, and
+    # switching a pool to Ephemeral keeps (updates) its worker Deployment.
+    metadata = object_metadata(
+        naming.prefect_worker_deployment(pool_name), namespace, pool_name, WORKER_COMPONENT
+    )
+    if spec.prefect.replicasManagedExternally:
+        metadata["annotations"] = {naming.EXTERNAL_REPLICAS_ANNOTATION: "true"}
+    settings = pod_settings(spec)
+    # The worker's own account (the Role's); spec.pod.serviceAccountName is the Ray pods'.
+    settings["serviceAccountName"] = naming.kuberay_worker(pool_name)
+    return {
+        "apiVersion": kinds.DEPLOYMENT.api_version,
+        "kind": kinds.DEPLOYMENT.kind,
+        "metadata": metadata,
+        "spec": {
+            "replicas": spec.prefect.replicas,
+            "selector": {"matchLabels": naming.selector(pool_name, WORKER_COMPONENT)},
+            "template": {
+                "metadata": pod_metadata(pool_name, spec, WORKER_COMPONENT),
+                "spec": {**settings, "containers": [container]},
+            },
+        },
+    }
+
+
+def build_service_account(pool_name: str, namespace: str) -> Obj:
+    return {
+        "apiVersion": kinds.SERVICE_ACCOUNT.api_version,
+        "kind": kinds.SERVICE_ACCOUNT.kind,
+        "metadata": object_metadata(
+            naming.kuberay_worker(pool_name), namespace, pool_name, COMPONENT
+        ),
+        # The worker talks to the API server; the Ray pods use their own account.
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(pool_name: str, namespace: str) -> Obj:
+    return {
+        "apiVersion": kinds.ROLE.api_version,
+        "kind": kinds.ROLE.kind,
+        "metadata": object_metadata(
+            naming.kuberay_worker(pool_name), namespace, pool_name, COMPONENT
+        ),
+        "rules": copy.deepcopy(WORKER_RULES),
+    }
+
+
+def build_role_binding(pool_name: str, namespace: str) -> Obj:
+    name = naming.kuberay_worker(pool_name)
+    return {
+        "apiVersion": kinds.ROLE_BINDING.api_version,
+        "kind": kinds.ROLE_BINDING.kind,
+        "metadata": object_metadata(name, namespace, pool_name, COMPONENT),
+        "roleRef": {"apiGroup": kinds.ROLE.group, "kind": kinds.ROLE.kind, "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+
+
+def build_ephemeral(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> list[Obj]:
+    """In apply order: the account and its rights before the worker that uses them."""
+    return [
+        build_service_account(pool_name, namespace),
+        build_role(pool_name, namespace),
+        build_role_binding(pool_name, namespace),
+        build_kuberay_worker_deployment(pool_name, namespace, spec),
+    ]
+
+
+def template_defaults(namespace: str, spec: PrefectRayPoolSpec) -> Obj:
+    """The work pool's variable defaults, from the pool's spec."""
+    head = spec.ray.head.resources
+    group = spec.ray.workerGroups[0]
+    defaults: Obj = {
+        "image": ray_image(spec),
+        "namespace": namespace,
+        "service_account_name": spec.pod.serviceAccountName,
+        "ray_version": spec.ray.version,
+        "head_cpu": str(head.cpu),
+        "head_memory": head.memory,
+        "worker_cpu": str(group.resources.cpu),
+        "worker_memory": group.resources.memory,
+        "worker_replicas": group.replicas,
+        # Plain values only: a Secret or ConfigMap reference has no place in `env`.
+        "env": {e.name: e.value or "" for e in spec.prefect.env if e.valueFrom is None},
+    }
+    if spec.prefect.apiKey:
+        defaults["api_key_secret_name"] = spec.prefect.apiKey.secretKeyRef.name
+        defaults["api_key_secret_key"] = spec.prefect.apiKey.secretKeyRef.key
+    return defaults
+
+
+def base_job_template(namespace: str, spec: PrefectRayPoolSpec) -> Obj:
+    """The `kuberay` worker's default template with the pool's defaults filled in."""
+    template = copy.deepcopy(DEFAULT_BASE_JOB_TEMPLATE)
+    properties = template["variables"]["properties"]
+    for name, value in template_defaults(namespace, spec).items():
+        properties[name]["default"] = value
+    return template

@@ -1,0 +1,144 @@
+"""An Ephemeral pool's objects and work pool template, from the spec alone."""
+
+from __future__ import annotations
+
+import os
+import pprint
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_raypool.kuberay.job_template import base_job_template as workers_template
+from prefect_raypool_operator import kuberay_template
+from prefect_raypool_operator.builders import build_manifests
+from prefect_raypool_operator.builders.ephemeral import base_job_template
+from prefect_raypool_operator.kuberay_template import DEFAULT_BASE_JOB_TEMPLATE
+from prefect_raypool_operator.spec import PrefectRayPoolSpec
+
+pytestmark = pytest.mark.unit
+NS = "flows"
+
+
+def _spec(**extra: Any) -> PrefectRayPoolSpec:
+    return PrefectRayPoolSpec.model_validate(
+        {
+            "placement": "Ephemeral",
+            "ray": {
+                "image": "registry.example/flows:2.60.0-1",
+                "head": {"resources": {"cpu": "1500m", "memory": "3Gi"}},
+                "workerGroups": [
+                    {"name": "big", "replicas": 3, "resources": {"cpu": 2, "memory": "4Gi"}},
+                    {"name": "ignored", "replicas": 9},
+                ],
+            },
+            "prefect": {
+                "apiUrl": "http://prefect:4200/api",
+                "apiKey": {"secretKeyRef": {"name": "prefect-key", "key": "api-key"}},
+                "workQueues": ["etl"],
+                "env": [
+                    {"name": "MODE", "value": "fast"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}},
+                ],
+            },
+            "pod": {"serviceAccountName": "ray-pods"},
+            **extra,
+        }
+    )
+
+
+def _by_kind(spec: PrefectRayPoolSpec) -> dict[str, dict[str, Any]]:
+    return {m["kind"]: m for m in build_manifests("nightly", NS, spec)}
+
+
+def test_the_operators_template_copy_is_the_workers_own() -> None:
+    """The operator imports no Prefect: its copy is rewritten here with UPDATE_GOLDEN=1
+    when the worker's template changes (then run `ruff format`)."""
+    template = workers_template()
+    if os.environ.get("UPDATE_GOLDEN"):
+        path = Path(kuberay_template.__file__)
+        head, _, _ = path.read_text().partition("DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = ")
+        body = pprint.pformat(template, width=92, sort_dicts=True)
+        path.write_text(f"{head}DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {body}\n")
+    assert template == DEFAULT_BASE_JOB_TEMPLATE, "rerun with UPDATE_GOLDEN=1"
+
+
+def test_an_ephemeral_pool_owns_a_worker_its_account_and_no_ray_cluster() -> None:
+    objects = _by_kind(_spec())
+    assert list(objects) == ["ServiceAccount", "Role", "RoleBinding", "Deployment"]
+    for obj in objects.values():
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == (
+            "prefect-raypool-operator"
+        )
+        assert obj["metadata"]["namespace"] == NS
+
+
+def test_the_role_grants_exactly_what_the_worker_calls() -> None:
+    objects = _by_kind(_spec())
+    rayjobs = ["create", "get", "list", "delete"]
+    assert objects["Role"]["rules"] == [
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": rayjobs},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    ]
+    binding = objects["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "nightly-kuberay-worker",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "nightly-kuberay-worker", "namespace": NS}
+    ]
+
+
+def test_the_worker_polls_the_work_pool_as_kuberay_under_its_own_account() -> None:
+    deployment = _by_kind(_spec())["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nightly-kuberay-worker"  # not the Ray pods' account
+    [container] = pod["containers"]
+    assert container["command"] == [
+        *("prefect", "worker", "start", "--pool", "nightly", "--type", "kuberay"),
+        *("--work-queue", "etl"),
+    ]
+    assert container["image"] == "registry.example/flows:2.60.0-1"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PREFECT_API_URL"]["value"] == "http://prefect:4200/api"
+    assert env["PREFECT_API_KEY"] == {
+        "name": "PREFECT_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-key", "key": "api-key"}},
+    }
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_work_pool_template_defaults_come_from_the_spec() -> None:
+    template = base_job_template(NS, _spec())
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    assert (
+        defaults
+        | {
+            "image": "registry.example/flows:2.60.0-1",
+            "namespace": NS,
+            "service_account_name": "ray-pods",
+            "ray_version": "2.60.0",
+            "head_cpu": "1500m",
+            "head_memory": "3Gi",
+            "worker_cpu": "2",
+            "worker_memory": "4Gi",
+            "worker_replicas": 3,  # the first worker group's
+            "env": {"MODE": "fast"},  # a Secret reference has no place here
+            "api_key_secret_name": "prefect-key",
+            "api_key_secret_key": "api-key",
+        }
+        == defaults
+    )
+    # The job configuration (the RayJob manifest) is the worker's, untouched.
+    assert template["job_configuration"] == DEFAULT_BASE_JOB_TEMPLATE["job_configuration"]
+    assert "api-key" not in str(template["job_configuration"])
+
+
+def test_without_an_api_key_the_template_names_no_secret() -> None:
+    spec = _spec()
+    spec.prefect.apiKey = None
+    properties = base_job_template(NS, spec)["variables"]["properties"]
+    assert properties["api_key_secret_name"]["default"] is None
