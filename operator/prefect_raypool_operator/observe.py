@@ -44,11 +44,8 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
     refusal = desired.refusal or found.refusal
     if desired.spec is None or refusal is not None:
         assert refusal is not None
-        blocked = Observed(
-            desired.pool_name,
-            desired.namespace,
-            desired.generation,
-            desired.work_pool_name,
+        blocked = _observed(
+            desired,
             blocking=Check(False, refusal.reason, refusal.message),
             blocking_permanent=refusal.permanent,
         )
@@ -69,11 +66,8 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
         # No cluster of its own: Ready is the kuberay worker and the work pool.
         worker = prefect_failure_or(found, prefect_worker)
         return build_status(
-            Observed(
-                desired.pool_name,
-                desired.namespace,
-                desired.generation,
-                desired.work_pool_name,
+            _observed(
+                desired,
                 ephemeral=True,
                 prefect_worker=worker,
                 pods_failing=worker is not prefect_worker,
@@ -88,11 +82,8 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
     ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container)
     prefect_failure = None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container)
     return build_status(
-        Observed(
-            desired.pool_name,
-            desired.namespace,
-            desired.generation,
-            desired.work_pool_name,
+        _observed(
+            desired,
             ray_cluster=ray_failure or ray,
             ready_ray_workers=((cluster or {}).get("status") or {}).get("readyWorkerReplicas"),
             prefect_worker=prefect_failure or prefect_worker,
@@ -108,6 +99,13 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
 def prefect_failure_or(found: Found, check: Check) -> Check:
     """A failing worker container's own reason, else `check`."""
     return (None if check.ok else pod_failure(found.pods, _is_prefect_container)) or check
+
+
+def _observed(desired: Plan, **found: Any) -> Observed:
+    """The observations of this reconcile, for the pool `desired` is the plan of."""
+    return Observed(
+        desired.pool_name, desired.namespace, desired.generation, desired.work_pool_name, **found
+    )
 
 
 def ray_pods_check(desired: Plan, found: Found) -> Check:
