@@ -59,7 +59,7 @@ demo: venv
 down:
 	@if [ -x $(PY) ]; then $(PY) -m testbed down --state-dir .dev; else echo "nothing to stop"; fi
 
-bench: binaries
+bench: images
 	@echo "==> prefect-ray 0.6.0, a bench-only dependency (never a dependency of the project)"
 	$(PY) -m pip install -q --no-deps prefect-ray==0.6.0
 	@echo "==> task runners side by side: ours, prefect-ray, Prefect's thread pool, raw Ray"
@@ -68,6 +68,8 @@ bench: binaries
 	tests/isolated.sh $(PY) -m bench.operator_latency --counts 1,100
 	@echo "==> Ephemeral pools: flow run scheduled to its RayJob created (kuberay worker)"
 	tests/isolated.sh $(PY) -m bench.kuberay_latency --runs 10 --poll 1
+	@echo "==> Ephemeral pools on a real node: scheduled to first task running, beside a warm pool"
+	tests/isolated.sh $(PY) -m bench.ephemeral_real --runs 3 --count 4
 
 clean: down
 	rm -rf .dev $(VENV)

@@ -272,6 +272,11 @@ class ControlPlane:
                 "--metrics-addr=0",
                 f"--health-probe-bind-address=127.0.0.1:{probe}",
                 "--enable-leader-election=false",
+                # KubeRay asks each RayJob's dashboard for its Ray job's status. In a
+                # cluster it runs as a pod and resolves the head Service through the
+                # cluster DNS; here it is a process beside the API server, which
+                # reaches the Service's endpoints for it (services/proxy).
+                "--use-kubernetes-proxy",
             ],
         )
         self.procs.wait(

@@ -19,6 +19,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
         "labels": "{{ labels }}",
         "name": "{{ name }}",
         "namespace": "{{ namespace }}",
+        "pod_schedule_timeout_seconds": "{{ pod_schedule_timeout_seconds }}",
         "rayjob_manifest": {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
@@ -125,6 +126,37 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "shutdownAfterJobFinishes": True,
                 "submissionMode": "K8sJobMode",
                 "submitterConfig": {"backoffLimit": 0},
+                "submitterPodTemplate": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "image": "{{ image }}",
+                                "imagePullPolicy": "{{ image_pull_policy }}",
+                                "name": "ray-job-submitter",
+                                "resources": {
+                                    "limits": {"cpu": "1", "memory": "1Gi"},
+                                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "runAsNonRoot": True,
+                                    "seccompProfile": {"type": "RuntimeDefault"},
+                                },
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
+                            }
+                        ],
+                        "restartPolicy": "Never",
+                        "securityContext": {
+                            "fsGroup": 100,
+                            "runAsGroup": 100,
+                            "runAsNonRoot": True,
+                            "runAsUser": 1000,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "serviceAccountName": "{{ service_account_name }}",
+                    }
+                },
                 "ttlSecondsAfterFinished": "{{ ttl_seconds_after_finished }}",
             },
         },
@@ -217,6 +249,23 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "description": "Where the RayJob is created.",
                 "title": "Namespace",
                 "type": "string",
+            },
+            "pod_schedule_timeout_seconds": {
+                "default": 300.0,
+                "description": "How long a "
+                "Ray pod may "
+                "wait for a "
+                "node (a "
+                "cluster "
+                "autoscaler "
+                "adding one) "
+                "before the "
+                "flow run "
+                "crashes as "
+                "Unschedulable.",
+                "minimum": 0,
+                "title": "Pod Schedule Timeout Seconds",
+                "type": "number",
             },
             "ray_version": {
                 "default": "2.60.0",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -169,7 +170,7 @@ def test_kuberay_verdicts(status: dict[str, Any], expected: str | None) -> None:
         (
             {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                              "message": "0/1 nodes: Insufficient cpu"}]},
-            "pod rj-head-x Unschedulable: 0/1 nodes: Insufficient cpu",
+            "pod rj-head-x Unschedulable: 0/1 nodes: Insufficient cpu (for 0s)",
         ),
         ({"phase": "Pending", "containerStatuses": [{"name": "c", "state": {"waiting": {
             "reason": "ContainerCreating"}}}]}, None),
@@ -181,6 +182,24 @@ def test_pods_that_cannot_run(status: dict[str, Any], expected: str | None) -> N
     assert outcome.finished is (expected is not None)
     if expected:
         assert outcome.reason == f"Ray cluster of RayJob rj cannot run: {expected}"
+
+
+def test_an_unschedulable_pod_is_given_time_for_a_node() -> None:
+    """A cluster autoscaler may be adding a node: fatal only after the timeout."""
+    since = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    pod = _pod({"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes: Insufficient nvidia.com/gpu",
+        "lastTransitionTime": "2026-01-01T12:00:00Z"}]})  # fmt: skip
+    job = _rayjob(jobDeploymentStatus="Initializing")
+    early = crash_reason(job, [pod], since + timedelta(seconds=299), schedule_timeout_s=300)
+    assert not early.finished
+    late = crash_reason(job, [pod], since + timedelta(seconds=301), schedule_timeout_s=300)
+    assert late.finished and not late.succeeded
+    assert late.reason == (
+        "Ray cluster of RayJob rj cannot run: pod rj-head-x Unschedulable: "
+        "0/3 nodes: Insufficient nvidia.com/gpu (for 301s)"
+    )
 
 
 def test_kuberay_verdict_beats_pods() -> None:

@@ -371,3 +371,31 @@ def _orphan(name: str, namespace: str, pool: str, run_id: uuid.UUID) -> dict[str
         labels={"prefect.io/flow-run-id": str(run_id), "prefect.io/work-pool-name": pool},
         api_key_secret=None,
     )
+
+
+def test_a_namespace_the_worker_may_not_read_is_skipped_not_crashed(
+    kube_cluster: Cluster, namespace: str, pool: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 403 on the pool's namespace: one warning naming the fix, no traceback, and a
+    running flow run there is not crashed for a RayJob the worker could not look at."""
+
+    async def scenario() -> None:
+        running_id = await _flow_run(pool)
+        async with get_client() as c:
+            await c.set_flow_run_state(running_id, Running(), force=True)
+            await c.update_flow_run(running_id, infrastructure_pid="unseen-abcde")
+        # A user with no RBAC at all: every RayJob list in the namespace is refused.
+        nobody = kube_cluster.api_client()
+        nobody.set_default_header("Impersonate-User", "system:serviceaccount:nowhere:nobody")
+        async with KubeRayWorker(work_pool_name=pool, kube_api_client=nobody) as worker:
+            await worker.sweep_orphans()
+            await worker.sweep_orphans()
+        async with get_client() as c:
+            running = await c.read_flow_run(running_id)
+        assert running.state.type == StateType.RUNNING
+
+    with caplog.at_level("WARNING"):
+        anyio.run(scenario)
+    warnings = [r.getMessage() for r in caplog.records if "403 Forbidden" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"namespace {namespace!r}" in warnings[0] and "rayjobs.ray.io" in warnings[0]

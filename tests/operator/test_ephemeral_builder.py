@@ -100,7 +100,12 @@ def test_the_worker_polls_the_work_pool_as_kuberay_under_its_own_account() -> No
     assert container["command"] == [
         *("prefect", "worker", "start", "--pool", "nightly", "--type", "kuberay"),
         *("--work-queue", "etl"),
+        "--with-healthcheck",
     ]
+    # Ready only once the worker type has loaded and serves Prefect's health endpoint.
+    assert container["ports"] == [{"name": "health", "containerPort": 8080}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "health"}
     assert container["image"] == "registry.example/flows:2.60.0-1"
     env = {e["name"]: e for e in container["env"]}
     assert env["PREFECT_API_URL"]["value"] == "http://prefect:4200/api"

@@ -113,7 +113,7 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
     deployment = env.apps.read_namespaced_deployment("nightly-prefect-worker", env.ns)
     pod = deployment.spec.template.spec
     assert pod.service_account_name == "nightly-kuberay-worker"
-    assert pod.containers[0].command[-2:] == ["--type", "kuberay"]
+    assert pod.containers[0].command[-3:] == ["--type", "kuberay", "--with-healthcheck"]
     account = f"system:serviceaccount:{env.ns}:nightly-kuberay-worker"
     assert _can_i(env, account, "create", "rayjobs.ray.io", "-n", env.ns)
     assert _can_i(env, account, "delete", "rayjobs.ray.io", "-n", env.ns)
@@ -157,4 +157,4 @@ def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: Env) -> None
     assert status.get("rayCluster") is None and status["flowRunClusters"] == 0
     deployment = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.ns)
     command = deployment.spec.template.spec.containers[0].command
-    assert command[-4:] == ["--type", "kuberay", "--work-queue", "default"]
+    assert command[-5:] == ["--type", "kuberay", "--work-queue", "default", "--with-healthcheck"]

@@ -71,7 +71,6 @@ def test_archives_carry_the_names_pods_use(images: dict[str, Image]) -> None:
 
 
 @needs_images
-@needs_images
 @pytest.mark.parametrize("ref", [RAY_IMAGE, FLOWS_IMAGE])
 def test_ray_image_runs_ray_and_prefect_as_uid_1000(images: dict[str, Image], ref: str) -> None:
     image = images[ref]
@@ -81,6 +80,9 @@ def test_ray_image_runs_ray_and_prefect_as_uid_1000(images: dict[str, Image], re
     assert "2.60" in run(image, "ray", "--version")
     assert "3.9" in run(image, "prefect", "version")
     run(image, "python", "-c", "import prefect_raypool, prefect_raypool_operator")
+    # The `kuberay` worker type loads (an Ephemeral pool's worker runs this image).
+    out = run(image, "prefect", "work-pool", "get-default-base-job-template", "--type", "kuberay")
+    assert "Failed to load" not in out and "rayjob_manifest" in out, out
     run(image, "pip", "check")  # Ray's and Prefect's dependencies agree
     run(image, "sh", "-c", "command -v wget")  # KubeRay's probes exec it
 
@@ -102,7 +104,6 @@ def test_operator_image_has_the_operator_and_no_ray_or_prefect(images: dict[str,
         assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr
 
 
-@needs_images
 @needs_images
 @pytest.mark.parametrize("ref", [OPERATOR_IMAGE, RAY_IMAGE, FLOWS_IMAGE])
 def test_no_image_holds_the_test_bed(images: dict[str, Image], ref: str) -> None:

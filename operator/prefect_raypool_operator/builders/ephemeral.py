@@ -46,6 +46,22 @@ WORKER_RULES: list[Obj] = [
 ]
 
 
+#: Prefect's worker webserver (PREFECT_WORKER_WEBSERVER_PORT's default).
+HEALTH_PORT = 8080
+
+
+def health_probes() -> Obj:
+    """Ready once the worker serves /health; restarted when it stops polling (Prefect
+    answers 503 after 30 poll intervals without a poll). The start-up probe allows a
+    slow import of Prefect on a small CPU limit."""
+    check = {"httpGet": {"path": "/health", "port": "health"}}
+    return {
+        "startupProbe": {**check, "periodSeconds": 5, "failureThreshold": 60},
+        "readinessProbe": {**check, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**check, "periodSeconds": 30, "failureThreshold": 3},
+    }
+
+
 def worker_env(spec: PrefectRayPoolSpec) -> list[Obj]:
     """The worker's own env: where Prefect is, the API key by reference, the user's."""
     env: list[Obj] = [{"name": "PREFECT_API_URL", "value": spec.prefect.apiUrl}]
@@ -65,9 +81,13 @@ def build_kuberay_worker_deployment(
         {
             "name": naming.PREFECT_WORKER_CONTAINER,
             "image": prefect_worker_image(spec),
-            "command": command,
+            # Prefect's health endpoint: up once the worker type has loaded, failing
+            # when the worker stops polling its work pool.
+            "command": [*command, "--with-healthcheck"],
             "env": worker_env(spec),
             "resources": resources(spec.prefect.resources),
+            "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+            **health_probes(),
         }
     )
     # The other placements' component: a Deployment's selector cannot change, and

@@ -7,6 +7,7 @@ up is a crash with its reason, never a run left Pending or Running for ever.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 Obj = dict[str, Any]
@@ -34,20 +35,36 @@ class Outcome:
     reason: str = ""
 
 
-def _pod_problem(pod: Obj) -> str | None:
+def unschedulable(pod: Obj, now: datetime) -> tuple[str, float] | None:
+    """(what the scheduler says, for how many seconds) while the pod has no node.
+
+    Not a failure by itself: a cluster autoscaler may be adding a node for it."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            name = pod.get("metadata", {}).get("name", "?")
+            since = cond.get("lastTransitionTime")
+            waited = (now - _timestamp(since)).total_seconds() if since else 0.0
+            return f"pod {name} Unschedulable: {cond.get('message', '')}".rstrip(": "), waited
+    return None
+
+
+def _timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _pod_problem(pod: Obj, now: datetime, schedule_timeout_s: float) -> str | None:
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
     if status.get("reason") == "Evicted" or (
         status.get("phase") == "Failed" and status.get("reason")
     ):
         return f"pod {name} {status.get('reason')}: {status.get('message', '')}".rstrip(": ")
-    for cond in status.get("conditions") or []:
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
-            return f"pod {name} Unschedulable: {cond.get('message', '')}".rstrip(": ")
+    if (waiting_node := unschedulable(pod, now)) and waiting_node[1] >= schedule_timeout_s:
+        return f"{waiting_node[0]} (for {waiting_node[1]:.0f}s)"
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         waiting = state.get("waiting") or {}
@@ -63,10 +80,14 @@ def _pod_problem(pod: Obj) -> str | None:
     return None
 
 
-def pod_failure(pods: list[Obj]) -> str | None:
-    """The first pod problem that will not resolve by waiting, named, or None."""
+def pod_failure(
+    pods: list[Obj], now: datetime | None = None, schedule_timeout_s: float = 0.0
+) -> str | None:
+    """The first pod problem that will not resolve by waiting, named, or None. A pod
+    counts as unschedulable for good after `schedule_timeout_s` without a node."""
+    now = now or datetime.now(UTC)
     for pod in pods:
-        if problem := _pod_problem(pod):
+        if problem := _pod_problem(pod, now, schedule_timeout_s):
             return problem
     return None
 
@@ -89,12 +110,14 @@ def rayjob_outcome(rayjob: Obj) -> Outcome:
     return Outcome(finished=True, succeeded=False, reason=detail)
 
 
-def crash_reason(rayjob: Obj, pods: list[Obj]) -> Outcome:
+def crash_reason(
+    rayjob: Obj, pods: list[Obj], now: datetime | None = None, schedule_timeout_s: float = 0.0
+) -> Outcome:
     """KubeRay's own verdict first, then a pod that cannot start or was killed."""
     outcome = rayjob_outcome(rayjob)
     if outcome.finished:
         return outcome
-    if problem := pod_failure(pods):
+    if problem := pod_failure(pods, now, schedule_timeout_s):
         return Outcome(
             finished=True,
             reason=f"Ray cluster of RayJob {rayjob['metadata']['name']} cannot run: {problem}",

@@ -72,6 +72,32 @@ def _pod_spec(container: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The pod that runs `ray job submit` and then follows the driver's logs (KubeRay adds
+#: the command). KubeRay's default asks for half a CPU and sets no security context;
+#: this one is restricted-PSS and asks for what a log follower needs, bursting to a
+#: CPU for the `ray` CLI's start.
+SUBMITTER_POD: dict[str, Any] = {
+    "spec": {
+        "restartPolicy": "Never",
+        "serviceAccountName": "{{ service_account_name }}",
+        "securityContext": dict(POD_SECURITY),
+        "containers": [
+            {
+                "name": "ray-job-submitter",
+                "image": "{{ image }}",
+                "imagePullPolicy": "{{ image_pull_policy }}",
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "256Mi"},
+                    "limits": {"cpu": "1", "memory": "1Gi"},
+                },
+                "securityContext": dict(CONTAINER_SECURITY),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+    }
+}
+
+
 #: The RayJob every flow run gets. The worker sets name, namespace, labels, the
 #: entrypoint (the flow run's command) and env; everything else is templated here.
 RAYJOB_MANIFEST: dict[str, Any] = {
@@ -89,6 +115,7 @@ RAYJOB_MANIFEST: dict[str, Any] = {
         # Prefect retries flow runs; Ray must not run the same flow run twice.
         "backoffLimit": 0,
         "submitterConfig": {"backoffLimit": 0},
+        "submitterPodTemplate": SUBMITTER_POD,
         "rayClusterSpec": {
             "rayVersion": "{{ ray_version }}",
             "headGroupSpec": {
@@ -123,6 +150,7 @@ class KubeRayJobConfiguration(BaseJobConfiguration):
     api_key_secret_name: str | None = Field(default=None)
     api_key_secret_key: str = Field(default="key")
     watch_interval_seconds: float = Field(default=5.0)
+    pod_schedule_timeout_seconds: float = Field(default=300.0)
 
 
 class KubeRayVariables(BaseVariables):
@@ -168,6 +196,14 @@ class KubeRayVariables(BaseVariables):
     api_key_secret_key: str = Field(default="key", description="The key in that Secret.")
     watch_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the worker checks the RayJob and its pods."
+    )
+    pod_schedule_timeout_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "How long a Ray pod may wait for a node (a cluster autoscaler adding one) "
+            "before the flow run crashes as Unschedulable."
+        ),
     )
 
 

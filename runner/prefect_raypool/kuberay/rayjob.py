@@ -106,6 +106,11 @@ def build_rayjob(
     meta["labels"] = {k: label_value(str(v)) for k, v in {**own, **labels}.items()}
 
     spec["entrypoint"] = command
+    # The submitter reaches the head's dashboard through its Service: keep it listening
+    # beyond loopback whatever the template's head rayStartParams say.
+    head_params = cluster.setdefault("headGroupSpec", {}).setdefault("rayStartParams", {})
+    if isinstance(head_params, dict):
+        head_params.setdefault("dashboard-host", "0.0.0.0")
     if not spec.get("submissionMode"):
         spec["submissionMode"] = "K8sJobMode"
     ref = {"name": api_key_secret[0], "key": api_key_secret[1]} if api_key_secret else None

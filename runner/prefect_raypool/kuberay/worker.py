@@ -10,6 +10,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +29,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
-from prefect_raypool.kuberay.failures import Outcome, crash_reason, last_lines
+from prefect_raypool.kuberay.failures import Outcome, crash_reason, last_lines, unschedulable
 from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration, KubeRayVariables
 from prefect_raypool.kuberay.rayjob import (
     FLOW_RUN_ID_LABEL,
@@ -70,6 +71,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         self._api_client = kube_api_client
         self._watched: set[str] = set()  # RayJobs a run() of this process watches
         self._namespaces: set[str] = set()
+        self._forbidden: set[str] = set()  # namespaces already warned about
         self._last_sweep = 0.0
 
     # ---- Kubernetes, in a thread --------------------------------------------------
@@ -168,6 +170,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         namespace = configuration.namespace
         logger = self.get_flow_run_logger(flow_run)
         final_since: float | None = None
+        told_unschedulable = False
         while True:
             await anyio.sleep(configuration.watch_interval_seconds)
             try:
@@ -196,9 +199,18 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                 if state is not None and state.is_final()
                 else await self._pods(namespace, rayjob)
             )
-            outcome = crash_reason(rayjob, pods)
+            now = datetime.now(UTC)
+            timeout = configuration.pod_schedule_timeout_seconds
+            outcome = crash_reason(rayjob, pods, now, timeout)
             if outcome.finished:
                 return await self._finish(current, namespace, rayjob, outcome)
+            waiting = [w for pod in pods if (w := unschedulable(pod, now))]
+            if waiting and not told_unschedulable:
+                told_unschedulable = True
+                logger.warning(
+                    f"{waiting[0][0]}; waiting up to {timeout:.0f}s for a node "
+                    "(job variable pod_schedule_timeout_seconds)"
+                )
             if state is not None and state.is_final():
                 # The driver ended the flow run but the Ray job never finished: an orphan.
                 final_since = final_since or time.monotonic()
@@ -285,21 +297,40 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         custom = k8s.CustomObjectsApi(self._api)
         selector = f"{WORK_POOL_LABEL}={label_value(self.work_pool.name)}"
         live: dict[str, str] = {}  # RayJob name -> namespace
+        unreadable: set[str] = set()
         for namespace in sorted({self._pool_namespace(), *self._namespaces}):
-            found = await self._kube(
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                label_selector=selector,
-            )
+            try:
+                found = await self._kube(
+                    custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    label_selector=selector,
+                )
+            except k8s.ApiException as e:
+                if e.status != 403:
+                    raise
+                unreadable.add(namespace)
+                self._forbidden_once(namespace)
+                continue
             for item in dict(found).get("items", []):
                 name = item["metadata"]["name"]
                 live[name] = namespace
                 if name not in self._watched:
                     await self._sweep_rayjob(namespace, item)
-        await self._crash_vanished(live)
+        await self._crash_vanished(live, unreadable)
+
+    def _forbidden_once(self, namespace: str) -> None:
+        """One warning per namespace, naming the fix, rather than a traceback per sweep."""
+        if namespace in self._forbidden:
+            return
+        self._forbidden.add(namespace)
+        self._logger.warning(
+            f"Cannot list RayJobs in namespace {namespace!r} (403 Forbidden), so orphans "
+            "there are not swept: grant this worker's service account list on "
+            "rayjobs.ray.io in it, or set the work pool's `namespace` to one it may use"
+        )
 
     async def _sweep_rayjob(self, namespace: str, rayjob: dict[str, Any]) -> None:
         name = rayjob["metadata"]["name"]
@@ -324,7 +355,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                 flow_run, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
             )
 
-    async def _crash_vanished(self, live: dict[str, str]) -> None:
+    async def _crash_vanished(self, live: dict[str, str], unreadable: set[str]) -> None:
         runs = await self.client.read_flow_runs(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool.name])),
             flow_run_filter=FlowRunFilter(
@@ -340,7 +371,8 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             if flow_run.id in self._submitting_flow_run_ids:
                 continue
             namespace = await self._namespace_of(flow_run)
-            if await self._get_rayjob(namespace, pid) is not None:
+            # A RayJob the worker may not read has not vanished.
+            if namespace in unreadable or await self._get_rayjob(namespace, pid) is not None:
                 continue
             message = f"RayJob {namespace}/{pid} vanished while the flow run was not finished"
             self.get_flow_run_logger(flow_run).error(message)

@@ -1,0 +1,123 @@
+"""What a flow run costs on an Ephemeral pool, on a real node, beside a warm pool.
+
+    tests/isolated.sh .venv/bin/python -m bench.ephemeral_real [--runs 3] [--count 4]
+
+The same deployed flow (examples/count_to.py, `count_to(4)`, RayTaskRunner() with
+no arguments) runs `--runs` times on a warm ZeroCapacityNode pool, then on an
+Ephemeral pool, one run at a time. For each run, from the flow run's scheduled time
+(Prefect's `expected_start_time`): its RayJob created (Ephemeral only), its first
+task run started, the flow run finished. Both pools' Prefect workers poll every
+second (Prefect's default is 10 s: add half of that to each figure with defaults).
+The images are already on the node, as on a node that ran the pool before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from testbed.ephemeral import run_flow_on_ephemeral_pool, start_ephemeral_pool
+from testbed.pooldriver import PoolDriver, pool_manifest
+from testbed.realstack import RealNodeUnavailable, RealStack, start_real_stack
+
+FAST_POLL = [{"name": "PREFECT_WORKER_QUERY_SECONDS", "value": "1"}]
+
+
+def _driver(stack: RealStack) -> PoolDriver:
+    pools = PoolDriver(
+        stack.kubeconfig, stack.kubectl, stack.prefect.api_url, f"bench-{uuid.uuid4().hex[:6]}"
+    )
+    pools.create_namespace()
+    return pools
+
+
+def _warm_pool(stack: RealStack, runs: int, count: int) -> list[tuple[float, float]]:
+    pools = _driver(stack)
+    try:
+        manifest = pool_manifest("warm", pools.prefect_api_url, "ZeroCapacityNode")
+        manifest["spec"]["prefect"]["env"] = FAST_POLL
+        pools.apply(manifest)
+        pools.wait_ready("warm")
+        out = []
+        for _ in range(runs):
+            run_id = pools.run_deployment(
+                "warm", "count_to.py:count_to", "count-to", {"highest_number": count}
+            )
+            run = pools.wait_final(run_id)
+            assert run.state.type.value == "COMPLETED", run.state
+            with pools.prefect() as c:
+                from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+                tasks = c.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+                )
+            first = min(t.start_time for t in tasks if t.start_time)
+            scheduled = run.expected_start_time
+            out.append(
+                (
+                    (first - scheduled).total_seconds(),
+                    (run.end_time - scheduled).total_seconds(),
+                )
+            )
+        return out
+    finally:
+        pools.delete()  # frees the node's CPUs for the Ephemeral runs
+
+
+def _ephemeral(stack: RealStack, runs: int, count: int) -> list[tuple[float, float, float]]:
+    pools = _driver(stack)
+    try:
+        start_ephemeral_pool(pools, "eph")
+        out = []
+        for _ in range(runs):
+            run = run_flow_on_ephemeral_pool(pools, "eph", count)
+            assert run.flow_run.state.type.value == "COMPLETED", run.flow_run.state
+            out.append((run.rayjob_created_s, run.first_task_running_s, run.final_s))
+        return out
+    finally:
+        pools.delete()
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):5.1f}s (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--count", type=int, default=4, help="count_to(N): N tasks")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="raypool-bench-real-"))
+    try:
+        stack = start_real_stack(state)
+    except RealNodeUnavailable as e:
+        print(f"skipped: no real node here: {e}")
+        return 0
+    try:
+        warm = _warm_pool(stack, args.runs, args.count)
+        eph = _ephemeral(stack, args.runs, args.count)
+    finally:
+        stack.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    print(f"\ncount_to({args.count}), {args.runs} runs each, medians from the flow run scheduled:")
+    print(f"  {'':24} {'RayJob created':>28} {'first task running':>28} {'flow run final':>28}")
+    print(
+        f"  {'warm ZeroCapacityNode':24} {'-':>28} {_median([w[0] for w in warm]):>28} "
+        f"{_median([w[1] for w in warm]):>28}"
+    )
+    print(
+        f"  {'Ephemeral (RayJob)':24} {_median([e[0] for e in eph]):>28} "
+        f"{_median([e[1] for e in eph]):>28} {_median([e[2] for e in eph]):>28}"
+    )
+    extra = statistics.median([e[2] for e in eph]) - statistics.median([w[1] for w in warm])
+    print(f"  Ephemeral costs {extra:.1f}s more per flow run than the warm pool (medians)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
