@@ -275,6 +275,15 @@ def _flush_events() -> None:
         EventsWorker.instance().wait_until_empty()
 
 
+def _flush(ctx: contextvars.Context, drain_logs: bool) -> None:
+    ctx.run(_flush_events)
+    if drain_logs:
+        # Ray ends a process that reached max_calls without exit handlers.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+
+
 def run_task_run(request: TaskRunRequest | FlushLogsRequest, *resolved: Any) -> Any:
     """The Ray task body of one task run: run it and return its final State.
 
@@ -287,7 +296,7 @@ def run_task_run(request: TaskRunRequest | FlushLogsRequest, *resolved: Any) -> 
     try:
         return _run_one(task, ctx, request.call, resolved)
     finally:
-        ctx.run(_flush_events)
+        _flush(ctx, request.drain_logs)
 
 
 def run_task_runs(request: BatchRequest, *resolved: Any) -> Any:
@@ -302,7 +311,7 @@ def run_task_runs(request: BatchRequest, *resolved: Any) -> Any:
         for call in request.calls:
             states.append(_run_one(task, ctx, call, resolved))
     finally:
-        ctx.run(_flush_events)
+        _flush(ctx, request.drain_logs)
     return tuple(states) if len(states) > 1 else states[0]
 
 

@@ -92,6 +92,8 @@ class TaskRunRequest:
 
     task_and_context: TaskAndContext
     call: TaskRunCall
+    #: The Ray worker process exits after its Ray task (max_calls): send its logs first.
+    drain_logs: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class BatchRequest:
 
     task_and_context: TaskAndContext
     calls: list[TaskRunCall]
+    drain_logs: bool = False
 
 
 @dataclass(slots=True)
