@@ -24,7 +24,7 @@ from prefect.context import serialize_context as prefect_serialize_context
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_raypool import remote_functions
+from prefect_raypool import cache_keys, remote_functions
 from prefect_raypool.arguments import share_unmapped, task_run_call
 from prefect_raypool.config import RunnerConfig
 from prefect_raypool.connection import (
@@ -298,8 +298,11 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
     ) -> PrefectRayFutureList[Any]:
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
-        # Shared (unmapped) arguments go into the object store once, not once per task.
-        parameters = share_unmapped(parameters)
+        # Shared (unmapped) arguments go into the object store once, not once per
+        # task run, and are hashed once where the task's cache key hashes them.
+        parameters = share_unmapped(
+            parameters, cache_keys.hashed_input_names(task, list(parameters))
+        )
         queued: list[_QueuedTaskRun] = []
         self._map_being_queued.runs = queued
         try:

@@ -84,6 +84,8 @@ class TaskRunCall:
     has_slots: bool
     first_arg: int
     arg_count: int
+    #: Prefect's hash of each shared argument, by parameter name, for the cache key.
+    input_digests: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
