@@ -309,10 +309,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             futures = super().map(task, parameters, wait_for)
         finally:
             self._map_being_queued.runs = None
-            self._send_batches(task, queued)
+            self._send_batches(queued)
         return PrefectRayFutureList(futures)  # type: ignore[abstract]
 
-    def _send_batches(self, task: Task[Any, Any], queued: list[_QueuedTaskRun]) -> None:
+    def _send_batches(self, queued: list[_QueuedTaskRun]) -> None:
         """Send a map's task runs to Ray, several per Ray task on a large map.
 
         A no-op task run costs Ray a task submission, a Ray worker round trip and
