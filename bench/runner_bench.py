@@ -6,8 +6,11 @@ Cases:
   warm_map   a map of no-op tasks after a warm-up, in a running flow (tasks/s)
   count_to   the README's count_to(10), 0.5 s tasks, in a fresh process that
              starts its own local Ray, against Ray's own start-up and shut-down
-  shared_arg a map of 100 tasks sharing one 100 MB unmapped argument (bytes)
-             (tasks/s and driver peak RSS)
+  shared_arg a map of 100 tasks sharing one 100 MB unmapped argument (bytes),
+             under Prefect's default cache policy (`@task`, what users write):
+             each task run's cache key hashes its inputs (tasks/s and driver peak RSS)
+  shared_nocache  the same with `cache_policy=NO_CACHE` (no hashing): the data
+             movement alone
 Every case runs in a fresh child process (so peak RSS is per case), against one
 Prefect server (SQLite) and, for the warm cases, one Ray head started here. Each run
 starts once the server has gone idle: it records a run's events for seconds after the
@@ -37,7 +40,9 @@ RUNNERS = ["ours", "prefect-ray", "threadpool", "raw-ray"]
 # Task counts per case and runner: prefect-ray gets fewer to keep the bench short.
 COUNTS = {
     "warm_map": {"ours": 1000, "prefect-ray": 200, "threadpool": 1000, "raw-ray": 1000},
-    "shared_arg": {"ours": 100, "prefect-ray": 20, "threadpool": 100, "raw-ray": 100},
+    # raw Ray has no cache keys: it runs in shared_nocache only.
+    "shared_arg": {"ours": 100, "prefect-ray": 20, "threadpool": 20},
+    "shared_nocache": {"ours": 100, "prefect-ray": 20, "threadpool": 100, "raw-ray": 100},
     "count_to": {"ours": 10, "prefect-ray": 10, "threadpool": 10, "raw-ray": 10},
 }
 BLOB_BYTES = 100 * 1024 * 1024
@@ -140,7 +145,7 @@ def child_warm_map(runner_name: str, n: int) -> dict[str, Any]:
     return {"seconds": warm_map(n)}
 
 
-def child_shared_arg(runner_name: str, n: int) -> dict[str, Any]:
+def child_shared_arg(runner_name: str, n: int, cache: bool = True) -> dict[str, Any]:
     import ray
 
     blob = os.urandom(1024) * (BLOB_BYTES // 1024)
@@ -160,12 +165,13 @@ def child_shared_arg(runner_name: str, n: int) -> dict[str, Any]:
     from prefect.cache_policies import NO_CACHE
     from prefect.utilities.annotations import unmapped
 
-    # NO_CACHE: with the default cache policy Prefect hashes the 100 MB input on
-    # every task run (~0.7 s here, whatever the runner), which would hide the data
-    # movement this case measures. It is Prefect's advice for large inputs.
-    @task(cache_policy=NO_CACHE)
-    def use_task(blob: bytes, i: int) -> int:
+    # Default policy: Prefect hashes each task run's inputs for its cache key (the
+    # 100 MB too, with prefect-ray and the thread pool; once per map with ours).
+    # NO_CACHE: no hashing, only the data movement.
+    def use_blob(blob: bytes, i: int) -> int:
         return len(blob) + i
+
+    use_task = task(use_blob) if cache else task(cache_policy=NO_CACHE)(use_blob)
 
     @flow(task_runner=make_runner(runner_name))
     def shared(n: int) -> float:
@@ -242,7 +248,12 @@ def child_main(case: str, runner_name: str, n: int, ray_address: str | None) -> 
 
     if ray_address and case != "count_to":
         ray.init(address=ray_address, logging_level="ERROR")
-    fn = {"warm_map": child_warm_map, "shared_arg": child_shared_arg, "count_to": child_count_to}
+    fn = {
+        "warm_map": child_warm_map,
+        "shared_arg": child_shared_arg,
+        "shared_nocache": lambda r, k: child_shared_arg(r, k, cache=False),
+        "count_to": child_count_to,
+    }
     result = fn[case](runner_name, n)
     result.update({"case": case, "runner": runner_name, "n": n, "peak_rss_mb": peak_rss_mb()})
     print("BENCH-RESULT " + json.dumps(result), flush=True)
@@ -293,7 +304,7 @@ def cell_text(case: str, r: dict[str, Any]) -> str:
     if case == "count_to":
         return f"{r['seconds']:.2f} s ({r['seconds'] - r['ray_start_stop']:.2f})"
     text = f"{r['n'] / r['seconds']:.1f}/s (n={r['n']})"
-    if case == "shared_arg":
+    if case.startswith("shared_"):
         text += f", +{r['peak_rss_mb'] - r['base_rss_mb']:.0f} MB"
     return text
 
@@ -313,7 +324,7 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
 
     header = ["case", *RUNNERS, "ours/prefect-ray", "ours/threadpool"]
     rows = [header]
-    for case in ["warm_map", "shared_arg"]:
+    for case in ["warm_map", "shared_arg", "shared_nocache"]:
         rows.append(
             [
                 case,
@@ -351,8 +362,10 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
         print()
     print(
         "warm_map: no-op tasks/s once workers are warm; shared_arg: tasks/s with one 100 MB "
-        "unmapped bytes argument, and the driver's peak RSS above its level with the argument "
-        "built; count_to: wall time of count_to(10) in a fresh process that starts and "
+        "unmapped bytes argument under Prefect's default cache policy (`@task`: each task "
+        "run's cache key hashes its inputs), and the driver's peak RSS above its level with "
+        "the argument built; shared_nocache: the same with cache_policy=NO_CACHE; count_to: "
+        "wall time of count_to(10) in a fresh process that starts and "
         "stops its own Ray (raw-ray column: Ray's own start, one task, stop; the ratio "
         "column: time above that), in brackets the time beyond the ray.init and "
         "ray.shutdown calls inside it (Ray's start-up varies by seconds between runs on a "
@@ -387,7 +400,7 @@ def count_to_floor(results: dict[tuple[str, str], dict[str, Any]]) -> str | None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default="warm_map,shared_arg,count_to")
+    parser.add_argument("--cases", default="warm_map,shared_arg,shared_nocache,count_to")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per case and runner; the best is kept"
@@ -416,7 +429,10 @@ def main() -> int:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep Ray on loopback
             "RAY_TMPDIR": str(local_ray),  # count_to's own Ray, apart from the head
             "RAY_DEDUP_LOGS": "1",
-            "PYTHONPATH": str(REPO / "runner"),
+            # Ahead of what the caller set (e.g. a private install of prefect-ray).
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO / "runner"), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         }
     )
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -429,6 +445,8 @@ def main() -> int:
                     # "ours@DIR": this runner from another checkout's runner/ folder
                     # (a baseline, e.g. `git worktree add /tmp/base HEAD`), side by side.
                     base, _, runner_dir = runner_name.partition("@")
+                    if base not in COUNTS[case]:
+                        continue
                     n = COUNTS[case][base]
                     address = cluster.address if case != "count_to" else None
                     child_env = {**env, "PYTHONPATH": runner_dir} if runner_dir else env

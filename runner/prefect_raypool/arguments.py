@@ -2,7 +2,8 @@
 
 Futures of this runner become `ArgSlot`s over top-level ObjectRef arguments, so
 Ray resolves upstream results on the cluster; a map's shared (unmapped)
-arguments go into the object store once instead of once per task run.
+arguments go into the object store once instead of once per task run, and are
+hashed once for the task runs' cache keys (see cache_keys.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.utilities.annotations import allow_failure, opaque, quote, unmapped
 from prefect.utilities.collections import visit_collection
 from prefect.utilities.engine import collect_task_run_inputs_sync
 
+from prefect_raypool import cache_keys
 from prefect_raypool.futures import PrefectRayFuture
 from prefect_raypool.wire import ArgSlot, SharedArgSlot, TaskRunCall
 
@@ -30,11 +32,13 @@ _SHARE_MIN_BYTES = 64 * 1024
 class SharedArgument:
     """An unmapped argument of a map, already in the object store."""
 
-    __slots__ = ("immutable", "ref")
+    __slots__ = ("digest", "immutable", "ref")
 
-    def __init__(self, ref: ray.ObjectRef, immutable: bool) -> None:
+    def __init__(self, ref: ray.ObjectRef, immutable: bool, digest: str | None) -> None:
         self.ref = ref
         self.immutable = immutable
+        #: Prefect's hash of the value, where the task's cache key hashes this input.
+        self.digest = digest
 
 
 def task_run_call(
@@ -48,9 +52,12 @@ def task_run_call(
     has_shared: list[bool] = []
     parameters = dict(parameters)
     links: dict[str, set[RunInput]] = {k: set(v) for k, v in (dependencies or {}).items()}
+    digests: dict[str, str] = {}
     for key, value in parameters.items():
         if isinstance(value, _SCALARS):
             continue
+        if isinstance(value, SharedArgument) and value.digest is not None:
+            digests[key] = value.digest
         # Upstream links are recorded here, since the Ray worker process only sees values.
         inputs = collect_task_run_inputs_sync(value)
         if inputs:
@@ -65,6 +72,7 @@ def task_run_call(
         has_slots=bool(refs or has_shared),
         first_arg=0,
         arg_count=len(refs),
+        input_digests=digests or None,
     )
     return call, refs
 
@@ -89,12 +97,17 @@ def _slots_for_refs(value: Any, refs: list[ray.ObjectRef], has_shared: list[bool
     return visit_collection(value, visit_fn=swap, return_data=True)
 
 
-def share_unmapped(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The map's parameters with large unmapped values put into the object store once."""
+def share_unmapped(parameters: dict[str, Any], hashed: set[str]) -> dict[str, Any]:
+    """The map's parameters with large unmapped values put into the object store once,
+    and hashed once if they are in `hashed` (the inputs the task's cache key hashes)."""
     for key, value in parameters.items():
-        inner = value.unwrap() if isinstance(value, allow_failure | opaque | quote) else value
+        wrapped = isinstance(value, allow_failure | opaque | quote)
+        inner = value.unwrap() if wrapped else value
         if isinstance(inner, unmapped) and _worth_sharing(inner.value):
-            shared = SharedArgument(ray.put(inner.value), isinstance(inner.value, str | bytes))
+            # Only a bare unmapped value reaches the task run as the value itself.
+            digest = cache_keys.digest(inner.value) if key in hashed and not wrapped else None
+            immutable = isinstance(inner.value, str | bytes)
+            shared = SharedArgument(ray.put(inner.value), immutable, digest)
             parameters = {**parameters, key: _rewrap(value, unmapped(shared))}
     return parameters
 

@@ -23,6 +23,7 @@ from uuid import UUID
 import ray
 from prefect.cache_policies import CompoundCachePolicy, TaskSource
 
+from prefect_raypool import cache_keys
 from prefect_raypool.wire import (
     WORKER_SETUP_KEY,
     ArgSlot,
@@ -79,7 +80,13 @@ def _cached_get(ref: ray.ObjectRef) -> Any:
 
 def _prepared_task(ref: ray.ObjectRef) -> Any:
     """The task object, fetched once per worker process and ready to run."""
-    return _lru_get(_fetched_objects, _CACHE_SIZE, ref, prepare=_memoize_source_key)
+    return _lru_get(_fetched_objects, _CACHE_SIZE, ref, prepare=_prepare_cache_policy)
+
+
+def _prepare_cache_policy(task: Any) -> None:
+    _memoize_source_key(task)
+    # A map's shared arguments come with their digest (see cache_keys.py).
+    cache_keys.use_shared_digests(task)
 
 
 def _memoize_source_key(task: Any) -> None:
@@ -275,6 +282,15 @@ def _flush_events() -> None:
         EventsWorker.instance().wait_until_empty()
 
 
+def _flush(ctx: contextvars.Context, drain_logs: bool) -> None:
+    ctx.run(_flush_events)
+    if drain_logs:
+        # Ray ends a process that reached max_calls without exit handlers.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+
+
 def run_task_run(request: TaskRunRequest | FlushLogsRequest, *resolved: Any) -> Any:
     """The Ray task body of one task run: run it and return its final State.
 
@@ -287,7 +303,7 @@ def run_task_run(request: TaskRunRequest | FlushLogsRequest, *resolved: Any) -> 
     try:
         return _run_one(task, ctx, request.call, resolved)
     finally:
-        ctx.run(_flush_events)
+        _flush(ctx, request.drain_logs)
 
 
 def run_task_runs(request: BatchRequest, *resolved: Any) -> Any:
@@ -302,7 +318,7 @@ def run_task_runs(request: BatchRequest, *resolved: Any) -> Any:
         for call in request.calls:
             states.append(_run_one(task, ctx, call, resolved))
     finally:
-        ctx.run(_flush_events)
+        _flush(ctx, request.drain_logs)
     return tuple(states) if len(states) > 1 else states[0]
 
 
@@ -321,6 +337,8 @@ def _run_one(
     from prefect.task_engine import run_task_async, run_task_sync
 
     ctx = base_ctx.copy()
+    if call.input_digests:
+        ctx.run(cache_keys.set_digests, call.task_run_id, call.input_digests)
     parameters, wait_for = call.parameters, call.wait_for
     if call.has_slots:
         own = resolved[call.first_arg : call.first_arg + call.arg_count]

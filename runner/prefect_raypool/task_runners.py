@@ -11,7 +11,6 @@ is named in wire.py.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import threading
 import warnings
@@ -25,7 +24,7 @@ from prefect.context import serialize_context as prefect_serialize_context
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_raypool import ray_worker
+from prefect_raypool import cache_keys, remote_functions
 from prefect_raypool.arguments import share_unmapped, task_run_call
 from prefect_raypool.config import RunnerConfig
 from prefect_raypool.connection import (
@@ -40,6 +39,7 @@ from prefect_raypool.context import RemoteOptionsContext, remote_options_from_en
 from prefect_raypool.futures import PrefectRayFuture, PrefectRayFutureList, unwrap_signal_errors
 from prefect_raypool.inflight import InFlightRayTasks
 from prefect_raypool.recording import CANCELLED_MESSAGE, crash_hook, record_cancelled
+from prefect_raypool.remote_functions import OptionsKey, RemoteFunctions, options_key
 from prefect_raypool.wire import (
     WORKER_SETUP_KEY,
     BatchRequest,
@@ -64,9 +64,6 @@ _MAX_FLUSH_CALLS = 64
 _MAX_BATCH = 8
 #: ...and batches only when that leaves at least this many Ray tasks per cluster CPU.
 _MIN_BATCHES_PER_CPU = 4
-
-#: Ray remote options as a hashable key (to cache remote functions by), and as given.
-OptionsKey = tuple[tuple[str, str], ...]
 
 
 class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
@@ -125,9 +122,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         self._task_refs: dict[int, tuple[Any, ray.ObjectRef]] = {}
         #: Object-store copies of the serialized Prefect context, by context identity.
         self._context_refs: dict[tuple[Any, ...], tuple[Any, ray.ObjectRef]] = {}
-        #: Ray remote functions with their options applied, by options (and batch size).
-        self._single_run_fns: dict[OptionsKey, Any] = {}
-        self._batch_run_fns: dict[tuple[OptionsKey, int], Any] = {}
+        #: Ray remote functions built with their options, by options.
+        self._remote_fns: dict[OptionsKey, RemoteFunctions] = {}
         self._client_warned = False
         #: The flow run submitting here (the engine keeps its state up to date).
         self._flow_run: Any = None
@@ -193,8 +189,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._flow_run = None
             self._task_refs.clear()
             self._context_refs.clear()
-            self._single_run_fns.clear()
-            self._batch_run_fns.clear()
+            self._remote_fns.clear()
             self._in_flight.ray_tasks_sent = 0
             disconnect(self._connection, self.logger)
             self._connection = ALREADY_CONNECTED
@@ -218,8 +213,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         Only needed when this runner disconnects: Ray then kills the job's
         Ray worker processes without exit handlers, and Prefect sends logs in batches.
         """
-        ran_task_runs = self._single_run_fns or self._batch_run_fns
-        if not (self._connection.owned and ray.is_initialized() and ran_task_runs):
+        if not (self._connection.owned and ray.is_initialized() and self._remote_fns):
             return
         try:
             # The options of ordinary task runs, to land on the Ray worker processes
@@ -227,7 +221,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             # first. No more calls than Ray tasks sent: a spare call would start a
             # fresh Ray worker process, which imports Prefect (seconds) to flush nothing.
             options = self._default_options()
-            fn = _remote(ray_worker.run_task_run).options(**options)
+            fns = self._functions(options_key(options), options)
+            if not fns.reuses_processes:
+                return  # those processes sent their logs before exiting
+            fn = fns.single
             calls = min(
                 concurrent_task_slots(options), self._in_flight.ray_tasks_sent, _MAX_FLUSH_CALLS
             )
@@ -273,7 +270,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
 
         call, refs = task_run_call(uuid7(), parameters, wait_for, dependencies)
         task_and_context = TaskAndContext(self._task_ref(task), self._context_ref())
-        options_key, options = self._ray_options(task)
+        key, options = self._ray_options(task)
+        # Built now, so bad options raise here, before anything is sent.
+        fns = self._functions(key, options, task)
         on_crash = crash_hook(task, self._in_flight)
         if queued_map is not None:
             # Inside a map: sent to Ray in batches once the map is complete.
@@ -282,12 +281,10 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                 wrapped_future=None,  # type: ignore[arg-type]
                 on_crash=on_crash,
             )
-            queued_map.append(
-                _QueuedTaskRun(future, task_and_context, options_key, options, call, refs)
-            )
+            queued_map.append(_QueuedTaskRun(future, task_and_context, key, fns, call, refs))
             return future
-        fn = self._single_run_fn(task, options_key, options)
-        object_ref = fn.remote(TaskRunRequest(task_and_context, call), *refs)
+        request = TaskRunRequest(task_and_context, call, drain_logs=not fns.reuses_processes)
+        object_ref = fns.single.remote(request, *refs)
         self._in_flight.track(object_ref, call.task_run_id, new_ray_task=True)
         return PrefectRayFuture(
             task_run_id=call.task_run_id, wrapped_future=object_ref, on_crash=on_crash
@@ -301,18 +298,21 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
     ) -> PrefectRayFutureList[Any]:
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
-        # Shared (unmapped) arguments go into the object store once, not once per task.
-        parameters = share_unmapped(parameters)
+        # Shared (unmapped) arguments go into the object store once, not once per
+        # task run, and are hashed once where the task's cache key hashes them.
+        parameters = share_unmapped(
+            parameters, cache_keys.hashed_input_names(task, list(parameters))
+        )
         queued: list[_QueuedTaskRun] = []
         self._map_being_queued.runs = queued
         try:
             futures = super().map(task, parameters, wait_for)
         finally:
             self._map_being_queued.runs = None
-            self._send_batches(task, queued)
+            self._send_batches(queued)
         return PrefectRayFutureList(futures)  # type: ignore[abstract]
 
-    def _send_batches(self, task: Task[Any, Any], queued: list[_QueuedTaskRun]) -> None:
+    def _send_batches(self, queued: list[_QueuedTaskRun]) -> None:
         """Send a map's task runs to Ray, several per Ray task on a large map.
 
         A no-op task run costs Ray a task submission, a Ray worker round trip and
@@ -325,10 +325,14 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         start = 0
         while start < len(queued):
             first = queued[start]
+            fns = first.functions
+            # A process that exits after max_calls Ray tasks runs one task run each, as asked.
+            group_size = size if fns.reuses_processes else 1
+            drain_logs = not fns.reuses_processes
             end = start + 1
             while (
                 end < len(queued)
-                and end - start < size
+                and end - start < group_size
                 and queued[end].options_key == first.options_key
                 and queued[end].task_and_context == first.task_and_context
             ):
@@ -337,17 +341,16 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             start = end
             self._in_flight.wait_for_room(len(batch), self.config.max_in_flight)
             if len(batch) == 1:
-                fn = self._single_run_fn(task, first.options_key, first.options)
-                request = TaskRunRequest(first.task_and_context, first.call)
-                object_refs = [fn.remote(request, *first.refs)]
+                request = TaskRunRequest(first.task_and_context, first.call, drain_logs)
+                object_refs = [fns.single.remote(request, *first.refs)]
             else:
                 calls: list[TaskRunCall] = []
                 all_refs: list[ray.ObjectRef] = []
                 for run in batch:
                     calls.append(dataclasses.replace(run.call, first_arg=len(all_refs)))
                     all_refs.extend(run.refs)
-                fn = self._batch_run_fn(first.options_key, first.options, len(batch))
-                object_refs = fn.remote(BatchRequest(first.task_and_context, calls), *all_refs)
+                request_batch = BatchRequest(first.task_and_context, calls, drain_logs)
+                object_refs = fns.batch(len(batch)).remote(request_batch, *all_refs)
             for i, (run, object_ref) in enumerate(zip(batch, object_refs, strict=True)):
                 run.future._wrapped_future = object_ref
                 self._in_flight.track(object_ref, run.call.task_run_id, new_ray_task=i == 0)
@@ -409,23 +412,18 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         """The Ray remote options of a task run of `task` submitted now."""
         options = {**self._default_options(), **RemoteOptionsContext.get().current_remote_options}
         options.setdefault("name", task.name)
-        return tuple(sorted((k, repr(v)) for k, v in options.items())), options
+        return options_key(options), options
 
-    def _single_run_fn(self, task: Task[Any, Any], key: OptionsKey, options: dict[str, Any]) -> Any:
-        fn = self._single_run_fns.get(key)
-        if fn is None:
-            if is_ray_client() and not self._client_warned:
+    def _functions(
+        self, key: OptionsKey, options: dict[str, Any], task: Task[Any, Any] | None = None
+    ) -> RemoteFunctions:
+        fns = self._remote_fns.get(key)
+        if fns is None:
+            if task is not None and is_ray_client() and not self._client_warned:
                 self._warn_client_imports(task)
-            fn = _remote(ray_worker.run_task_run).options(**options)
-            self._single_run_fns[key] = fn
-        return fn
-
-    def _batch_run_fn(self, key: OptionsKey, options: dict[str, Any], count: int) -> Any:
-        fn = self._batch_run_fns.get((key, count))
-        if fn is None:
-            fn = _remote(ray_worker.run_task_runs).options(**options, num_returns=count)
-            self._batch_run_fns[(key, count)] = fn
-        return fn
+            fns = remote_functions.build(options)
+            self._remote_fns[key] = fns
+        return fns
 
     def _warn_client_imports(self, task: Task[Any, Any]) -> None:
         from prefect_raypool.pickled_modules import modules_needed_by
@@ -446,7 +444,7 @@ class _QueuedTaskRun:
     future: PrefectRayFuture[Any]
     task_and_context: TaskAndContext
     options_key: OptionsKey
-    options: dict[str, Any]
+    functions: RemoteFunctions
     call: TaskRunCall
     refs: list[ray.ObjectRef]
 
@@ -467,13 +465,6 @@ def _share_ephemeral_server(serialized: dict[str, Any]) -> None:
     running = [s for s in server_module.SubprocessASGIServer._instances.values() if s.running]
     if running:
         settings.setdefault("api", {})["url"] = running[0].api_url
-
-
-@functools.cache
-def _remote(fn: Any) -> Any:
-    # Created lazily: ray.remote at import time would export to whatever Ray is
-    # connected, and a module-level remote function is re-exported per job anyway.
-    return ray.remote(fn)
 
 
 __all__ = ["CANCELLED_MESSAGE", "PrefectRayFuture", "RayTaskRunner"]

@@ -84,6 +84,8 @@ class TaskRunCall:
     has_slots: bool
     first_arg: int
     arg_count: int
+    #: Prefect's hash of each shared argument, by parameter name, for the cache key.
+    input_digests: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -92,6 +94,8 @@ class TaskRunRequest:
 
     task_and_context: TaskAndContext
     call: TaskRunCall
+    #: The Ray worker process exits after its Ray task (max_calls): send its logs first.
+    drain_logs: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +105,7 @@ class BatchRequest:
 
     task_and_context: TaskAndContext
     calls: list[TaskRunCall]
+    drain_logs: bool = False
 
 
 @dataclass(slots=True)

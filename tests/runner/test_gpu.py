@@ -39,6 +39,10 @@ def test_gpu_options_assign_a_gpu(prefect_server: PrefectServer) -> None:
         def gpus():
             return [ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")]
 
+        @task
+        def pid():
+            return os.getpid()
+
         @flow(task_runner=RayTaskRunner(init_kwargs={init_kwargs!r}))
         def check():
             with remote_options(num_gpus=1):
@@ -46,8 +50,12 @@ def test_gpu_options_assign_a_gpu(prefect_server: PrefectServer) -> None:
             plain = gpus.submit()
             with remote_options(num_gpus=0):
                 none = gpus.submit()
+            with remote_options(num_gpus=1):  # as @ray.remote(num_gpus=1): max_calls=1
+                fresh = [pid.submit().result(timeout=60) for _ in range(2)]
+                with remote_options(max_calls=0):
+                    kept = [pid.submit().result(timeout=60) for _ in range(2)]
             return {{"asked": asked.result(timeout=60), "plain": plain.result(timeout=60),
-                     "none": none.result(timeout=60)}}
+                     "none": none.result(timeout=60), "fresh": fresh, "kept": kept}}
 
         print("SEEN", json.dumps(check()))
         """
@@ -56,6 +64,10 @@ def test_gpu_options_assign_a_gpu(prefect_server: PrefectServer) -> None:
     assert seen["asked"] == [[0], "0"]  # Ray gave the task GPU 0 and only it
     assert seen["plain"][0] == []  # no option: no GPU
     assert seen["none"][0] == []
+    # Ray (and so prefect-ray) ends a GPU task's process after it, releasing the GPU
+    # memory a library may hold, unless max_calls says otherwise.
+    assert seen["fresh"][0] != seen["fresh"][1]
+    assert seen["kept"][0] == seen["kept"][1]
 
     # A pool whose taskResources ask for a GPU (PREFECT_RAYPOOL_TASK_NUM_GPUS):
     # every task run gets one unless its remote_options say otherwise.
