@@ -30,7 +30,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "entrypoint": "{{ command }}",
                 "rayClusterSpec": {
                     "headGroupSpec": {
-                        "rayStartParams": {"dashboard-host": "0.0.0.0"},
+                        "rayStartParams": "{{ head_ray_start_params }}",
                         "template": {
                             "spec": {
                                 "containers": [
@@ -43,10 +43,12 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                             "limits": {
                                                 "cpu": "{{ head_cpu }}",
                                                 "memory": "{{ head_memory }}",
+                                                "nvidia.com/gpu": "{{ head_gpu }}",
                                             },
                                             "requests": {
                                                 "cpu": "{{ head_cpu }}",
                                                 "memory": "{{ head_memory }}",
+                                                "nvidia.com/gpu": "{{ head_gpu }}",
                                             },
                                         },
                                         "securityContext": {
@@ -59,6 +61,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                         "volumeMounts": [{"mountPath": "/dev/shm", "name": "dshm"}],
                                     }
                                 ],
+                                "nodeSelector": "{{ node_selector }}",
                                 "securityContext": {
                                     "fsGroup": 100,
                                     "runAsGroup": 100,
@@ -67,6 +70,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                     "seccompProfile": {"type": "RuntimeDefault"},
                                 },
                                 "serviceAccountName": "{{ service_account_name }}",
+                                "tolerations": "{{ tolerations }}",
                                 "volumes": [{"emptyDir": {"medium": "Memory"}, "name": "dshm"}],
                             }
                         },
@@ -77,7 +81,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                             "groupName": "workers",
                             "maxReplicas": "{{ worker_replicas }}",
                             "minReplicas": "{{ worker_replicas }}",
-                            "rayStartParams": {},
+                            "rayStartParams": "{{ worker_ray_start_params }}",
                             "replicas": "{{ worker_replicas }}",
                             "template": {
                                 "spec": {
@@ -91,10 +95,12 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                                 "limits": {
                                                     "cpu": "{{ worker_cpu }}",
                                                     "memory": "{{ worker_memory }}",
+                                                    "nvidia.com/gpu": "{{ worker_gpu }}",
                                                 },
                                                 "requests": {
                                                     "cpu": "{{ worker_cpu }}",
                                                     "memory": "{{ worker_memory }}",
+                                                    "nvidia.com/gpu": "{{ worker_gpu }}",
                                                 },
                                             },
                                             "securityContext": {
@@ -109,6 +115,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                             ],
                                         }
                                     ],
+                                    "nodeSelector": "{{ node_selector }}",
                                     "securityContext": {
                                         "fsGroup": 100,
                                         "runAsGroup": 100,
@@ -117,6 +124,7 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                                         "seccompProfile": {"type": "RuntimeDefault"},
                                     },
                                     "serviceAccountName": "{{ service_account_name }}",
+                                    "tolerations": "{{ tolerations }}",
                                     "volumes": [{"emptyDir": {"medium": "Memory"}, "name": "dshm"}],
                                 }
                             },
@@ -212,11 +220,25 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "title": "Head Cpu",
                 "type": "string",
             },
+            "head_gpu": {
+                "default": 0,
+                "description": "GPUs (nvidia.com/gpu) of the head.",
+                "minimum": 0,
+                "title": "Head Gpu",
+                "type": "integer",
+            },
             "head_memory": {
                 "default": "2Gi",
                 "description": "Memory of the head.",
                 "title": "Head Memory",
                 "type": "string",
+            },
+            "head_ray_start_params": {
+                "additionalProperties": {"type": "string"},
+                "description": "Extra `ray start` flags of the head (KubeRay rayStartParams).",
+                "examples": [{"num-cpus": "0"}],
+                "title": "Head Ray Start Params",
+                "type": "object",
             },
             "image": {
                 "default": "prefect-raypool-ray:0.1.0",
@@ -250,6 +272,12 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "title": "Namespace",
                 "type": "string",
             },
+            "node_selector": {
+                "additionalProperties": {"type": "string"},
+                "description": "nodeSelector of every Ray pod.",
+                "title": "Node Selector",
+                "type": "object",
+            },
             "pod_schedule_timeout_seconds": {
                 "default": 300.0,
                 "description": "How long a "
@@ -279,6 +307,12 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "description": "The service account of the Ray pods.",
                 "title": "Service Account Name",
             },
+            "tolerations": {
+                "description": "Tolerations of every Ray pod (Kubernetes Toleration objects).",
+                "items": {"additionalProperties": True, "type": "object"},
+                "title": "Tolerations",
+                "type": "array",
+            },
             "ttl_seconds_after_finished": {
                 "default": 60,
                 "description": "Seconds the finished cluster is kept before KubeRay deletes it.",
@@ -299,11 +333,28 @@ DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "title": "Worker Cpu",
                 "type": "string",
             },
+            "worker_gpu": {
+                "default": 0,
+                "description": "GPUs (nvidia.com/gpu) of each Ray worker pod.",
+                "minimum": 0,
+                "title": "Worker Gpu",
+                "type": "integer",
+            },
             "worker_memory": {
                 "default": "2Gi",
                 "description": "Memory of each Ray worker pod.",
                 "title": "Worker Memory",
                 "type": "string",
+            },
+            "worker_ray_start_params": {
+                "additionalProperties": {"type": "string"},
+                "description": "Extra `ray "
+                "start` flags of "
+                "each Ray worker "
+                "(KubeRay "
+                "rayStartParams).",
+                "title": "Worker Ray Start Params",
+                "type": "object",
             },
             "worker_replicas": {
                 "default": 1,

@@ -67,6 +67,28 @@ def test_variables_fill_the_rayjob() -> None:
     assert group["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == "3Gi"
 
 
+def test_gpus_start_params_and_placement_reach_every_ray_pod() -> None:
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cfg = _configuration(
+        worker_gpu=1,
+        head_ray_start_params={"num-cpus": "0"},
+        worker_ray_start_params={"num-cpus": "4"},
+        node_selector={"pool": "gpu"},
+        tolerations=tolerations,
+    )
+    cluster = _build(cfg)["spec"]["rayClusterSpec"]
+    head, group = cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]
+    # The submitter reaches the dashboard whatever the head's own flags say.
+    assert head["rayStartParams"] == {"num-cpus": "0", "dashboard-host": "0.0.0.0"}
+    assert group["rayStartParams"] == {"num-cpus": "4"}
+    worker = group["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 0
+    for pod in (head["template"]["spec"], worker):
+        assert pod["nodeSelector"] == {"pool": "gpu"}
+        assert pod["tolerations"] == tolerations
+
+
 def test_unset_optionals_leave_no_empty_fields() -> None:
     job = _build(_configuration())
     assert "activeDeadlineSeconds" not in job["spec"]

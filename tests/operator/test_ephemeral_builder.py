@@ -26,9 +26,17 @@ def _spec(**extra: Any) -> PrefectRayPoolSpec:
             "placement": "Ephemeral",
             "ray": {
                 "image": "registry.example/flows:2.60.0-1",
-                "head": {"resources": {"cpu": "1500m", "memory": "3Gi"}},
+                "head": {
+                    "resources": {"cpu": "1500m", "memory": "3Gi"},
+                    "rayStartParams": {"num-cpus": "0"},
+                },
                 "workerGroups": [
-                    {"name": "big", "replicas": 3, "resources": {"cpu": 2, "memory": "4Gi"}},
+                    {
+                        "name": "big",
+                        "replicas": 3,
+                        "resources": {"cpu": 2, "memory": "4Gi", "gpu": 1},
+                        "rayStartParams": {"object-store-memory": "1000000000"},
+                    },
                     {"name": "ignored", "replicas": 9},
                 ],
             },
@@ -41,7 +49,11 @@ def _spec(**extra: Any) -> PrefectRayPoolSpec:
                     {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}},
                 ],
             },
-            "pod": {"serviceAccountName": "ray-pods"},
+            "pod": {
+                "serviceAccountName": "ray-pods",
+                "nodeSelector": {"pool": "gpu"},
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
             **extra,
         }
     )
@@ -131,6 +143,12 @@ def test_the_work_pool_template_defaults_come_from_the_spec() -> None:
             "worker_cpu": "2",
             "worker_memory": "4Gi",
             "worker_replicas": 3,  # the first worker group's
+            "head_gpu": 0,
+            "worker_gpu": 1,
+            "head_ray_start_params": {"num-cpus": "0"},
+            "worker_ray_start_params": {"object-store-memory": "1000000000"},
+            "node_selector": {"pool": "gpu"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "env": {"MODE": "fast"},  # a Secret reference has no place here
             "api_key_secret_name": "prefect-key",
             "api_key_secret_key": "api-key",

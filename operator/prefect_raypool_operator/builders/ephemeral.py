@@ -173,6 +173,12 @@ def template_defaults(namespace: str, spec: PrefectRayPoolSpec) -> Obj:
         "worker_cpu": str(group.resources.cpu),
         "worker_memory": group.resources.memory,
         "worker_replicas": group.replicas,
+        "head_gpu": head.gpu,
+        "worker_gpu": group.resources.gpu,
+        "head_ray_start_params": dict(spec.ray.head.rayStartParams),
+        "worker_ray_start_params": dict(group.rayStartParams),
+        "node_selector": dict(spec.pod.nodeSelector),
+        "tolerations": [t.model_dump(exclude_none=True) for t in spec.pod.tolerations],
         # Plain values only: a Secret or ConfigMap reference has no place in `env`.
         "env": {e.name: e.value or "" for e in spec.prefect.env if e.valueFrom is None},
     }

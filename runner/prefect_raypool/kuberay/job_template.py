@@ -16,6 +16,7 @@ from pydantic import Field
 #: The image pools run by default (the operator's naming.DEFAULT_IMAGE, without kopf).
 DEFAULT_IMAGE = f"prefect-raypool-ray:{importlib.metadata.version('prefect-raypool')}"
 DEFAULT_RAY_VERSION = "2.60.0"
+GPU_RESOURCE = "nvidia.com/gpu"
 
 #: Restricted Pod Security Standard, as the operator's builders set it.
 POD_SECURITY: dict[str, Any] = {
@@ -40,12 +41,17 @@ def _placeholder(variable: str) -> str:
     return "{{ " + variable + " }}"
 
 
-def _resources(cpu: str, memory: str) -> dict[str, Any]:
-    amounts = {"cpu": _placeholder(cpu), "memory": _placeholder(memory)}
+def _resources(cpu: str, memory: str, gpu: str) -> dict[str, Any]:
+    amounts = {
+        "cpu": _placeholder(cpu),
+        "memory": _placeholder(memory),
+        # 0 is a valid amount: the pod then asks for no GPU.
+        GPU_RESOURCE: _placeholder(gpu),
+    }
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _container(name: str, cpu: str, memory: str) -> dict[str, Any]:
+def _container(name: str, cpu: str, memory: str, gpu: str) -> dict[str, Any]:
     # The worker adds the flow run's env (the API key as a secretKeyRef); KubeRay adds
     # RAY_ADDRESS and the ports.
     return {
@@ -55,7 +61,7 @@ def _container(name: str, cpu: str, memory: str) -> dict[str, Any]:
         # Never left to the machine's history (a token file turns auth on): the
         # cluster lives for one flow run and is reached only by its own pods.
         "env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}],
-        "resources": _resources(cpu, memory),
+        "resources": _resources(cpu, memory, gpu),
         "volumeMounts": [dict(SHM_MOUNT)],
         "securityContext": dict(CONTAINER_SECURITY),
         # A failed container's last log lines become its termination message.
@@ -69,6 +75,8 @@ def _pod_spec(container: dict[str, Any]) -> dict[str, Any]:
         "securityContext": dict(POD_SECURITY),
         "containers": [container],
         "volumes": [dict(SHM_VOLUME)],
+        "nodeSelector": "{{ node_selector }}",
+        "tolerations": "{{ tolerations }}",
     }
 
 
@@ -119,8 +127,11 @@ RAYJOB_MANIFEST: dict[str, Any] = {
         "rayClusterSpec": {
             "rayVersion": "{{ ray_version }}",
             "headGroupSpec": {
-                "rayStartParams": {"dashboard-host": "0.0.0.0"},
-                "template": {"spec": _pod_spec(_container("ray-head", "head_cpu", "head_memory"))},
+                # The worker adds dashboard-host 0.0.0.0 for the submitter.
+                "rayStartParams": "{{ head_ray_start_params }}",
+                "template": {
+                    "spec": _pod_spec(_container("ray-head", "head_cpu", "head_memory", "head_gpu"))
+                },
             },
             "workerGroupSpecs": [
                 {
@@ -128,9 +139,11 @@ RAYJOB_MANIFEST: dict[str, Any] = {
                     "replicas": "{{ worker_replicas }}",
                     "minReplicas": "{{ worker_replicas }}",
                     "maxReplicas": "{{ worker_replicas }}",
-                    "rayStartParams": {},
+                    "rayStartParams": "{{ worker_ray_start_params }}",
                     "template": {
-                        "spec": _pod_spec(_container("ray-worker", "worker_cpu", "worker_memory"))
+                        "spec": _pod_spec(
+                            _container("ray-worker", "worker_cpu", "worker_memory", "worker_gpu")
+                        )
                     },
                 }
             ],
@@ -176,6 +189,26 @@ class KubeRayVariables(BaseVariables):
     worker_cpu: str = Field(default="1", description="CPU of each Ray worker pod.")
     worker_memory: str = Field(default="2Gi", description="Memory of each Ray worker pod.")
     worker_replicas: int = Field(default=1, ge=0, description="Ray worker pods.")
+    head_gpu: int = Field(default=0, ge=0, description="GPUs (nvidia.com/gpu) of the head.")
+    worker_gpu: int = Field(
+        default=0, ge=0, description="GPUs (nvidia.com/gpu) of each Ray worker pod."
+    )
+    head_ray_start_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra `ray start` flags of the head (KubeRay rayStartParams).",
+        examples=[{"num-cpus": "0"}],
+    )
+    worker_ray_start_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra `ray start` flags of each Ray worker (KubeRay rayStartParams).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector of every Ray pod."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations of every Ray pod (Kubernetes Toleration objects).",
+    )
     active_deadline_seconds: int | None = Field(
         default=None,
         gt=0,
