@@ -36,6 +36,10 @@ def timed(name, fn):
         finally:
             T[name + "_end"] = time.time()
     return wrapper
+RayTaskRunner.__enter__ = timed("runner_enter", RayTaskRunner.__enter__)
+RayTaskRunner.__exit__ = timed("runner_exit", RayTaskRunner.__exit__)
+RayTaskRunner._flush_ray_worker_logs = timed("flush_logs", RayTaskRunner._flush_ray_worker_logs)
+RayTaskRunner._warm_for_next_flow_run = timed("warm_next", RayTaskRunner._warm_for_next_flow_run)
 ray.init = timed("ray_init", ray.init)
 ray.shutdown = timed("ray_shutdown", ray.shutdown)
 
