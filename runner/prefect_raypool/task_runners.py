@@ -349,12 +349,15 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         task and context, in submission order.
         """
         size = self._batch_size(len(queued))
+        # The first wave (a Ray task per cluster CPU) runs one task run each, so the
+        # map's first results come back after one task run rather than a batch.
+        singles = cluster_cpus() if size > 1 else 0
         start = 0
         while start < len(queued):
             first = queued[start]
             fns = first.functions
             # A process that exits after max_calls Ray tasks runs one task run each, as asked.
-            group_size = size if fns.reuses_processes else 1
+            group_size = size if fns.reuses_processes and start >= singles else 1
             drain_logs = not fns.reuses_processes
             end = start + 1
             while (
