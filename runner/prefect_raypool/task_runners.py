@@ -260,6 +260,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         Ray job) with job-less ones the next flow run on the cluster takes over."""
         if not self.config.warm_workers_s or self._connection.started_local:
             return  # a Ray this runner started ends with the flow run
+        if is_ray_client():
+            return  # a driver outside the cluster may not reach the nodes' raylets
         asked = warm.prestart_for_next_job(used, self.config.warm_workers_s, self.logger)
         self.logger.debug(f"Asked for {asked} warm Ray worker(s) for the next flow run")
 
