@@ -11,6 +11,12 @@ Cases:
              each task run's cache key hashes its inputs (tasks/s and driver peak RSS)
   shared_nocache  the same with `cache_policy=NO_CACHE` (no hashing): the data
              movement alone
+  pool_flow  a pool's flow run: a fresh process (as the Prefect worker's
+             `prefect flow-run execute` is) attaching to the running Ray head
+             through RAY_ADDRESS, a map of 20 tasks of 50 ms; flow time and the
+             time from the map's start to its first result. Each runner's runs
+             follow each other, as a pool's flow runs do (ours warms Ray worker
+             processes for the next one, see runner/prefect_raypool/warm.py)
 Every case runs in a fresh child process (so peak RSS is per case), against one
 Prefect server (SQLite) and, for the warm cases, one Ray head started here. Each run
 starts once the server has gone idle: it records a run's events for seconds after the
@@ -35,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+#: What a pool's Ray nodes preload into idle Ray worker processes (warm.PRELOAD_MODULE).
+PRELOAD_MODULE = "prefect_raypool.preload"
 
 RUNNERS = ["ours", "prefect-ray", "threadpool", "raw-ray"]
 # Task counts per case and runner: prefect-ray gets fewer to keep the bench short.
@@ -44,7 +52,10 @@ COUNTS = {
     "shared_arg": {"ours": 100, "prefect-ray": 20, "threadpool": 20},
     "shared_nocache": {"ours": 100, "prefect-ray": 20, "threadpool": 100, "raw-ray": 100},
     "count_to": {"ours": 10, "prefect-ray": 10, "threadpool": 10, "raw-ray": 10},
+    "pool_flow": {"ours": 20, "prefect-ray": 20, "threadpool": 20},
 }
+#: pool_flow's task duration.
+POOL_TASK_SECONDS = 0.05
 BLOB_BYTES = 100 * 1024 * 1024
 #: count_to's task duration (the README example's).
 TASK_SECONDS = 0.5
@@ -243,16 +254,43 @@ def child_count_to(runner_name: str, n: int) -> dict[str, Any]:
     return result
 
 
+def child_pool_flow(runner_name: str, n: int) -> dict[str, Any]:
+    """The pool flow as users write it; Ray is found through RAY_ADDRESS, as in a pod."""
+    from prefect import flow, task
+    from prefect.futures import as_completed
+
+    marks: dict[str, float] = {}
+
+    @task
+    def work(i: int) -> int:
+        time.sleep(POOL_TASK_SECONDS)
+        return i
+
+    @flow(task_runner=make_runner(runner_name))
+    def pool_flow(n: int) -> list[int]:
+        marks["map"] = time.perf_counter()
+        futures = work.map(range(n))
+        for _ in as_completed(futures):  # timing only: when the first result arrives
+            marks["first"] = time.perf_counter()
+            break
+        return futures.result()
+
+    start = time.perf_counter()
+    assert pool_flow(n) == list(range(n))
+    return {"seconds": time.perf_counter() - start, "first_result": marks["first"] - marks["map"]}
+
+
 def child_main(case: str, runner_name: str, n: int, ray_address: str | None) -> None:
     import ray
 
-    if ray_address and case != "count_to":
+    if ray_address and case not in ("count_to", "pool_flow"):
         ray.init(address=ray_address, logging_level="ERROR")
     fn = {
         "warm_map": child_warm_map,
         "shared_arg": child_shared_arg,
         "shared_nocache": lambda r, k: child_shared_arg(r, k, cache=False),
         "count_to": child_count_to,
+        "pool_flow": child_pool_flow,
     }
     result = fn[case](runner_name, n)
     result.update({"case": case, "runner": runner_name, "n": n, "peak_rss_mb": peak_rss_mb()})
@@ -271,7 +309,9 @@ def run_child(
     label: str | None = None,
 ) -> dict[str, Any] | None:
     cmd = [sys.executable, __file__, "--child", case, runner_name, str(n)]
-    if ray_address:
+    if case == "pool_flow" and ray_address:
+        env = {**env, "RAY_ADDRESS": ray_address}  # as KubeRay sets it in a pod
+    elif ray_address:
         cmd.append(ray_address)
     started = time.monotonic()
     label = label or runner_name
@@ -287,6 +327,8 @@ def run_child(
             beyond = (
                 f" ({result['seconds'] - result['ray_start_stop']:.2f} s beyond Ray's start+stop)"
                 if "ray_start_stop" in result
+                else f" (first result {result['first_result']:.2f} s after the map)"
+                if "first_result" in result
                 else ""
             )
             print(
@@ -349,6 +391,25 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
             "-",
         ]
     )
+    pool = {r: results.get(("pool_flow", r)) for r in RUNNERS}
+    if any(pool.values()):
+
+        def secs(r: str, key: str) -> float | None:
+            res = pool.get(r)
+            return res[key] if res else None
+
+        for key, label in [("seconds", "pool_flow time"), ("first_result", "pool_flow 1st result")]:
+            rows.append(
+                [
+                    label,
+                    *[
+                        f"{secs(r, key):.2f} s" if secs(r, key) is not None else "-"
+                        for r in RUNNERS
+                    ],
+                    fmt_ratio(secs("ours", key), secs("prefect-ray", key)),
+                    fmt_ratio(secs("ours", key), secs("threadpool", key)),
+                ]
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print()
     for i, row in enumerate(rows):
@@ -369,7 +430,12 @@ def print_table(results: dict[tuple[str, str], dict[str, Any]]) -> None:
         "stops its own Ray (raw-ray column: Ray's own start, one task, stop; the ratio "
         "column: time above that), in brackets the time beyond the ray.init and "
         "ray.shutdown calls inside it (Ray's start-up varies by seconds between runs on a "
-        "loaded machine). prefect-ray runs fewer tasks (n) to keep the bench short."
+        "loaded machine). prefect-ray runs fewer tasks (n) to keep the bench short. "
+        "pool_flow: a fresh process attaching to the running Ray head (RAY_ADDRESS) runs a "
+        "map of 20 tasks of 50 ms: the flow's wall time and the time from the map's start "
+        "to its first result (best of the runs; ratios are times, lower is better for ours); "
+        "the head preloads prefect_raypool.preload into idle Ray worker processes "
+        "(RAY_preload_python_modules), as a pool's Ray pods do."
     )
 
 
@@ -400,7 +466,7 @@ def count_to_floor(results: dict[tuple[str, str], dict[str, Any]]) -> str | None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default="warm_map,shared_arg,shared_nocache,count_to")
+    parser.add_argument("--cases", default="warm_map,shared_arg,shared_nocache,count_to,pool_flow")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per case and runner; the best is kept"
@@ -419,7 +485,17 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="rpbench-"))
     print(f"bench: starting a Prefect server and a Ray head (state in {root})", flush=True)
     server = start_prefect_server(root)
-    cluster = dataplane.start_ray_head(num_cpus=os.cpu_count() or 2, auth_mode="disabled")
+    cluster = dataplane.start_ray_head(
+        num_cpus=os.cpu_count() or 2,
+        auth_mode="disabled",
+        # As a pool's Ray pods: idle Ray worker processes import Prefect and the runner.
+        extra_env={
+            "RAY_preload_python_modules": PRELOAD_MODULE,
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO / "runner"), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        },
+    )
     local_ray = Path(tempfile.mkdtemp(prefix="rpb-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(server.env())
@@ -440,15 +516,18 @@ def main() -> int:
         # Runners alternate within each round, so background load on a shared
         # machine hits them alike; the best of the rounds is kept.
         for case in args.cases.split(","):
-            for _ in range(args.repeat):
-                for runner_name in args.runners.split(","):
+            rounds = [args.runners.split(",")] * args.repeat
+            if case == "pool_flow":  # a pool's flow runs follow each other: no interleaving
+                rounds = [[r] * args.repeat for r in args.runners.split(",")]
+            for round_runners in rounds:
+                for runner_name in round_runners:
                     # "ours@DIR": this runner from another checkout's runner/ folder
                     # (a baseline, e.g. `git worktree add /tmp/base HEAD`), side by side.
                     base, _, runner_dir = runner_name.partition("@")
                     if base not in COUNTS[case]:
                         continue
                     n = COUNTS[case][base]
-                    address = cluster.address if case != "count_to" else None
+                    address = cluster.address if case != "count_to" else None  # own Ray
                     child_env = {**env, "PYTHONPATH": runner_dir} if runner_dir else env
                     wait_until_idle(server.process.pid)
                     result = run_child(case, base, n, address, child_env, label=runner_name)

@@ -115,9 +115,13 @@ def wait_for_nodes(cluster: RayCluster, count: int, timeout: float = 120.0) -> N
 
 
 def start_ray_head(
-    num_cpus: int = 2, auth_mode: str = "token", dashboard: bool = False
+    num_cpus: int = 2,
+    auth_mode: str = "token",
+    dashboard: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> RayCluster:
-    """`dashboard`: also start the dashboard and its job server (Ray Job submission)."""
+    """`dashboard`: also start the dashboard and its job server (Ray Job submission).
+    `extra_env`: more environment for `ray start` (e.g. `RAY_preload_python_modules`)."""
     # Short path: Ray's Unix sockets live under it (107-char limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp"))
     token = secrets.token_hex(32) if auth_mode == "token" else None
@@ -151,7 +155,7 @@ def start_ray_head(
     log = open(temp_dir / "head.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         cmd,
-        env=ray_env(auth_mode, token),
+        env={**ray_env(auth_mode, token), **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

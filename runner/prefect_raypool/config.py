@@ -25,12 +25,18 @@ class RunnerConfig:
     quiet_workers: bool
     max_batch: int
     default_remote_options: dict[str, Any]
+    warm_workers_s: int
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1 or None, got {self.max_in_flight}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.warm_workers_s < 0:
+            raise ValueError(
+                "warm_workers_s must be at least 0 (0 turns warming off), "
+                f"got {self.warm_workers_s}"
+            )
         # Own copies: the caller's dicts may change after the runner is built.
         init_kwargs = dict(self.init_kwargs)
         init_kwargs.setdefault("namespace", DEFAULT_NAMESPACE)

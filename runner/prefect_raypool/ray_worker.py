@@ -165,7 +165,7 @@ def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
     setup: WorkerSetup | None = serialized.get(WORKER_SETUP_KEY)
     if settings := serialized.get("settings_context"):
         settings_ctx = stack.enter_context(SettingsContext(**settings))
-        _export_settings(settings_ctx.settings)
+        _export_settings(settings_ctx.settings, setup.settings_env if setup else None)
     ensure_logging_setup()
     if setup is not None and setup.quiet_console:
         _quiet_console()
@@ -224,7 +224,7 @@ def _quiet_console() -> None:
             handler.addFilter(_RoutineTaskRunLines())
 
 
-def _export_settings(settings: Any) -> None:
+def _export_settings(settings: Any, precomputed: dict[str, str] | None) -> None:
     """Put the flow's Prefect settings into this process's environment.
 
     Prefect's background services (events, API logs) run in threads that do not
@@ -233,7 +233,9 @@ def _export_settings(settings: Any) -> None:
     """
     import os
 
-    for name, value in settings.to_environment_variables(exclude_unset=True).items():
+    if precomputed is None:
+        precomputed = settings.to_environment_variables(exclude_unset=True)
+    for name, value in precomputed.items():
         os.environ[name] = value
 
 
@@ -357,8 +359,8 @@ def _run_one(
     return ctx.run(run_task_sync, **kwargs)  # type: ignore[arg-type]
 
 
-def _flush_logs_and_linger() -> int:
-    """Send this process's buffered Prefect logs now; returns the process id.
+def _flush_logs_and_linger() -> tuple[str, int]:
+    """Send this process's buffered Prefect logs now; returns (Ray node id, process id).
 
     Ray kills a job's Ray worker processes without running exit handlers when the
     driver disconnects, and Prefect batches logs for a few seconds, so the driver
@@ -373,4 +375,4 @@ def _flush_logs_and_linger() -> int:
 
     APILogWorker.drain_all(timeout=10)
     time.sleep(0.1)
-    return os.getpid()
+    return ray.get_runtime_context().get_node_id(), os.getpid()

@@ -14,6 +14,7 @@ import dataclasses
 import sys
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -24,7 +25,7 @@ from prefect.context import serialize_context as prefect_serialize_context
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_raypool import cache_keys, remote_functions
+from prefect_raypool import cache_keys, remote_functions, warm
 from prefect_raypool.arguments import share_unmapped, task_run_call
 from prefect_raypool.config import RunnerConfig
 from prefect_raypool.connection import (
@@ -64,6 +65,8 @@ _MAX_FLUSH_CALLS = 64
 _MAX_BATCH = 8
 #: ...and batches only when that leaves at least this many Ray tasks per cluster CPU.
 _MIN_BATCHES_PER_CPU = 4
+#: How long the Ray worker processes warmed for the next flow run wait for it (see warm.py).
+_WARM_WORKERS_S = 600
 
 
 class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
@@ -90,6 +93,11 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         default_remote_options: Ray remote options for every task run (e.g.
             {"num_cpus": 2}). They override the PREFECT_RAYPOOL_TASK_* variables;
             `remote_options(...)` blocks override them.
+        warm_workers_s: when the flow run leaves a Ray cluster running (it attached
+            to one), it asks each node it ran task runs on for as many fresh Ray
+            worker processes as it used there, for the next flow run (a new Ray job,
+            which otherwise starts its own); they wait this many seconds beyond the
+            node's CPU count. 0: off. See warm.py.
 
     The arguments, checked, are `self.config`.
     """
@@ -102,6 +110,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         quiet_workers: bool = True,
         max_batch: int = _MAX_BATCH,
         default_remote_options: dict[str, Any] | None = None,
+        warm_workers_s: int = _WARM_WORKERS_S,
     ) -> None:
         self.config = RunnerConfig(
             address=address,
@@ -110,6 +119,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             quiet_workers=quiet_workers,
             max_batch=max_batch,
             default_remote_options=default_remote_options or {},
+            warm_workers_s=warm_workers_s,
         )
         #: Defaults from PREFECT_RAYPOOL_TASK_*, read when the runner starts (or
         #: handed down with the flow-run context to a runner inside a Ray worker).
@@ -125,6 +135,8 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         #: Ray remote functions built with their options, by options.
         self._remote_fns: dict[OptionsKey, RemoteFunctions] = {}
         self._client_warned = False
+        #: (settings context, its settings as environment variables), see _settings_env.
+        self._settings_env_cache: tuple[Any, dict[str, str]] | None = None
         #: The flow run submitting here (the engine keeps its state up to date).
         self._flow_run: Any = None
         super().__init__()
@@ -169,6 +181,9 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             if self._env_remote_options is None:
                 self._env_remote_options = remote_options_from_env()
             self._connection = connect(self.config.address, self.config.init_kwargs, self.logger)
+            if self._connection.owned and not self._connection.started_local:
+                # Before the flow submits anything: the first submit then finds it ready.
+                self._settings_env(SettingsContext.get())
         except BaseException:
             super().__exit__(None, None, None)
             raise
@@ -189,6 +204,7 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             self._flow_run = None
             self._task_refs.clear()
             self._context_refs.clear()
+            self._settings_env_cache = None
             self._remote_fns.clear()
             self._in_flight.ray_tasks_sent = 0
             disconnect(self._connection, self.logger)
@@ -231,10 +247,23 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
             refs = [fn.remote(FlushLogsRequest()) for _ in range(calls)]
             with unwrap_signal_errors():
                 done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-            pids = set(ray.get(done))
-            self.logger.debug(f"Flushed Prefect logs on {len(pids)} Ray worker(s) of {calls} asked")
+            workers = set(ray.get(done))
+            self.logger.debug(
+                f"Flushed Prefect logs on {len(workers)} Ray worker(s) of {calls} asked"
+            )
+            self._warm_for_next_flow_run(Counter(node for node, _ in workers))
         except Exception:  # best effort: never fail a flow run on log flushing
             self.logger.debug("Could not flush Ray worker logs", exc_info=True)
+
+    def _warm_for_next_flow_run(self, used: Counter[str]) -> None:
+        """Replace the Ray worker processes this flow run used (they end with its
+        Ray job) with job-less ones the next flow run on the cluster takes over."""
+        if not self.config.warm_workers_s or self._connection.started_local:
+            return  # a Ray this runner started ends with the flow run
+        if is_ray_client():
+            return  # a driver outside the cluster may not reach the nodes' raylets
+        asked = warm.prestart_for_next_job(used, self.config.warm_workers_s, self.logger)
+        self.logger.debug(f"Asked for {asked} warm Ray worker(s) for the next flow run")
 
     def cancel_all(self) -> None:
         """Cancel every Ray task this runner submitted that has not finished.
@@ -322,12 +351,15 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         task and context, in submission order.
         """
         size = self._batch_size(len(queued))
+        # The first wave (a Ray task per cluster CPU) runs one task run each, so the
+        # map's first results come back after one task run rather than a batch.
+        singles = cluster_cpus() if size > 1 else 0
         start = 0
         while start < len(queued):
             first = queued[start]
             fns = first.functions
             # A process that exits after max_calls Ray tasks runs one task run each, as asked.
-            group_size = size if fns.reuses_processes else 1
+            group_size = size if fns.reuses_processes and start >= singles else 1
             drain_logs = not fns.reuses_processes
             end = start + 1
             while (
@@ -395,10 +427,22 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
                 env_remote_options=self._env_remote_options or {},
             )
             if self._connection.started_local:
-                _share_ephemeral_server(serialized)
+                _share_ephemeral_server(serialized)  # changes the settings: workers export them
+            else:
+                serialized[WORKER_SETUP_KEY].settings_env = self._settings_env(settings_ctx)
             entry = ((flow_ctx, task_ctx, settings_ctx), ray.put(serialized))
             self._context_refs[key] = entry
         return entry[1]
+
+    def _settings_env(self, settings_ctx: SettingsContext | None) -> dict[str, str] | None:
+        """The flow's Prefect settings as environment variables (see WorkerSetup)."""
+        if settings_ctx is None:
+            return None
+        cached = self._settings_env_cache
+        if cached is None or cached[0] is not settings_ctx:
+            env = settings_ctx.settings.to_environment_variables(exclude_unset=True)
+            cached = self._settings_env_cache = (settings_ctx, env)
+        return cached[1]
 
     def _default_options(self) -> dict[str, Any]:
         """Ray options of a task run outside any remote_options block; later sources win."""

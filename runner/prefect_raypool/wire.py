@@ -125,3 +125,7 @@ class WorkerSetup:
     quiet_console: bool
     #: The driver's PREFECT_RAYPOOL_TASK_* defaults, for task runs nested in a task.
     env_remote_options: dict[str, Any]
+    #: The flow's Prefect settings as environment variables, computed once on the
+    #: driver (a few hundred ms of CPU that each fresh Ray worker process would
+    #: otherwise spend). None: the worker computes them from the settings context.
+    settings_env: dict[str, str] | None = None

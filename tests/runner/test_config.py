@@ -21,6 +21,7 @@ CUSTOM = {
     "quiet_workers": False,
     "max_batch": 3,
     "default_remote_options": {"num_cpus": 0.5},
+    "warm_workers_s": 30,
 }
 
 
@@ -53,6 +54,11 @@ def test_the_callers_dicts_are_copied() -> None:
     [
         ("max_in_flight", 0, "max_in_flight must be at least 1 or None, got 0"),
         ("max_batch", 0, "max_batch must be at least 1, got 0"),
+        (
+            "warm_workers_s",
+            -1,
+            r"warm_workers_s must be at least 0 \(0 turns warming off\), got -1",
+        ),
     ],
 )
 def test_bad_values_are_refused(field: str, value: int, message: str) -> None:

@@ -449,6 +449,12 @@ def test_large_map_runs_in_batches_and_records_every_run(client: Any) -> None:
     assert [v for v, _ in values] == [i + 1 + 100 for i in range(n) if i != 6]
     ray_tasks = {task_id for _, task_id in values}
     assert len(ray_tasks) < n - 1, "a large map runs several task runs per Ray task"
+    # ...except its first wave, one task run per Ray task and CPU: its first
+    # results come back after one task run, not after a whole batch.
+    cpus = int(ray.cluster_resources()["CPU"])
+    first_wave = {task_id for _, task_id in values[:cpus]}
+    assert len(first_wave) == cpus, values[:cpus]
+    assert not first_wave & {task_id for _, task_id in values[cpus:]}
 
     flow_run_id = state.state_details.flow_run_id
 

@@ -26,6 +26,18 @@ from prefect_raypool_operator.builders.rollout import (
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec, WorkerGroup
 
 COMPONENT = "ray-cluster"
+#: What idle Ray worker processes of a pool import before a flow run's Ray job takes
+#: them over (runner/prefect_raypool/warm.py). An image without it only logs the failure.
+PRELOAD_MODULES = "prefect_raypool.preload"
+
+
+def _ray_node_env(pool_name: str, spec: PrefectRayPoolSpec) -> list[Obj]:
+    return [
+        *ray_auth_env(pool_name, spec),
+        {"name": "RAY_preload_python_modules", "value": PRELOAD_MODULES},
+    ]
+
+
 HEAD_COMPONENT = "ray-head"  # the head pod's component label
 HEAD_PORTS = [
     {"name": "gcs", "containerPort": naming.GCS_PORT},
@@ -38,7 +50,7 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
     head: Obj = {
         "name": naming.HEAD_CONTAINER,
         "image": ray_image(spec),
-        "env": ray_auth_env(pool_name, spec),
+        "env": _ray_node_env(pool_name, spec),
         "ports": HEAD_PORTS,
         "resources": resources(spec.ray.head.resources),
         "volumeMounts": [SHM_MOUNT],
@@ -64,7 +76,7 @@ def _ray_worker_group(pool_name: str, spec: PrefectRayPoolSpec, group: WorkerGro
         {
             "name": naming.RAY_WORKER_CONTAINER,
             "image": ray_image(spec),
-            "env": ray_auth_env(pool_name, spec),
+            "env": _ray_node_env(pool_name, spec),
             "resources": resources(group.resources),
             "volumeMounts": [SHM_MOUNT],
         }
