@@ -21,11 +21,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from testbed.ephemeral import run_flow_on_ephemeral_pool, start_ephemeral_pool
+from testbed.ephemeral import (
+    FAST_POLL,
+    run_flow_on_ephemeral_pool,
+    start_ephemeral_pool,
+    task_timeline,
+)
 from testbed.pooldriver import PoolDriver, pool_manifest
 from testbed.realstack import RealNodeUnavailable, RealStack, start_real_stack
-
-FAST_POLL = [{"name": "PREFECT_WORKER_QUERY_SECONDS", "value": "1"}]
 
 
 def _driver(stack: RealStack) -> PoolDriver:
@@ -40,7 +43,7 @@ def _warm_pool(stack: RealStack, runs: int, count: int) -> list[tuple[float, flo
     pools = _driver(stack)
     try:
         manifest = pool_manifest("warm", pools.prefect_api_url, "ZeroCapacityNode")
-        manifest["spec"]["prefect"]["env"] = FAST_POLL
+        manifest["spec"]["prefect"]["env"] = list(FAST_POLL)
         pools.apply(manifest)
         pools.wait_ready("warm")
         out = []
@@ -50,20 +53,8 @@ def _warm_pool(stack: RealStack, runs: int, count: int) -> list[tuple[float, flo
             )
             run = pools.wait_final(run_id)
             assert run.state.type.value == "COMPLETED", run.state
-            with pools.prefect() as c:
-                from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-                tasks = c.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
-                )
-            first = min(t.start_time for t in tasks if t.start_time)
-            scheduled = run.expected_start_time
-            out.append(
-                (
-                    (first - scheduled).total_seconds(),
-                    (run.end_time - scheduled).total_seconds(),
-                )
-            )
+            _, first, final = task_timeline(pools, run)
+            out.append((first, final))
         return out
     finally:
         pools.delete()  # frees the node's CPUs for the Ephemeral runs

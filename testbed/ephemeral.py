@@ -15,6 +15,8 @@ from testbed.pooldriver import FLOW_IMAGE, PoolDriver, pool_manifest
 from testbed.waiting import eventually
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+#: Prefect workers polling every second (Prefect's default is 10 s).
+FAST_POLL = [{"name": "PREFECT_WORKER_QUERY_SECONDS", "value": "1"}]
 
 
 def ephemeral_pool_manifest(name: str, api_url: str, image: str = FLOW_IMAGE) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def ephemeral_pool_manifest(name: str, api_url: str, image: str = FLOW_IMAGE) ->
     # The kuberay worker only polls Prefect and watches RayJobs; a fast poll (Prefect's
     # default is 10 s) so the timeline measures the cluster, not the poll.
     spec["prefect"]["resources"] = {"cpu": "100m", "memory": "512Mi"}
-    spec["prefect"]["env"] = [{"name": "PREFECT_WORKER_QUERY_SECONDS", "value": "1"}]
+    spec["prefect"]["env"] = list(FAST_POLL)
     return manifest
 
 
@@ -61,13 +63,26 @@ def rayjobs(pools: PoolDriver, flow_run_id: Any) -> list[dict[str, Any]]:
     return list(found["items"])
 
 
+def task_timeline(pools: PoolDriver, run: Any) -> tuple[list[Any], float, float]:
+    """A finished flow run's task runs, and the seconds from its scheduled time to its
+    first task run started and to its end."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with pools.prefect() as c:
+        task_runs = c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    scheduled = run.expected_start_time
+    starts = [t.start_time for t in task_runs if t.start_time]
+    first = _seconds(scheduled, min(starts)) if starts else float("nan")
+    final = _seconds(scheduled, run.end_time) if run.end_time else float("nan")
+    return list(task_runs), first, final
+
+
 def run_flow_on_ephemeral_pool(
     pools: PoolDriver, pool: str, count: int, timeout: float = 480
 ) -> EphemeralRun:
     """Deploy count_to to the pool's work pool, run it once, follow it to a final state."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
     run_id = pools.run_deployment(
         pool, "count_to.py:count_to", "count-to", {"highest_number": count}
     )
@@ -78,20 +93,14 @@ def run_flow_on_ephemeral_pool(
     run = pools.wait_final(run_id, timeout)
     if latest := rayjobs(pools, run_id):
         rayjob = latest[0]
-    with pools.prefect() as c:
-        task_runs = c.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-        )
-    scheduled = run.expected_start_time
-    starts = [t.start_time for t in task_runs if t.start_time]
+    task_runs, first, final = task_timeline(pools, run)
     return EphemeralRun(
         flow_run=run,
         rayjob=rayjob,
-        task_runs=list(task_runs),
-        rayjob_created_s=_seconds(scheduled, _created(rayjob)),
-        first_task_running_s=_seconds(scheduled, min(starts)) if starts else float("nan"),
-        final_s=_seconds(scheduled, run.end_time) if run.end_time else float("nan"),
+        task_runs=task_runs,
+        rayjob_created_s=_seconds(run.expected_start_time, _created(rayjob)),
+        first_task_running_s=first,
+        final_s=final,
     )
 
 
