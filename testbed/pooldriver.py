@@ -155,6 +155,23 @@ class PoolDriver:
         )
         return dict(self.ray_in_head(cluster, code))
 
+    def ray_task_processes(self, cluster: str, function: str) -> dict[str, list[int]]:
+        """Ray's state API, in the head pod: for each Ray job, when the Ray worker
+        processes that ran its finished tasks (names holding `function`) were launched,
+        in epoch milliseconds."""
+        code = (
+            "import json; from ray.util.state import list_tasks, list_workers\n"
+            "launched = {w.worker_id: w.worker_launch_time_ms"
+            " for w in list_workers(detail=True, limit=10000)}\n"
+            "tasks = list_tasks(filters=[('state', '=', 'FINISHED')], detail=True, limit=10000)\n"
+            "jobs = {}\n"
+            "for t in tasks:\n"
+            f"    if {function!r} in t.name:\n"
+            "        jobs.setdefault(t.job_id, []).append(launched.get(t.worker_id))\n"
+            "print(json.dumps(jobs))"
+        )
+        return dict(self.ray_in_head(cluster, code))
+
     def logs(self, pool_name: str, lines: int = 60) -> str:
         """The last log lines of every container of the pool's pods, to explain a failure."""
         out = []

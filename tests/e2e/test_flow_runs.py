@@ -8,6 +8,7 @@ node ran each task: they must be the Ray worker pods.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 COUNT = 6
 
 
-def _run_count_to(pools: PoolDriver, name: str) -> None:
+def _run_count_to(pools: PoolDriver, name: str) -> Any:
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterId,
@@ -54,6 +55,7 @@ def _run_count_to(pools: PoolDriver, name: str) -> None:
     }
     ran_on = pools.ray_nodes_of_finished_tasks(name, "run_task")
     assert len(ran_on) >= 1 and set(ran_on.values()) <= worker_ips, (ran_on, worker_ips)
+    return run_id
 
 
 def test_zero_capacity_pool_runs_a_flow_on_its_ray_workers(pools: PoolDriver) -> None:
@@ -64,6 +66,17 @@ def test_zero_capacity_pool_runs_a_flow_on_its_ray_workers(pools: PoolDriver) ->
     (worker,) = pools.pods("prefectray.io/pool=zc,prefectray.io/component=prefect-worker")
     assert worker.status.container_statuses[0].ready
     _run_count_to(pools, "zc")
+    # The next flow run of the pool is a new driver, so a new Ray job: its tasks run
+    # in Ray worker processes the first flow run left warm (preloaded with Prefect),
+    # launched before this flow run started, not in processes started for it.
+    time.sleep(5)  # the warm processes start while no flow runs
+    second_run = _run_count_to(pools, "zc")
+    with pools.prefect() as c:
+        started_ms = c.read_flow_run(second_run).start_time.timestamp() * 1000
+    jobs = pools.ray_task_processes("zc", "run_task")
+    assert len(jobs) == 2, jobs  # one Ray job per flow run
+    second_job = max(jobs.values(), key=max)
+    assert all(launched < started_ms for launched in second_job), (started_ms, jobs)
 
 
 def test_head_sidecar_pool_runs_a_flow_on_its_ray_workers(pools: PoolDriver) -> None:
