@@ -131,7 +131,8 @@ class ControlPlane:
         self.stop_process("kuberay-operator")
 
     def start_kuberay(self, timeout: float = 120) -> None:
-        self._start_kuberay(timeout)
+        """Start the KubeRay operator again (its CRDs are still there)."""
+        self._start_kuberay_operator(timeout)
 
     def stop_process(self, name: str, grace: float = 10) -> None:
         """SIGTERM one recorded process's group, SIGKILL after `grace` s."""
@@ -296,6 +297,9 @@ class ControlPlane:
         # Polled rather than `kubectl wait`, which errors on a CRD whose status is
         # still empty instead of waiting for it.
         self.procs.wait("KubeRay CRDs", self._crds_established, timeout)
+        self._start_kuberay_operator(timeout)
+
+    def _start_kuberay_operator(self, timeout: float) -> None:
         probe = free_port()
         self.procs.spawn(
             "kuberay-operator",
