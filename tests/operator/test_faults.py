@@ -54,7 +54,7 @@ TRIALS = int(os.environ.get("RAYPOOL_FAULT_TRIALS", "50"))
 RESYNC = 2  # seconds: the operator's resync timer here
 KUBERAY_GRACE = 6  # seconds: RAYPOOL_KUBERAY_GRACE_SECONDS here
 Obj = dict[str, Any]
-# What each pool owns, by the pool label: (API group, version, plural) or a core kind.
+# The kinds a pool owns, as Bed.owned lists them (by the pool label).
 OWNED_KINDS = ("rayclusters", "deployments", "secrets", "networkpolicies")
 
 
