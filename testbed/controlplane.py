@@ -9,10 +9,12 @@ kubeconfig. Processes are run and recorded by a `Supervisor` (processes.py).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +28,13 @@ from testbed.binaries import Binaries
 from testbed.node import NODE_IP, RealNode
 from testbed.node import NODE_NAME as REAL_NODE_NAME
 from testbed.processes import (
+    PROCESSES_FILE,
     Supervisor,
     cluster_tool,
     free_port,
     http_ok,
     log,
+    pid_alive,
     stop_recorded,
 )
 
@@ -114,6 +118,36 @@ class ControlPlane:
         """Stop every process this state dir started, newest first."""
         stop_control_plane(self.state_dir)
 
+    # ---- faults (tests/operator/test_faults.py) ---------------------------------
+
+    def restart_apiserver(self, timeout: float = 120) -> None:
+        """Stop kube-apiserver and start it again on the same port and etcd: clients
+        see their connections drop, then the same server (and data) come back."""
+        self.stop_process("kube-apiserver")
+        self._start_apiserver(timeout, port=self.apiserver_port)
+
+    def stop_kuberay(self) -> None:
+        """Stop the KubeRay operator; its CRDs and the RayClusters stay."""
+        self.stop_process("kuberay-operator")
+
+    def start_kuberay(self, timeout: float = 120) -> None:
+        """Start the KubeRay operator again (its CRDs are still there)."""
+        self._start_kuberay_operator(timeout)
+
+    def stop_process(self, name: str, grace: float = 10) -> None:
+        """SIGTERM one recorded process's group, SIGKILL after `grace` s."""
+        pid = self.procs.processes.pop(name)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + grace
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not pid_alive(pid):
+                break
+        (self.state_dir / PROCESSES_FILE).write_text(json.dumps(self.procs.processes, indent=2))
+        log(f"stopped {name}")
+
     # ---- pieces ----------------------------------------------------------------
 
     def _write_credentials(self) -> None:
@@ -159,8 +193,8 @@ class ControlPlane:
         )
         self.procs.wait("etcd", lambda: http_ok(f"{self.etcd_url}/health"), timeout)
 
-    def _start_apiserver(self, timeout: float) -> None:
-        self.apiserver_port = free_port()
+    def _start_apiserver(self, timeout: float, port: int | None = None) -> None:
+        self.apiserver_port = port or free_port()
         pki = self.state_dir / "pki"
         self.procs.spawn(
             "kube-apiserver",
@@ -263,6 +297,9 @@ class ControlPlane:
         # Polled rather than `kubectl wait`, which errors on a CRD whose status is
         # still empty instead of waiting for it.
         self.procs.wait("KubeRay CRDs", self._crds_established, timeout)
+        self._start_kuberay_operator(timeout)
+
+    def _start_kuberay_operator(self, timeout: float) -> None:
         probe = free_port()
         self.procs.spawn(
             "kuberay-operator",

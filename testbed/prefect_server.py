@@ -59,16 +59,18 @@ def start_prefect_server(
     host: str = "127.0.0.1",
     supervisor: Supervisor | None = None,
     timeout: float = 120,
+    port: int | None = None,
 ) -> PrefectServer:
     """Start a server under `root`; return it once healthy.
 
     `host` is where it listens and how clients reach it (a real node's pods reach
     the host at the node's address). With a `supervisor` the process is recorded
-    for `make down`.
+    for `make down`. A `port` and `root` used before start the same server again (its
+    SQLite database is kept): a Prefect API that went down and came back.
     """
     home = root / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     argv = [PREFECT, "server", "start", "--host", host, "--port", str(port)]
     env = server_env(root, for_tests)
     if supervisor:

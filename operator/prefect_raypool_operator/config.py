@@ -64,6 +64,9 @@ class Config:
     # (a Warning Event then): an unreachable Prefect must not keep a pool forever.
     work_pool_release_tries: int = 5
     work_pool_release_delay: float = 10.0
+    # How long KubeRay may leave a RayCluster's new generation unobserved before the
+    # pool says KubeRay is not reconciling (observe.kuberay_silent_for).
+    kuberay_grace_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -79,6 +82,7 @@ class Config:
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
             work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
             work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),
+            kuberay_grace_seconds=_float("RAYPOOL_KUBERAY_GRACE_SECONDS", 60.0),
         )
 
     def prefect_api_allowed(self, url: str) -> bool:

@@ -8,10 +8,12 @@ Prefect workers), never from what was just applied.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS, outdated_fields
+from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
@@ -37,6 +39,7 @@ class Found:
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
+    now: datetime | None = None  # when it was seen (None: the clock's now)
 
 
 def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
@@ -77,7 +80,7 @@ def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
             ),
             previous,
         )
-    ray = ray_cluster_check(cluster)
+    ray = ray_cluster_check(cluster, found.now)
     # Where pods cannot run, their containers' own reasons replace the bare counts.
     ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container)
     prefect_failure = None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container)
@@ -172,11 +175,26 @@ def _is_prefect_container(name: str) -> bool:
     return name == naming.PREFECT_WORKER_CONTAINER
 
 
-def ray_cluster_check(live: Obj | None) -> Check:
-    """RayClusterReady from KubeRay's own status: state and conditions."""
+def ray_cluster_check(
+    live: Obj | None, now: datetime | None = None, grace: float | None = None
+) -> Check:
+    """RayClusterReady from KubeRay's own status: state and conditions, once KubeRay
+    has caught up with the RayCluster's current generation."""
     if live is None:
         return Check(False, "RayClusterMissing", "the RayCluster does not exist yet")
     status = live.get("status") or {}
+    silent = kuberay_silent_for(live, now or datetime.now(UTC))
+    grace = CONFIG.kuberay_grace_seconds if grace is None else grace
+    if silent is not None and silent > grace:
+        meta = live.get("metadata") or {}
+        return Check(
+            False,
+            "KubeRayNotReconciling",
+            f"KubeRay has not acted on RayCluster {meta.get('name')} generation "
+            f"{meta.get('generation')} for {silent:.0f}s (its status is of generation "
+            f"{status.get('observedGeneration') or 'none'}): the KubeRay operator is not "
+            "running or cannot reconcile it; check its pod and its log",
+        )
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     failure = conditions.get("ReplicaFailure")
     if failure and failure.get("status") == "True":
@@ -189,6 +207,33 @@ def ray_cluster_check(live: Obj | None) -> Check:
         message = conditions.get("HeadPodReady", {}).get("message") or "head pod not ready"
         return Check(False, "HeadPodNotReady", message)
     return Check(False, "RayClusterProvisioning", "KubeRay is starting the worker pods")
+
+
+def kuberay_silent_for(live: Obj, now: datetime) -> float | None:
+    """Seconds since the RayCluster's spec last changed, while KubeRay has not yet
+    reported on that generation (status.observedGeneration, which KubeRay sets on
+    every reconcile); None when it has, or when no time is known.
+
+    The honest signal of a KubeRay that is not running: its CRD stays, the stale status
+    stays, and only the generation it last saw falls behind. When the spec changed is
+    the newest managedFields time outside the status subresource (a spec change is
+    written by some manager; KubeRay writes only status), else creationTimestamp.
+    """
+    meta = live.get("metadata") or {}
+    generation = meta.get("generation")
+    seen = (live.get("status") or {}).get("observedGeneration") or 0
+    if not isinstance(generation, int) or seen >= generation:
+        return None
+    times = [
+        entry["time"]
+        for entry in meta.get("managedFields") or []
+        if entry.get("subresource") != "status" and entry.get("time")
+    ]
+    since = max(times, default=meta.get("creationTimestamp"))
+    if not since:
+        return None
+    changed = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return max(0.0, (now - changed).total_seconds())
 
 
 def desired_workers(prefect: PrefectSpec, live: Obj | None) -> int:

@@ -211,3 +211,45 @@ def test_prefect_url_map_rewrites_only_the_prefix() -> None:
     assert operator_config.operator_prefect_url("http://other:4200/api") == "http://other:4200/api"
     with pytest.raises(ValueError):
         config._url_map("nonsense")
+
+
+def _stale(observed: int | None, generation: int = 2) -> dict[str, Any]:
+    """A RayCluster whose spec last changed at T0 (a status write by KubeRay later)."""
+    cluster = _cluster("ready", HeadPodReady="True", RayClusterProvisioned="True")
+    cluster["status"]["observedGeneration"] = observed
+    cluster["metadata"] = {
+        "name": "p",
+        "generation": generation,
+        "creationTimestamp": "2025-12-31T00:00:00Z",
+        "managedFields": [
+            {"manager": "prefect-raypool", "operation": "Apply", "time": "2026-01-01T00:00:00Z"},
+            {"manager": "kuberay", "subresource": "status", "time": "2026-01-01T00:04:00Z"},
+        ],
+    }
+    return cluster
+
+
+def test_kuberay_not_reconciling_is_said_once_the_grace_is_over() -> None:
+    """KubeRay stopped: its last status stays (here: ready) but is of an older
+    generation. Within the grace period that is a KubeRay at work; after it, the
+    condition says KubeRay is not reconciling, however ready the stale status looks."""
+    assert ray_cluster_check(_stale(1), T0, grace=60).ok is True  # just changed
+    check = ray_cluster_check(_stale(1), T1, grace=60)  # 5 minutes later
+    assert (check.ok, check.reason) == (False, "KubeRayNotReconciling")
+    assert "generation 2 for 300s" in check.message and "of generation 1" in check.message
+    assert "KubeRay operator is not running" in check.message
+    assert ray_cluster_check(_stale(2), T1, grace=60).reason == "RayClusterReady"  # caught up
+
+
+def test_a_new_raycluster_kuberay_never_saw_counts_from_its_creation() -> None:
+    fresh = {
+        "metadata": {"name": "p", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
+    }
+    check = ray_cluster_check(fresh, T1, grace=60)
+    assert (check.ok, check.reason) == (False, "KubeRayNotReconciling")
+    assert "of generation none" in check.message
+    assert ray_cluster_check(fresh, T0, grace=60).reason == "HeadPodNotReady"
+    # No time known (as in the in-memory cluster of test_controller): no verdict on KubeRay.
+    assert ray_cluster_check({"metadata": {"generation": 3}}, T1, grace=0).reason != (
+        "KubeRayNotReconciling"
+    )
