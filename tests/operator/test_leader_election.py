@@ -179,6 +179,17 @@ def _standby_wrote_nothing(standby: Replica) -> None:
     assert not any("kopf" in ln or "Handler" in ln for ln in lines), lines
 
 
+def _change_max_replicas(env: Env, count: int) -> None:
+    group = {**env.example("zero-capacity.yaml")["spec"]["ray"]["workerGroups"][0]}
+    patch = {"spec": {"ray": {"workerGroups": [{**group, "maxReplicas": count}]}}}
+    env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, "analytics", patch)
+
+
+def _max_replicas(env: Env) -> int | None:
+    groups = (env.raycluster("analytics") or {}).get("spec", {}).get("workerGroupSpecs", [])
+    return int(groups[0]["maxReplicas"]) if groups else None
+
+
 def _pool(env: Env, name: str) -> dict[str, Any]:
     pool = env.pool(name)
     assert pool is not None
@@ -205,20 +216,11 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(
     # The leader dies mid-life; the spec changes while nobody acts.
     a.kill()
     killed = time.monotonic()
-    env.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ha_namespace, PLURAL, "analytics",
-        {"spec": {"ray": {"workerGroups": [{**env.example("zero-capacity.yaml")["spec"]["ray"][
-            "workerGroups"][0], "maxReplicas": 5}]}}},
-    )  # fmt: skip
+    _change_max_replicas(env, 5)
     generation = _pool(env, "analytics")["metadata"]["generation"]
     leading = b.wait_leading(timeout=TIMING.lease + START_UP)
 
-    def applied() -> bool:
-        rc = env.raycluster("analytics") or {}
-        groups = rc.get("spec", {}).get("workerGroupSpecs", [])
-        return bool(groups) and groups[0]["maxReplicas"] == 5
-
-    eventually(applied, timeout=START_UP, interval=0.1, what="the change made in the gap")
+    eventually(lambda: _max_replicas(env) == 5, timeout=START_UP, interval=0.1, what="change")
     done = time.monotonic()
     print(
         f"\nSIGKILL takeover ({TIMING}): leading after {leading - killed:.1f} s, "
@@ -237,21 +239,36 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(
 
 @pytest.mark.controlplane
 def test_sigterm_releases_the_lease_for_a_fast_hand_over(
-    kube_cluster: Cluster, ha_namespace: str, replicas: tuple[Replica, Replica]
+    kube_cluster: Cluster,
+    ha_namespace: str,
+    replicas: tuple[Replica, Replica],
+    prefect_server: PrefectServer,
 ) -> None:
     a, b = replicas
     _start_pair(a, b)
+    env = Env(kube_cluster, ha_namespace, a, prefect_server)
+    env.apply(env.example("zero-capacity.yaml"))
+    eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
+    before = _owned(env)
     assert a.proc is not None
-    a.proc.send_signal(signal.SIGTERM)
+    a.proc.send_signal(signal.SIGTERM)  # as the kubelet does in a rolling upgrade
     stopped = time.monotonic()
+    _change_max_replicas(env, 6)
     leading = b.wait_leading(timeout=TIMING.lease + START_UP)
-    print(f"\nSIGTERM hand-over ({TIMING}): leading after {leading - stopped:.1f} s")
+    print(f"\nannotations: {_pool(env, 'analytics')['metadata'].get('annotations')}")
+    eventually(lambda: _max_replicas(env) == 6, timeout=START_UP, interval=0.1, what="change")
+    done = time.monotonic()
+    print(
+        f"\nSIGTERM hand-over ({TIMING}): leading after {leading - stopped:.1f} s, "
+        f"the change applied after {done - stopped:.1f} s"
+    )
     assert a.exit_code() == 0
     assert "Released the Lease" in a.tail()
     # One retry period for the standby to see it free (and kopf's own stop), not a
     # whole lease duration.
     assert leading - stopped < TIMING.lease - 1, a.tail()
     assert _lease_holder(kube_cluster, ha_namespace) == b.identity()
+    assert _owned(env) == before
 
 
 @pytest.mark.controlplane
