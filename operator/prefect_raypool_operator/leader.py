@@ -197,6 +197,7 @@ class Elector:
         self.me = settings.identity
         self.seen: Seen | None = None
         self.last_attempt = time.monotonic()  # the standby's liveness: the loop turns
+        self.renewed_at = 0.0  # when the last successful attempt started
 
     def _read(self, timeout: float) -> client.V1Lease | None:
         s = self.settings
@@ -227,6 +228,7 @@ class Elector:
                     s.name, s.namespace, lease, _request_timeout=timeout
                 )
             self.seen = observe(None, spec, now)
+            self.renewed_at = now
             return True
         except client.ApiException as e:
             if e.status != 409:
@@ -268,6 +270,15 @@ class Elector:
                     return True
         return True
 
+    def watchdog(self, stop: threading.Event, tick: float = 0.25) -> bool:
+        """False once no renewal started within renew_deadline, however the renewing
+        thread is stuck (a request past its timeout, DNS, TLS); True when `stop` is set.
+        No I/O here, so nothing can hold it up."""
+        while not stop.wait(tick):
+            if time.monotonic() - self.renewed_at > self.settings.renew_deadline:
+                return False
+        return True
+
     def release(self) -> None:
         """Empty the holder if it is still us (a best effort: the Lease expires anyway)."""
         s = self.settings
@@ -288,6 +299,9 @@ def coordination_api() -> client.CoordinationV1Api:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         config.load_kube_config(client_configuration=configuration)
+    # One try per attempt: urllib3 would otherwise retry a timed-out request 3 times,
+    # and a renewal could outlast the renew deadline several times over.
+    configuration.retries = 0
     return client.CoordinationV1Api(client.ApiClient(configuration))
 
 
@@ -386,10 +400,16 @@ def run_elected(
         if not elector.renew_until_lost(renewing):
             _lost()
 
+    def watch() -> None:
+        if not elector.watchdog(renewing):
+            _lost()
+
     renewer = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    watchdog = threading.Thread(target=watch, name="lease-watchdog", daemon=True)
     try:
         log.info("Leading as %s: holding the Lease %s; starting the operator.", elector.me, where)
         renewer.start()
+        watchdog.start()
         if stop.is_set():
             return
         run_operator()

@@ -13,14 +13,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from kubernetes import client
 
 from prefect_raypool_operator import leader
 from testbed.cluster import Cluster
 from testbed.elected import Replica, Timing
 from testbed.prefect_server import PrefectServer
+from testbed.tcpproxy import BlackholeProxy
 from testbed.waiting import eventually
 from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
@@ -255,7 +258,6 @@ def test_sigterm_releases_the_lease_for_a_fast_hand_over(
     stopped = time.monotonic()
     _change_max_replicas(env, 6)
     leading = b.wait_leading(timeout=TIMING.lease + START_UP)
-    print(f"\nannotations: {_pool(env, 'analytics')['metadata'].get('annotations')}")
     eventually(lambda: _max_replicas(env) == 6, timeout=START_UP, interval=0.1, what="change")
     done = time.monotonic()
     print(
@@ -288,3 +290,48 @@ def test_a_leader_whose_lease_is_taken_stops_at_once_with_status_1(
     print(f"\nleader stopped {time.monotonic() - taken:.1f} s after its Lease was taken")
     assert "Lost the Lease" in a.tail()
     assert _lease_holder(kube_cluster, ha_namespace) == "someone-else"  # not released
+
+
+@pytest.mark.controlplane
+def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
+    kube_cluster: Cluster, ha_namespace: str, tmp_path: Path
+) -> None:
+    """A partition (requests hang, nothing refused): the leader's renewals time out, it
+    exits 1 before the lease duration ends, and the standby takes over after it."""
+    kubeconfig: dict[str, Any] = yaml.safe_load(kube_cluster.kubeconfig.read_text())
+    server = urlsplit(kubeconfig["clusters"][0]["cluster"]["server"])
+    proxy = BlackholeProxy((server.hostname or "127.0.0.1", server.port or 443))
+    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    through_proxy = tmp_path / "kubeconfig-proxy"
+    through_proxy.write_text(yaml.safe_dump(kubeconfig))
+
+    def replica(name: str, kubeconfig: Path) -> Replica:
+        return Replica(
+            kubeconfig,
+            tmp_path / f"{name}.log",
+            lease="prefect-raypool-operator",
+            lease_namespace=ha_namespace,
+            scope=(f"--namespace={ha_namespace}",),
+            timing=TIMING,
+        )
+
+    a, b = replica("a", through_proxy), replica("b", kube_cluster.kubeconfig)
+    try:
+        _start_pair(a, b)
+        proxy.blackhole()
+        cut = time.monotonic()
+        assert a.exit_code(timeout=TIMING.lease) == leader.LOST, a.tail()
+        stopped = time.monotonic() - cut
+        leading = b.wait_leading(timeout=TIMING.lease + START_UP) - cut
+        print(
+            f"\npartition ({TIMING}): leader exited after {stopped:.1f} s, "
+            f"standby led after {leading:.1f} s"
+        )
+        # It stops acting before anyone may take over: renewDeadline < leaseDuration.
+        assert stopped < TIMING.lease - TIMING.retry
+        assert "Lost the Lease" in a.tail()
+        assert _lease_holder(kube_cluster, ha_namespace) == b.identity()
+    finally:
+        a.kill()
+        b.kill()
+        proxy.close()
