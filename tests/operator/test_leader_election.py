@@ -335,3 +335,17 @@ def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
         a.kill()
         b.kill()
         proxy.close()
+
+
+@pytest.mark.controlplane
+def test_a_standby_stops_at_once_on_sigterm_and_leaves_the_lease_alone(
+    kube_cluster: Cluster, ha_namespace: str, replicas: tuple[Replica, Replica]
+) -> None:
+    a, b = replicas
+    _start_pair(a, b)
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.exit_code(timeout=TIMING.retry + 3) == 0
+    assert "Stopped while standing by." in b.tail()
+    _standby_wrote_nothing(b)
+    assert _lease_holder(kube_cluster, ha_namespace) == a.identity()
