@@ -335,7 +335,6 @@ class StandbyProbe:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # a probe every few seconds
 
-        ThreadingHTTPServer.allow_reuse_address = True
         self.server = ThreadingHTTPServer((parts.hostname or "0.0.0.0", parts.port or 80), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
