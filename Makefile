@@ -66,6 +66,8 @@ bench: images
 	tests/isolated.sh $(PY) -m bench.runner_bench
 	@echo "==> operator latency beside KubeRay's own, 1 and 100 pools"
 	tests/isolated.sh $(PY) -m bench.operator_latency --counts 1,100
+	@echo "==> operator failover: two replicas, the leader SIGKILLed or SIGTERMed (chart timings)"
+	tests/isolated.sh $(PY) -m bench.operator_failover --rounds 3
 	@echo "==> Ephemeral pools: flow run scheduled to its RayJob created (kuberay worker)"
 	tests/isolated.sh $(PY) -m bench.kuberay_latency --runs 10 --poll 1
 	@echo "==> Ephemeral pools on a real node: scheduled to first task running, beside a warm pool"

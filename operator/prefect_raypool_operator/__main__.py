@@ -4,8 +4,10 @@
         --namespace=team-a --namespace=team-b      # or --all-namespaces
 
 is `kopf run -m prefect_raypool_operator.main --standalone` with the same options
-(kopf's own: scope, liveness, logging). Standalone: replicas of one operator do not
-peer (kopf's peering is not leader election); the chart runs one.
+(kopf's own: scope, liveness, logging). Standalone: kopf's peering is not leader
+election. With RAYPOOL_LEADER_ELECTION=true (the chart's default, for its replicas)
+the process first stands by until it holds a Lease and only then starts kopf
+(leader.py); without it, it starts kopf at once, the one operator of its scope.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import sys
 
 from kopf.cli import main as kopf_cli
+
+from prefect_raypool_operator import leader
 
 PROG = "python -m prefect_raypool_operator"
 
@@ -23,7 +27,22 @@ def run_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    kopf_cli.main(args=run_args(sys.argv[1:] if argv is None else argv), prog_name=PROG)
+    args = sys.argv[1:] if argv is None else argv
+
+    def run_kopf() -> None:
+        kopf_cli.main(args=run_args(args), prog_name=PROG)
+
+    if "--help" in args:
+        run_kopf()
+    try:
+        settings = leader.Settings.from_env()
+    except ValueError as e:
+        sys.exit(f"{PROG}: {e}")
+    if not settings.enabled:
+        run_kopf()
+        return
+    leader.configure_logging()
+    leader.run_elected(settings, args, run_kopf)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,13 @@ def chart_operator(
         kubeconfig,
         tmp_path / "operator.log",
         free_port(),
-        {"RAYPOOL_RESYNC_SECONDS": "3"},
+        {
+            "RAYPOOL_RESYNC_SECONDS": "3",
+            # As the chart runs it: elected on a Lease in the release namespace.
+            "RAYPOOL_LEADER_ELECTION": "true",
+            "RAYPOOL_LEADER_ELECTION_NAMESPACE": system,
+            "RAYPOOL_LEADER_ELECTION_NAME": account,
+        },
         scope=(f"--namespace={watched}",),
     )
     try:
@@ -103,6 +109,8 @@ def test_operator_runs_with_only_the_charts_rbac(
     assert {e.reason for e in env.events("analytics")} >= {"Created", "Ready"}
     networking = client.NetworkingV1Api(kube_cluster.api_client())
     assert networking.read_namespaced_network_policy("analytics-ray-head", watched)
+    log = op.tail(1_000_000)
+    assert "Leading as" in log  # it took the Lease with the chart's Role
     log = op.tail()
     assert "Forbidden" not in log and " 403" not in log, log
 
@@ -157,6 +165,10 @@ DENIED = [
     ("bind", "roles.rbac.authorization.k8s.io", ""),
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
 ]
+# The election's Lease: in the release namespace only, and nothing else on leases.
+LEASES = "leases.coordination.k8s.io"
+LEASE_NEEDED = [(verb, LEASES, "") for verb in ("get", "create", "update")]
+LEASE_DENIED = [(verb, LEASES, "") for verb in ("list", "watch", "patch", "delete")]
 CLUSTER_NEEDED = [("list", CRDS, ""), ("watch", CRDS, "")]
 # kopf follows the watched namespaces when scoped; with --all-namespaces it never does.
 SCOPED_NEEDED = [("list", "namespaces", ""), ("watch", "namespaces", "")]
@@ -232,11 +244,14 @@ def test_the_charts_service_account_may_do_what_the_operator_does_and_nothing_mo
             *((c, ns) for c in NEEDED for ns in idle),
             *((c, ns) for c in DENIED for ns in (watched, other, system)),
             *((c, None) for c in CLUSTER_NEEDED + SCOPED_NEEDED + CLUSTER_DENIED),
+            *((c, ns) for c in LEASE_NEEDED + LEASE_DENIED for ns in (watched, other, system)),
         ]
         answers = _matrix(kube_cluster, account, rows)
         cluster_needed = CLUSTER_NEEDED + (SCOPED_NEEDED if scope == "scoped" else [])
         expected = {
-            (check, ns): (check in NEEDED and ns in working) or check in cluster_needed
+            (check, ns): (check in NEEDED and ns in working)
+            or check in cluster_needed
+            or (check in LEASE_NEEDED and ns == system)
             for check, ns in rows
         }
         wrong = {row: answer for row, answer in answers.items() if answer != expected[row]}

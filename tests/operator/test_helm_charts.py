@@ -86,8 +86,13 @@ def test_operator_chart_scoped_to_namespaces() -> None:
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--namespace=team-a" in command and "--namespace=team-b" in command
     assert "--all-namespaces" not in command
-    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
-    assert roles == {"team-a", "team-b"}
+    roles = {d["metadata"]["namespace"]: d["metadata"]["name"] for d in docs if d["kind"] == "Role"}
+    # A Role in each watched namespace, and the election's in the release namespace.
+    assert roles == {
+        "team-a": "rel-prefect-raypool-operator",
+        "team-b": "rel-prefect-raypool-operator",
+        "ops": "rel-prefect-raypool-operator-leader-election",
+    }
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == [
         "rel-prefect-raypool-operator-discovery"
     ]
@@ -126,6 +131,9 @@ def test_operator_chart_grants_only_the_verbs_the_operator_uses() -> None:
             for group in rule["apiGroups"]
             for resource in rule["resources"]
         }
+        # update only on the election's Lease (a replace carries the resourceVersion).
+        lease = ("coordination.k8s.io", "leases")
+        assert verbs.pop(lease) == {"get", "create", "update"}
         assert all("update" not in v for (_, r), v in verbs.items() if "/" not in r), verbs
         assert verbs[("", "secrets")] == {"get", "create"}
         assert verbs[("prefectray.io", "prefectraypools/finalizers")] == {"update"}
@@ -142,6 +150,17 @@ def test_operator_chart_grants_only_the_verbs_the_operator_uses() -> None:
         ("prefect-raypool-operator", ["workers=0"], "/workers"),
         ("prefect-raypool-operator", ["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         ("prefect-raypool-operator", ["prefectApiAllowlist=http://a"], "/prefectApiAllowlist"),
+        (
+            "prefect-raypool-operator",
+            ["leaderElection.retryPeriod=0"],
+            "/leaderElection/retryPeriod",
+        ),
+        (
+            "prefect-raypool-operator",
+            ["leaderElection.enabled=false"],
+            "needs leaderElection.enabled",
+        ),
+        ("prefect-raypool-operator", ["replicaCount=-1"], "/replicaCount"),
         ("prefect-raypool", ["spec.prefect.apiUrl=prefect:4200"], "/spec/prefect/apiUrl"),
         ("prefect-raypool", ["spec.placment=HeadSidecar"], "'placment' not allowed"),
         ("prefect-raypool", ["name=Bad_Name"], "/name"),
@@ -189,3 +208,58 @@ def test_operator_pods_carry_what_the_pools_network_policies_admit() -> None:
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     namespace = env["RAYPOOL_OPERATOR_NAMESPACE"]["valueFrom"]
     assert namespace == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def _deployment(*args: str) -> dict[str, Any]:
+    return next(d for d in _operator(*args) if d["kind"] == "Deployment")
+
+
+def test_operator_chart_runs_two_replicas_that_elect_a_leader() -> None:
+    docs = _operator()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    # A new pod is Ready (standing by) before an old one goes: never no operator at all.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = spec["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["RAYPOOL_LEADER_ELECTION"]["value"] == "true"
+    assert env["RAYPOOL_LEADER_ELECTION_NAME"]["value"] == "rel-prefect-raypool-operator"
+    timings = ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
+    assert [env[f"RAYPOOL_{k}"]["value"] for k in timings] == ["15", "10", "2"]
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The Lease's namespace is the release's: the pod's own namespace.
+    assert (
+        env["RAYPOOL_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.namespace"
+    )
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    )
+    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+
+
+def test_operator_chart_single_replica_without_election_recreates() -> None:
+    docs = _operator("--set", "replicaCount=1", "--set", "leaderElection.enabled=false")
+    spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in spec["template"]["spec"]
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["RAYPOOL_LEADER_ELECTION"]["value"] == "false"
+    assert "RAYPOOL_LEADER_ELECTION_NAME" not in env
+    kinds = {d["kind"] for d in docs}
+    assert "PodDisruptionBudget" not in kinds and "Role" not in kinds
