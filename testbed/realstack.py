@@ -21,6 +21,8 @@ from testbed.processes import cluster_tool, wait_until
 
 OPERATOR_NAMESPACE = "raypool-system"
 OPERATOR_RELEASE = "raypool-operator"
+# The chart's full name for this release: its Deployment's and its Lease's name.
+OPERATOR_FULLNAME = f"{OPERATOR_RELEASE}-prefect-raypool-operator"
 
 
 class RealNodeUnavailable(Exception):
@@ -97,9 +99,12 @@ def operator_pods(stack: RealStack) -> list[dict[str, Any]]:
 
 
 def operator_pod_ready(stack: RealStack) -> bool:
+    """Every operator pod Ready: the leader and its standbys."""
     pods = operator_pods(stack)
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
+    return bool(pods) and all(
+        any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
         for pod in pods
-        for c in pod.get("status", {}).get("conditions", [])
     )

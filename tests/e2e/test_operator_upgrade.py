@@ -18,7 +18,13 @@ import pytest
 from testbed import REPO
 from testbed.images import OPERATOR_IMAGE, full_name
 from testbed.pooldriver import PoolDriver, pool_manifest
-from testbed.realstack import OPERATOR_NAMESPACE, OPERATOR_RELEASE, RealStack, operator_pods
+from testbed.realstack import (
+    OPERATOR_FULLNAME,
+    OPERATOR_NAMESPACE,
+    OPERATOR_RELEASE,
+    RealStack,
+    operator_pods,
+)
 from testbed.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +57,7 @@ def _snapshot(stack: RealStack, namespace: str, pool_uid: str) -> dict[str, Any]
 
 def _lease_holder(stack: RealStack) -> str:
     lease = json.loads(
-        stack.kubectl("get", "lease", OPERATOR_RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json")
+        stack.kubectl("get", "lease", OPERATOR_FULLNAME, "-n", OPERATOR_NAMESPACE, "-o", "json")
     )
     return str(lease["spec"].get("holderIdentity") or "")
 
