@@ -112,8 +112,10 @@ def _path(url: str) -> StreamKey:
 class _TrackedApi:
     """kopf's `api` module as `watching` sees it, with `stream` noting what is heard."""
 
-    def __init__(self, api: Any, streams: Streams) -> None:
-        self._api, self._streams = api, streams
+    def __init__(
+        self, api: Any, streams: Streams, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._api, self._streams, self._clock = api, streams, clock
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._api, name)
@@ -121,11 +123,11 @@ class _TrackedApi:
     async def stream(self, url: str, **kwargs: Any) -> AsyncIterator[Any]:
         key = _path(url)
         async for item in self._api.stream(url, **kwargs):
-            self._streams.heard(key, time.monotonic())
+            self._streams.heard(key, self._clock())
             yield item
         # Ended without an error: the server closed the watch (its timeout), or kopf
         # paused it. A stalled connection ends in kopf's inactivity timeout instead.
-        self._streams.heard(key, time.monotonic())
+        self._streams.heard(key, self._clock())
 
 
 def track_watch_streams(streams: Streams = STREAMS) -> None:
