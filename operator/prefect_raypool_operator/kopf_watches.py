@@ -44,8 +44,8 @@ def _not_paused() -> bool:
 
 
 class Streams:
-    """The open watch streams and when each last delivered anything (thread-safe: the
-    probe reads from kopf's loop, tests from anywhere)."""
+    """The open watch streams and when each was last heard (locked: kopf's loop writes,
+    the probe, a sync handler, reads from an executor thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
