@@ -71,8 +71,8 @@ for owned_kind in OWNED:
     kopf.on.event(*owned_kind.kind.resource, labels=MANAGED)(on_owned_change)
 
 
-# Liveness (/healthz): a failing probe answers 500 and logs why (one ERROR line naming
-# what is stale); kopf caches answers for 10 s. PermanentError: kopf would otherwise
+# Liveness (/healthz): a failing probe answers 500 and logs why (an ERROR line naming
+# what is stale); kopf caches healthy answers for 10 s. PermanentError: kopf would otherwise
 # retry the probe after a 60 s backoff while the kubelet's request waits.
 @kopf.on.probe(id="watch")
 def watch_probe(**_: Any) -> dict[str, Any]:
