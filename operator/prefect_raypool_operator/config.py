@@ -49,8 +49,16 @@ class Config:
     # `workers`). They mostly wait on the API server and Prefect, so more threads than
     # cores start a burst of new pools sooner.
     reconcile_threads: int = 32
-    watch_server_timeout: float = 300.0  # the API server ends each watch after this
-    watch_client_timeout: float = 330.0  # and we give up on a silent stream after this
+    # The API server ends each watch after this and kopf re-opens it: the clean end is
+    # what a quiet but healthy stream hears at least (kopf_watches.py).
+    watch_server_timeout: float = 60.0
+    watch_client_timeout: float = 330.0  # and we give up on a watch request after this
+    # kopf drops and re-opens a stream that heard nothing (no event, no BOOKMARK) for
+    # this long: longer than the server timeout, or quiet streams would never end cleanly.
+    watch_inactivity_timeout: float = 70.0
+    # The liveness probe fails when an open watch stream has been silent this long
+    # (three server timeouts).
+    watch_stale_seconds: float = 180.0
     # For an operator outside the cluster (dev): rewrite the pool's in-cluster Prefect
     # URL prefix to one the operator can reach, e.g. "http://prefect.svc:4200=http://127.0.0.1:4200".
     prefect_url_map: list[tuple[str, str]] = field(default_factory=list)
@@ -70,13 +78,18 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
+        server_timeout = _float("RAYPOOL_WATCH_SERVER_TIMEOUT", 60.0)
         return cls(
             resync_seconds=_float("RAYPOOL_RESYNC_SECONDS", 30.0),
             kube_request_timeout=_float("RAYPOOL_KUBE_REQUEST_TIMEOUT", 30.0),
             prefect_timeout=_float("RAYPOOL_PREFECT_TIMEOUT", 10.0),
             reconcile_threads=int(os.environ.get("RAYPOOL_WORKERS", 32)),
-            watch_server_timeout=_float("RAYPOOL_WATCH_SERVER_TIMEOUT", 300.0),
+            watch_server_timeout=server_timeout,
             watch_client_timeout=_float("RAYPOOL_WATCH_CLIENT_TIMEOUT", 330.0),
+            watch_inactivity_timeout=_float(
+                "RAYPOOL_WATCH_INACTIVITY_TIMEOUT", server_timeout + 10
+            ),
+            watch_stale_seconds=_float("RAYPOOL_WATCH_STALE_SECONDS", 3 * server_timeout),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
@@ -112,6 +125,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> 
     settings.watching.server_timeout = int(config.watch_server_timeout)
     settings.watching.client_timeout = int(config.watch_client_timeout)
     settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = config.watch_inactivity_timeout
     settings.networking.request_timeout = config.kube_request_timeout
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)

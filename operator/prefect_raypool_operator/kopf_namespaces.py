@@ -7,6 +7,10 @@ namespace's content; kopf then never sees the pools marked for deletion, never r
 their deletion handler, and their finalizer holds the namespace in Terminating for
 ever (seen in tests/operator/test_namespace_deletion.py). Here a namespace counts as
 gone only when it is: its watches end with the DELETED event.
+
+The same namespace events say which namespaces are terminating: the API server
+refuses new Events there (403), and kopf would retry each one nine times, logging
+an ERROR every time, so kube.py posts none there.
 """
 
 from __future__ import annotations
@@ -15,9 +19,23 @@ from typing import Any
 
 from kopf._core.reactor import observation
 
+_terminating: set[str] = set()  # written by kopf's loop, read from reconcile threads
+
 
 def _gone(raw_event: Any) -> bool:
-    return bool(raw_event["type"] == "DELETED")
+    metadata = raw_event["object"].get("metadata", {})
+    name, deleted = metadata.get("name"), raw_event["type"] == "DELETED"
+    if metadata.get("deletionTimestamp") and not deleted:
+        _terminating.add(name)
+    else:
+        _terminating.discard(name)
+    return bool(deleted)
+
+
+def terminating(namespace: str | None) -> bool:
+    """Known to be terminating (only when the operator is scoped by namespace patterns:
+    kopf watches namespaces then, not with --all-namespaces)."""
+    return namespace in _terminating
 
 
 def keep_watching_terminating_namespaces() -> None:

@@ -15,7 +15,7 @@ from typing import Any, cast
 import kopf
 from kubernetes import client
 
-from prefect_raypool_operator import kinds, naming, workpool
+from prefect_raypool_operator import kinds, kopf_namespaces, naming, workpool
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import NEVER, recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
@@ -260,16 +260,22 @@ def delete_pod(api: client.ApiClient, namespace: str, name: str) -> None:
 
 
 def write_status(api: client.ApiClient, namespace: str, name: str, status: Obj) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        kinds.GROUP,
-        kinds.VERSION,
-        namespace,
-        kinds.PLURAL,
-        name,
-        {"status": status},
-        _content_type="application/merge-patch+json",
-        _request_timeout=_timeout(),
-    )
+    try:
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+            kinds.GROUP,
+            kinds.VERSION,
+            namespace,
+            kinds.PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+            _request_timeout=_timeout(),
+        )
+    except client.ApiException as exc:
+        # The pool went away after the watch cache showed it (its finalizer was
+        # released meanwhile): no status to write, and no reason for a traceback.
+        if not not_found(exc):
+            raise
 
 
 class KubeIO:
@@ -350,4 +356,6 @@ class KubeIO:
     def post_event(self, owner: Obj, type: str, reason: str, message: str) -> None:
         # kopf.event, not kopf.info: kopf's own per-handler chatter is not posted (the
         # posting level is WARNING), ours is.
+        if kopf_namespaces.terminating(owner.get("metadata", {}).get("namespace")):
+            return  # refused there; kopf would retry it nine times (kopf_namespaces.py)
         kopf.event(as_body(owner), type=type, reason=reason, message=message)

@@ -6,17 +6,26 @@ see __main__.py.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
 
-from prefect_raypool_operator import config, kinds, kopf_namespaces, naming, watchcache
+from prefect_raypool_operator import (
+    config,
+    kinds,
+    kopf_namespaces,
+    kopf_watches,
+    naming,
+    watchcache,
+)
 from prefect_raypool_operator.controller import CONTROLLER, Logger, api_client
 from prefect_raypool_operator.owned import OWNED
 
 POOLS = kinds.POOL.resource
 MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
 kopf_namespaces.keep_watching_terminating_namespaces()
+kopf_watches.track_watch_streams()
 
 
 @kopf.on.startup()
@@ -62,6 +71,23 @@ for owned_kind in OWNED:
     kopf.on.event(*owned_kind.kind.resource, labels=MANAGED)(on_owned_change)
 
 
+# Liveness (/healthz): a failing probe answers 500 and logs why (an ERROR line naming
+# what is stale); kopf caches healthy answers for 10 s. PermanentError: kopf would otherwise
+# retry the probe after a 60 s backoff while the kubelet's request waits.
+@kopf.on.probe(id="watch")
+def watch_probe(**_: Any) -> dict[str, Any]:
+    """Every open watch stream heard from the API server lately (kopf_watches.py)."""
+    ages = kopf_watches.STREAMS.ages(time.monotonic())
+    try:
+        return kopf_watches.check(ages, config.CONFIG.watch_stale_seconds)
+    except kopf_watches.StaleWatch as e:
+        raise kopf.PermanentError(str(e)) from None
+
+
 @kopf.on.probe(id="reconcile")
 def reconcile_probe(**_: Any) -> dict[str, Any]:
-    return CONTROLLER.liveness()
+    """Reconciles still run: catches handlers stuck while the watches are fine."""
+    try:
+        return CONTROLLER.liveness()
+    except RuntimeError as e:
+        raise kopf.PermanentError(str(e)) from None

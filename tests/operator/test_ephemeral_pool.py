@@ -140,6 +140,8 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
     assert _printed(env, "nightly", "CLUSTERS") == "1"
 
 
+# The process work pool cannot become a kuberay one, until the test renames it.
+@pytest.mark.operator_log_allows(r"WorkPoolTypeMismatch")
 def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: Env) -> None:
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
