@@ -13,17 +13,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from kubernetes import client
 
 from prefect_raypool_operator import leader
 from testbed.cluster import Cluster
 from testbed.elected import Replica, Timing
 from testbed.prefect_server import PrefectServer
-from testbed.tcpproxy import BlackholeProxy
+from testbed.tcp_proxy import freezable
 from testbed.waiting import eventually
 from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
@@ -298,12 +296,6 @@ def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
 ) -> None:
     """A partition (requests hang, nothing refused): the leader's renewals time out, it
     exits 1 before the lease duration ends, and the standby takes over after it."""
-    kubeconfig: dict[str, Any] = yaml.safe_load(kube_cluster.kubeconfig.read_text())
-    server = urlsplit(kubeconfig["clusters"][0]["cluster"]["server"])
-    proxy = BlackholeProxy((server.hostname or "127.0.0.1", server.port or 443))
-    kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-    through_proxy = tmp_path / "kubeconfig-proxy"
-    through_proxy.write_text(yaml.safe_dump(kubeconfig))
 
     def replica(name: str, kubeconfig: Path) -> Replica:
         return Replica(
@@ -315,26 +307,26 @@ def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
             timing=TIMING,
         )
 
-    a, b = replica("a", through_proxy), replica("b", kube_cluster.kubeconfig)
-    try:
-        _start_pair(a, b)
-        proxy.blackhole()
-        cut = time.monotonic()
-        assert a.exit_code(timeout=TIMING.lease) == leader.LOST, a.tail()
-        stopped = time.monotonic() - cut
-        leading = b.wait_leading(timeout=TIMING.lease + START_UP) - cut
-        print(
-            f"\npartition ({TIMING}): leader exited after {stopped:.1f} s, "
-            f"standby led after {leading:.1f} s"
-        )
-        # It stops acting before anyone may take over: renewDeadline < leaseDuration.
-        assert stopped < TIMING.lease - TIMING.retry
-        assert "Lost the Lease" in a.tail()
-        assert _lease_holder(kube_cluster, ha_namespace) == b.identity()
-    finally:
-        a.kill()
-        b.kill()
-        proxy.close()
+    with freezable(kube_cluster.kubeconfig, tmp_path / "kubeconfig-proxy") as (proxy, cut_off):
+        a, b = replica("a", cut_off), replica("b", kube_cluster.kubeconfig)
+        try:
+            _start_pair(a, b)
+            proxy.freeze()
+            cut = time.monotonic()
+            assert a.exit_code(timeout=TIMING.lease) == leader.LOST, a.tail()
+            stopped = time.monotonic() - cut
+            leading = b.wait_leading(timeout=TIMING.lease + START_UP) - cut
+            print(
+                f"\npartition ({TIMING}): leader exited after {stopped:.1f} s, "
+                f"standby led after {leading:.1f} s"
+            )
+            # It stops acting before anyone may take over: renewDeadline < leaseDuration.
+            assert stopped < TIMING.lease - TIMING.retry
+            assert "Lost the Lease" in a.tail()
+            assert _lease_holder(kube_cluster, ha_namespace) == b.identity()
+        finally:
+            a.kill()
+            b.kill()
 
 
 @pytest.mark.controlplane
