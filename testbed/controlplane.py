@@ -227,7 +227,7 @@ class ControlPlane:
             f"--audit-policy-file={policy}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json",
-            "--audit-log-maxsize=0",  # one file, never rotated
+            "--audit-log-maxsize=1000000",  # MB: one file (0 is 100 MB, then rotated)
             "--audit-log-mode=blocking",
         ]
 
