@@ -58,8 +58,15 @@ class ControlPlane:
     node: str = "kwok"
     images: dict[str, Path] = field(default_factory=dict)
     purpose: str = "test"  # "test" or "dev": which cached image store a real node uses
+    #: The API server's audit log (a JSON line per request, metadata level: who, verb,
+    #: URI, code; never a body), e.g. to count one client's requests; None: no audit.
+    audit_log: Path | None = None
+    #: More identities (system:masters, each its own token, `user_kubeconfig(name)`), so
+    #: the audit log tells one client's requests from the rest; audited alone when set.
+    users: tuple[str, ...] = ()
     apiserver_port: int = 0
     token: str = ""
+    user_tokens: dict[str, str] = field(init=False, default_factory=dict)
     procs: Supervisor = field(init=False)
     real_node: RealNode | None = field(init=False, default=None)
 
@@ -167,8 +174,14 @@ class ControlPlane:
             )
         )
         self.token = secrets.token_hex(16)
-        # A static token in system:masters: the test bed's single admin identity.
-        (pki / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+        self.user_tokens = {user: secrets.token_hex(16) for user in self.users}
+        # Static tokens in system:masters: the test bed's admin identity, and `users`.
+        identities = {"admin": self.token, **self.user_tokens}
+        (pki / "tokens.csv").write_text(
+            "".join(
+                f'{token},{user},{user},"system:masters"\n' for user, token in identities.items()
+            )
+        )
         os.chmod(pki / "tokens.csv", 0o600)
 
     def _start_etcd(self, timeout: float) -> None:
@@ -215,6 +228,7 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                *self._audit_args(),
                 "-v=0",
             ],
         )
@@ -224,7 +238,43 @@ class ControlPlane:
             timeout,
         )
 
+    def _audit_args(self) -> list[str]:
+        if self.audit_log is None:
+            return []
+        rules: list[dict[str, Any]] = [{"level": "Metadata"}]
+        if self.users:
+            rules = [{"level": "Metadata", "users": list(self.users)}, {"level": "None"}]
+        policy = self.state_dir / "audit-policy.json"
+        policy.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    # One line when a request arrives, one when it completes (a watch
+                    # completes when it ends).
+                    "omitStages": ["ResponseStarted"],
+                    "rules": rules,
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=1000000",  # MB: one file (0 is 100 MB, then rotated)
+            "--audit-log-mode=blocking",
+        ]
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """The kubeconfig of one of `users` (written at start)."""
+        return self.state_dir / f"kubeconfig-{user}"
+
     def _write_kubeconfig(self) -> None:
+        self._write_kubeconfig_for(self.kubeconfig, "admin", self.token)
+        for user, token in self.user_tokens.items():
+            self._write_kubeconfig_for(self.user_kubeconfig(user), user, token)
+
+    def _write_kubeconfig_for(self, path: Path, user: str, token: str) -> None:
         # The apiserver made a self-signed CA and serving cert in --cert-dir; its
         # chain file holds both, so clients verify TLS instead of skipping it.
         ca = base64.b64encode((self.state_dir / "pki" / "apiserver.crt").read_bytes()).decode()
@@ -237,14 +287,14 @@ class ControlPlane:
                     "cluster": {"server": self.server, "certificate-authority-data": ca},
                 }
             ],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [
-                {"name": "raypool-dev", "context": {"cluster": "raypool-dev", "user": "admin"}}
+                {"name": "raypool-dev", "context": {"cluster": "raypool-dev", "user": user}}
             ],
             "current-context": "raypool-dev",
         }
-        self.kubeconfig.write_text(json.dumps(cfg, indent=2))
-        os.chmod(self.kubeconfig, 0o600)
+        path.write_text(json.dumps(cfg, indent=2))
+        os.chmod(path, 0o600)
 
     def _controller_manager_args(self) -> list[str]:
         pki = self.state_dir / "pki"

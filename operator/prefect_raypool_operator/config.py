@@ -14,6 +14,9 @@ import kopf
 
 from prefect_raypool_operator import naming, urls
 
+#: The server-side filter on every watch of an owned kind.
+MANAGED_SELECTOR = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
+
 
 def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
@@ -115,6 +118,8 @@ CONFIG = Config.from_env()
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
     """kopf settings for real clusters: our own prefixes, timeouts and backoff."""
+    from prefect_raypool_operator.owned import OWNED  # owned -> replicas reads CONFIG
+
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=naming.ANNOTATION_PREFIX
@@ -126,6 +131,11 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> 
     settings.watching.client_timeout = int(config.watch_client_timeout)
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = config.watch_inactivity_timeout
+    # The API server filters the owned kinds' lists and watches by our label: a
+    # cluster's other Deployments, ServiceAccounts, RayClusters... are never sent to
+    # (or held in memory by) the operator. Not the pools: every one is ours.
+    for owned in OWNED:
+        settings.watching.label_selectors[owned.kind.resource] = MANAGED_SELECTOR
     settings.networking.request_timeout = config.kube_request_timeout
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)

@@ -16,7 +16,7 @@ import kopf
 from kubernetes import client
 
 from prefect_raypool_operator import kinds, kopf_namespaces, naming, workpool
-from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
 from prefect_raypool_operator.memory import NEVER, recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
 from prefect_raypool_operator.reconcile import ApplyConflict
@@ -152,9 +152,15 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
     if recent(_kuberay_seen):
         return True
     group, version, plural = RAY_CLUSTER.kind.resource
-    try:
+    try:  # ours only: the answer is the same, and nobody else's object is sent
         client.CustomObjectsApi(api).list_namespaced_custom_object(
-            group, version, namespace, plural, limit=1, _request_timeout=_timeout()
+            group,
+            version,
+            namespace,
+            plural,
+            limit=1,
+            label_selector=MANAGED_SELECTOR,
+            _request_timeout=_timeout(),
         )
         _kuberay_seen = time.monotonic()
         return True
