@@ -78,6 +78,9 @@ class Config:
     # How long KubeRay may leave a RayCluster's new generation unobserved before the
     # pool says KubeRay is not reconciling (observe.kuberay_silent_for).
     kuberay_grace_seconds: float = 60.0
+    # An owned object the watch shows as the operator last applied it is not applied
+    # again (reconcile.in_sync) for up to this long; then it is, whatever it looks like.
+    reapply_seconds: float = 300.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -99,6 +102,7 @@ class Config:
             work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
             work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),
             kuberay_grace_seconds=_float("RAYPOOL_KUBERAY_GRACE_SECONDS", 60.0),
+            reapply_seconds=_float("RAYPOOL_REAPPLY_SECONDS", 300.0),
         )
 
     def prefect_api_allowed(self, url: str) -> bool:

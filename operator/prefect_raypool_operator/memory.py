@@ -24,6 +24,17 @@ PoolKey = tuple[str, str]  # (namespace, name)
 NEVER = -1e9
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What the operator last applied of one owned object, and what the API server
+    answered: the manifest's digest, the object's uid and generation, and when."""
+
+    digest: str
+    uid: str | None
+    generation: int | None
+    at: float
+
+
 @dataclass
 class PoolMemory:
     uid: str
@@ -33,6 +44,8 @@ class PoolMemory:
     # (kind, name) -> metadata.generation of each owned object as last applied or seen:
     # an event with another generation means someone changed its spec (drift).
     generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    # (kind, name) -> the last apply of each owned object (reconcile.in_sync).
+    applied: dict[tuple[str, str], Applied] = field(default_factory=dict)
     # When the Ray token Secret was last known to exist, and its creationTimestamp:
     # pods older than it started with a token it no longer holds.
     ray_token_seen_at: float = NEVER

@@ -26,7 +26,7 @@ import kopf
 from prefect_raypool_operator.builders import ephemeral
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
-from prefect_raypool_operator.memory import NEVER, PoolMemory, recent
+from prefect_raypool_operator.memory import NEVER, Applied, PoolMemory, recent
 from prefect_raypool_operator.observe import Found, observe
 from prefect_raypool_operator.owned import OWNED, Owned
 from prefect_raypool_operator.plan import Plan, plan
@@ -254,31 +254,90 @@ def _restart_pods_with_a_replaced_token(
 def _apply_owned(
     desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, found: Found
 ) -> None:
-    """Apply each desired object (only when missing unless repairing), delete the owned
-    ones the plan no longer wants, remember each one's generation."""
+    """Apply each desired object (only when missing unless repairing, and not when the
+    watch shows it as last applied: `in_sync`), delete the owned ones the plan no
+    longer wants, remember each one's generation."""
     namespace, pool_name = desired.namespace, desired.pool_name
     before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
     memory.replicas_contest.start(desired.generation, time.monotonic())
     for owned, manifest in desired.desired.items():
         live = before[owned]
         name = manifest["metadata"]["name"]
+        key = (owned.kind.kind, name)
         if repair or live is None:
             manifest = owned.merge_live(manifest, live)
-            handing_over = owned.hand_over(manifest, live)
-            if handing_over is not None:
-                io.hand_over(handing_over)
-            if owned.overridden is None:
-                live, created = io.apply(manifest)
-            else:
-                live, created = _apply_contestable(owned, manifest, live, io, memory, found)
-            if created:
-                found.created.append(f"{owned.kind.kind}/{name}")
-        memory.generations[(owned.kind.kind, name)] = live["metadata"].get("generation")
+            digest = manifest_digest(manifest)
+            if not in_sync(owned, manifest, digest, live, memory):
+                live = _apply_one(owned, manifest, live, io, memory, found)
+                meta = live["metadata"]
+                memory.applied[key] = Applied(
+                    digest, meta.get("uid"), meta.get("generation"), time.monotonic()
+                )
+        assert live is not None
+        memory.generations[key] = live["metadata"].get("generation")
         found.live[owned] = live
     for owned in OWNED:
         if owned not in desired.desired and before[owned] is not None:
             io.delete(owned, namespace, pool_name)
     found.contested = memory.replicas_contest.contested()
+
+
+def _apply_one(
+    owned: Owned, manifest: Obj, live: Obj | None, io: ClusterIO, memory: PoolMemory, found: Found
+) -> Obj:
+    """Apply one owned object (handing fields over first where the spec let go of
+    them); the live object the API server answers."""
+    handing_over = owned.hand_over(manifest, live)
+    if handing_over is not None:
+        io.hand_over(handing_over)
+    if owned.overridden is None:
+        applied, created = io.apply(manifest)
+    else:
+        applied, created = _apply_contestable(owned, manifest, live, io, memory, found)
+    if created:
+        found.created.append(f"{owned.kind.kind}/{manifest['metadata']['name']}")
+    return applied
+
+
+def manifest_digest(manifest: Obj) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def in_sync(owned: Owned, manifest: Obj, digest: str, live: Obj | None, memory: PoolMemory) -> bool:
+    """Whether the watch shows `live` as the operator last applied it, with the same
+    manifest to apply now: then an apply would change nothing, and is skipped.
+
+    Server-side apply of an unchanged manifest changes nothing but is a request all
+    the same: one per owned object per pool per resync, thousands a minute with
+    hundreds of pools. What an apply would put back shows here: a spec edited by anyone
+    bumps the generation (kinds without one are compared field by field), a deleted or
+    replaced object has no or another uid, and our labels and annotations are
+    compared. An object with a field another manager may hold (replicas) is applied
+    while that contest lasts, and every object again after `reapply_seconds`.
+    """
+    if live is None:
+        return False
+    last = memory.applied.get((owned.kind.kind, manifest["metadata"]["name"]))
+    if last is None or last.digest != digest:
+        return False
+    if time.monotonic() - last.at > CONFIG.reapply_seconds:
+        return False
+    if owned.overridden is not None and memory.replicas_contest.last is not None:
+        return False
+    meta, want = live.get("metadata") or {}, manifest["metadata"]
+    if meta.get("uid") != last.uid or meta.get("generation") != last.generation:
+        return False
+    for field_name in ("labels", "annotations"):
+        have = meta.get(field_name) or {}
+        if any(have.get(k) != v for k, v in (want.get(field_name) or {}).items()):
+            return False
+    if last.generation is None:  # no generation to tell a changed spec
+        return all(
+            live.get(k) == v
+            for k, v in manifest.items()
+            if k not in ("apiVersion", "kind", "metadata")
+        )
+    return True
 
 
 def _apply_contestable(

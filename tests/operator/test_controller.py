@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import logging
 from typing import Any
 
 import kopf
 import pytest
 
+from prefect_raypool_operator import reconcile
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
 from prefect_raypool_operator.controller import Controller
 from prefect_raypool_operator.memory import NEVER
@@ -82,6 +84,9 @@ class FakeIO:
             live["metadata"]["generation"] = 1
             self.objects[key] = live
             return copy.deepcopy(live), True
+        for field in ("labels", "annotations"):  # ours put back, others' kept
+            mine = manifest["metadata"].get(field) or {}
+            live["metadata"][field] = {**live["metadata"].get(field, {}), **mine}
         if live.get("spec") != manifest.get("spec"):  # a ServiceAccount has none
             live["spec"] = copy.deepcopy(manifest.get("spec"))
             live["metadata"]["generation"] += 1
@@ -225,12 +230,9 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
     controller.on_resync(NS, POOL, LOG, {})
     assert io.statuses[-1]["phase"] == "Ready"
     assert {reason for reason, _ in io.events} == {"Ready", "RayClusterReady", "WorkersReady"}
-    # The token Secret and the work pool are known good: neither is asked again.
-    assert io.writes() == [
-        ("apply", RAY, POOL),
-        ("apply", DEPLOY, f"{POOL}-prefect-worker"),
-        ("apply", NETPOL, f"{POOL}-ray-head"),
-    ]
+    # The token Secret and the work pool are known good: neither is asked again, and
+    # objects the watch shows as last applied are not applied again.
+    assert io.writes() == []
 
 
 def test_nothing_changed_writes_no_status_and_posts_no_event(
@@ -315,6 +317,39 @@ def test_owned_status_change_observes_and_drift_repairs(controller: Controller, 
     del io.objects[(DEPLOY, f"{POOL}-prefect-worker")]  # deleted by hand
     _owned_event(controller, io, DEPLOY, f"{POOL}-prefect-worker", "DELETED")
     assert ("apply", DEPLOY, f"{POOL}-prefect-worker") in io.writes()
+
+
+def test_resync_applies_only_what_the_watch_shows_changed(
+    controller: Controller, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync re-applies an owned object only when the watch shows it other than the
+    operator last applied it (spec edited, labels or annotations removed, replaced), or
+    the spec asks for another one, and every object after `reapply_seconds`."""
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    controller.on_resync(NS, POOL, LOG, {})
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.writes() == []
+
+    io.objects[(RAY, POOL)]["metadata"]["generation"] += 1  # its spec edited by hand
+    del io.objects[(NETPOL, f"{POOL}-ray-head")]["metadata"]["labels"]["prefectray.io/pool"]
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.writes() == [("apply", RAY, POOL), ("apply", NETPOL, f"{POOL}-ray-head")]
+
+    io.objects[(DEPLOY, f"{POOL}-prefect-worker")]["metadata"]["uid"] = "replaced"
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.writes() == [("apply", DEPLOY, f"{POOL}-prefect-worker")]
+
+    io.add_pool({"prefect": {"apiUrl": "http://prefect:4200/api", "replicas": 2}}, generation=2)
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.writes() == [("apply", DEPLOY, f"{POOL}-prefect-worker")]
+
+    monkeypatch.setattr(
+        reconcile, "CONFIG", dataclasses.replace(reconcile.CONFIG, reapply_seconds=0)
+    )
+    controller.on_resync(NS, POOL, LOG, {})
+    assert [call[0] for call in io.writes()] == ["apply", "apply", "apply"]
 
 
 def test_switching_to_head_sidecar_deletes_the_worker_deployment(

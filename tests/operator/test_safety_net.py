@@ -73,7 +73,7 @@ def test_an_exception_becomes_a_status_an_event_and_a_growing_delay(clock: Clock
     ready = _ready(io)
     assert (ready["status"], ready["reason"]) == ("False", "ReconcileError")
     assert "metadata.annotations: Too long" in ready["message"]
-    assert "reconcile failed in reconcile._apply_owned" in ready["message"]
+    assert "reconcile failed in reconcile._apply_one" in ready["message"]
     status = io.pools[(NS, POOL)]["status"]
     assert status["observedGeneration"] == 3 and status["phase"] == "Failed"
     errors = [m.split(":")[0] for r, m in io.events if r == "ReconcileError"]
