@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.operator_load [--pools 500] [--namespaces 20]
         [--unrelated 5000] [--steady 180] [--compare-unfiltered]
 
-1. `--unrelated` Deployments (not ours, 0 replicas) spread over the namespaces, made
+1. `--unrelated` Deployments (not ours, paused, 0 replicas) spread over the namespaces, made
    before the operator starts: its memory with them present (and, with
    --compare-unfiltered, of the operator with the owned kinds' watches not filtered
    by the API server: kopf's client-side filter only).
@@ -68,10 +68,15 @@ def _pool(name: str, api_url: str) -> dict[str, Any]:
 
 
 def _unrelated(name: str) -> client.V1Deployment:
+    """A Deployment that is not ours. Paused: the controller-manager makes no ReplicaSet
+    for it, so 5,000 of them do not keep the test bed's one controller-manager busy
+    (and the pools' own Deployments waiting) for many minutes; the operator is sent
+    them (or not) the same."""
     labels = {"app": name}
     return client.V1Deployment(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
         spec=client.V1DeploymentSpec(
+            paused=True,
             replicas=0,
             selector=client.V1LabelSelector(match_labels=labels),
             template=client.V1PodTemplateSpec(

@@ -68,6 +68,11 @@ class LogCheck:
         self.log, self.always = log, always  # `always`: patterns every test allows
         self._owners: dict[str, tuple[str, list[str]]] = {}
 
+    def own(self, namespace: str, owner: str, allowed: list[str]) -> None:
+        """A namespace a module-scoped fixture made: what the operator logs about it,
+        whenever, is judged by `allowed` and blamed on `owner`."""
+        self._owners[namespace] = (owner, [*self.always, *allowed])
+
     def around(self, request: pytest.FixtureRequest, namespace: str | None) -> Iterator[None]:
         """For a fixture: yield around the test, then fail it on unexpected entries."""
         mine = (request.node.nodeid, [*self.always, *allowed_patterns(request)])

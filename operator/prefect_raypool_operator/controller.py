@@ -20,6 +20,7 @@ retries it at once.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,15 @@ class Controller:
         self._runs = Coalescer()
         self.memory = Memory()
         self._failing: dict[PoolKey, _Failing] = {}
+        # One reconcile or release per pool at a time: a reconcile that read the pool
+        # before its deletion must not re-create the work pool a release just deleted.
+        self._locks: dict[PoolKey, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._released: set[str] = set()  # uids of pools whose release ran
+
+    def _lock(self, key: PoolKey) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
 
     def run(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool = True
@@ -78,11 +88,21 @@ class Controller:
     def _run_once(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
     ) -> Outcome | None:
+        with self._lock(key):
+            return self._reconcile(key, io, logger, repair)
+
+    def _reconcile(
+        self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
+    ) -> Outcome | None:
         """Reconcile the pool as last seen, write status and Events. None if it is gone."""
         started = time.monotonic()
         namespace, name = key
         body = io.pool(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if (
+            body is None
+            or body["metadata"].get("deletionTimestamp")
+            or body["metadata"].get("uid") in self._released
+        ):
             self.memory.forget(key)
             self._failing.pop(key, None)
             return None
@@ -218,12 +238,15 @@ class Controller:
         Event; a pool must not stay undeletable because Prefect is down."""
         owner = dict(body)
         meta = owner["metadata"]
-        self.memory.forget((meta["namespace"], meta["name"]))
+        key = (meta["namespace"], meta["name"])
         io = self._connect(kwargs)
-        try:
-            check = release(owner, io)
-        except Exception as exc:  # e.g. the Secret read refused: counted as a failed try
-            check = Check(False, "ReleaseFailed", f"{type(exc).__name__} while releasing")
+        with self._lock(key):  # after any reconcile in progress; none after this
+            self._released.add(meta["uid"])
+            self.memory.forget(key)
+            try:
+                check = release(owner, io)
+            except Exception as exc:  # e.g. the Secret read refused: a failed try
+                check = Check(False, "ReleaseFailed", f"{type(exc).__name__} while releasing")
         if check is None:
             return
         if check.ok:

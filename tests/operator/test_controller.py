@@ -8,6 +8,7 @@ import base64
 import copy
 import dataclasses
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -350,6 +351,44 @@ def test_resync_applies_only_what_the_watch_shows_changed(
     )
     controller.on_resync(NS, POOL, LOG, {})
     assert [call[0] for call in io.writes()] == ["apply", "apply", "apply"]
+
+
+def test_a_release_waits_for_the_reconcile_in_progress_and_no_reconcile_follows(
+    controller: Controller, io: FakeIO
+) -> None:
+    """A reconcile that read the pool before its deletion must not re-create the work
+    pool its release deletes: the release waits for it, and later triggers (the watch
+    may still show the pool) reconcile nothing."""
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    in_prefect, go_on = threading.Event(), threading.Event()
+    ensure = io.ensure_work_pool
+
+    def slow_ensure(*args: Any, **kwargs: Any) -> Check:
+        in_prefect.set()
+        go_on.wait(10)
+        return ensure(*args, **kwargs)
+
+    io.ensure_work_pool = slow_ensure  # type: ignore[method-assign]
+    prefect = {"apiUrl": "http://prefect:4200/api", "workPool": {"concurrencyLimit": 3}}
+    body = io.add_pool({"prefect": prefect}, generation=2)
+    reconciling = threading.Thread(target=controller.on_spec, args=(NS, POOL, LOG, {}))
+    reconciling.start()
+    assert in_prefect.wait(10)
+    deleting = copy.deepcopy(body)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:01Z"
+    releasing = threading.Thread(target=controller.on_delete, args=(deleting, 0, LOG, {}))
+    releasing.start()
+    releasing.join(0.3)
+    assert releasing.is_alive(), "the release did not wait for the reconcile"
+    go_on.set()
+    reconciling.join(10)
+    releasing.join(10)
+    prefect_calls = [c for c in io.calls if "work pool" in c[0]]
+    assert prefect_calls[-2:] == [("work pool", POOL), ("release work pool", POOL)]
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert io.writes() == []
 
 
 def test_switching_to_head_sidecar_deletes_the_worker_deployment(
