@@ -76,7 +76,11 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         argv = [*operator_argv(self.health_url, self.scope), *self.extra_args]
         self.proc = spawn_logged(argv, self.log, operator_env(self.kubeconfig, self.extra_env))
-        proc = self.proc
+        self.wait_healthy(self.proc, timeout)
+
+    def wait_healthy(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Until the liveness endpoint answers; an error with the log's tail if `proc`
+        exits first or it never does."""
 
         def alive() -> None:
             if proc.poll() is not None:

@@ -78,7 +78,7 @@ class PoolDriver:
         meta = client.V1ObjectMeta(name=self.namespace, labels=labels or {})
         self.core.create_namespace(client.V1Namespace(metadata=meta))
         eventually(
-            lambda: _exists(
+            lambda: exists(
                 lambda: self.core.read_namespaced_service_account("default", self.namespace)
             ),
             60,
@@ -228,7 +228,8 @@ class PoolDriver:
         return run
 
 
-def _exists(read: Any) -> bool:
+def exists(read: Any) -> bool:
+    """Whether `read()` finds the object (a 404 says no; other errors raise)."""
     try:
         read()
         return True

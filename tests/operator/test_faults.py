@@ -44,8 +44,9 @@ from testbed.operator_process import (
     operator_argv,
     operator_env,
 )
+from testbed.pooldriver import exists
 from testbed.prefect_server import PrefectServer, start_prefect_server
-from testbed.processes import free_port, http_ok, kill_group, wait_until
+from testbed.processes import free_port, kill_group
 from testbed.waiting import eventually
 
 pytestmark = pytest.mark.controlplane
@@ -80,7 +81,7 @@ class Bed:
         name = f"f-{uuid.uuid4().hex[:6]}"
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         eventually(
-            lambda: _exists(lambda: self.core.read_namespaced_service_account("default", name)),
+            lambda: exists(lambda: self.core.read_namespaced_service_account("default", name)),
             60,
             "the namespace's default ServiceAccount",
         )
@@ -202,15 +203,7 @@ class StandbyOperator(OperatorProcess):
         proc.stdin.write(b"go\n")
         proc.stdin.close()
         self.proc, self.standby = proc, None
-
-        def alive() -> None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"operator exited early:\n{self.tail()}")
-
-        try:
-            wait_until("operator", lambda: http_ok(self.health_url), timeout, alive, quiet=True)
-        except TimeoutError as e:
-            raise RuntimeError(f"{e}:\n{self.tail()}") from None
+        self.wait_healthy(proc, timeout)
         self.standby = self._spawn()  # the next one, importing meanwhile
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -230,16 +223,6 @@ class StandbyOperator(OperatorProcess):
 
 def work_pool(ns: str, name: str) -> str:
     return f"{name}-{ns}"
-
-
-def _exists(read: Any) -> bool:
-    try:
-        read()
-        return True
-    except client.ApiException as e:
-        if e.status == 404:
-            return False
-        raise
 
 
 @pytest.fixture(scope="module")
