@@ -69,7 +69,7 @@ bench: images
 	@echo "==> operator failover: two replicas, the leader SIGKILLed or SIGTERMed (chart timings)"
 	tests/isolated.sh $(PY) -m bench.operator_failover --rounds 3
 	@echo "==> operator under load: 500 pools in 20 namespaces, 5,000 unrelated Deployments"
-	tests/isolated.sh $(PY) -m bench.operator_load --pools 500 --namespaces 20 --unrelated 5000 --compare-unfiltered --timeout 300
+	tests/isolated.sh $(PY) -m bench.operator_load --pools 500 --namespaces 20 --unrelated 5000 --compare-unfiltered --timeout 600 --steady 60
 	@echo "==> Ephemeral pools: flow run scheduled to its RayJob created (kuberay worker)"
 	tests/isolated.sh $(PY) -m bench.kuberay_latency --runs 10 --poll 1
 	@echo "==> Ephemeral pools on a real node: scheduled to first task running, beside a warm pool"

@@ -4,12 +4,14 @@
         [--unrelated 5000] [--steady 180] [--compare-unfiltered]
 
 1. `--unrelated` Deployments (not ours, paused, 0 replicas) spread over the namespaces, made
-   before the operator starts: its memory with them present (and, with
+   and synced by the controller-manager before the operator starts, as in a cluster
+   where they have long existed: the operator's memory with them present (and, with
    --compare-unfiltered, of the operator with the owned kinds' watches not filtered
    by the API server: kopf's client-side filter only).
 2. `--pools` PrefectRayPools across `--namespaces` namespaces, applied at once: the
    time until every pool's RayCluster and worker Deployment exist and its status is
-   written for the current generation, and until every pool is Ready; the operator's
+   written for the current generation, and until every pool is Ready (each poll
+   prints what the others wait for: their first condition not True); the operator's
    peak RSS (VmHWM, its process and children) and CPU seconds (user+system) meanwhile;
    its API requests per pool.
 3. Steady state, nothing changing, for `--steady` seconds: its requests per minute.
@@ -28,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from kubernetes import client, config
 
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.config import MANAGED_SELECTOR, Config
+from prefect_raypool_operator.status import RAY_PODS_UP_TO_DATE, READY
 from testbed import audit
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import KWOK_NODE_ANNOTATION, NODE_NAME, ControlPlane
@@ -48,6 +52,7 @@ from testbed.processes import free_port, stop_recorded
 OPERATOR_USER = "raypool-operator"
 POOL = kinds.POOL
 TINY = {"cpu": "10m", "memory": "64Mi"}
+CM_QPS = 200  # kube-controller-manager's client rate (see Bench)
 PODS_PER_NODE = 480  # of the simulated node's 500, some slack
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -67,6 +72,9 @@ def _pool(name: str, api_url: str) -> dict[str, Any]:
     }
 
 
+UNRELATED_LABEL = {"raypool-load-bench": "unrelated"}
+
+
 def _unrelated(name: str) -> client.V1Deployment:
     """A Deployment that is not ours. Paused: the controller-manager makes no ReplicaSet
     for it, so 5,000 of them do not keep the test bed's one controller-manager busy
@@ -74,7 +82,7 @@ def _unrelated(name: str) -> client.V1Deployment:
     them (or not) the same."""
     labels = {"app": name}
     return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        metadata=client.V1ObjectMeta(name=name, labels={**labels, **UNRELATED_LABEL}),
         spec=client.V1DeploymentSpec(
             paused=True,
             replicas=0,
@@ -126,7 +134,15 @@ class Bench:
         self.args, self.state = args, state
         self.audit_log = state / "audit.log"
         self.cp = ControlPlane(
-            ensure_binaries(), state, audit_log=self.audit_log, users=(OPERATOR_USER,)
+            ensure_binaries(),
+            state,
+            audit_log=self.audit_log,
+            users=(OPERATOR_USER,),
+            kuberay_args=(f"--reconcile-concurrency={args.kuberay_concurrency}",),
+            # Its default 20 requests/s, shared by all its controllers, syncs 5,000
+            # fresh Deployments in tens of minutes here (409 conflicts retried under
+            # the same limit); clusters of that size raise it.
+            controller_manager_args=(f"--kube-api-qps={CM_QPS}", f"--kube-api-burst={2 * CM_QPS}"),
         )
         self.rows: list[tuple[str, str]] = []
 
@@ -199,6 +215,7 @@ class Bench:
             ),
         )
         print(f"  (made in {time.monotonic() - t0:.0f}s)", flush=True)
+        self._wait_unrelated_observed(n)
         variants = [("filtered by the API server", ())]
         if self.args.compare_unfiltered:
             variants.append(("unfiltered (kopf's client-side filter only)", UNFILTERED))
@@ -209,6 +226,26 @@ class Bench:
             use = usage(op.proc.pid)
             self.row(f"idle RSS, {label}", f"{use.rss_mib:.0f} MiB (peak {use.hwm_mib:.0f})")
             op.stop()
+
+    def _wait_unrelated_observed(self, n: int) -> None:
+        """Until the controller-manager has synced every unrelated Deployment, as in a
+        cluster where they have long existed. Otherwise the pools' own Deployments
+        queue behind them in its deployment controller for many minutes, and the
+        pools' Ready measures that backlog."""
+        t0 = time.monotonic()
+        selector = ",".join(f"{k}={v}" for k, v in UNRELATED_LABEL.items())
+        while time.monotonic() - t0 < self.args.timeout:
+            items = self.apps.list_deployment_for_all_namespaces(label_selector=selector).items
+            synced = sum(
+                1
+                for d in items
+                if d.status and d.status.observed_generation == d.metadata.generation
+            )
+            print(f"  {time.monotonic() - t0:5.0f}s: {synced}/{n} synced", flush=True)
+            if synced == n:
+                return
+            time.sleep(self.args.poll * 2)
+        raise TimeoutError(f"the controller-manager had not synced the {n} Deployments")
 
     def converge(self) -> OperatorProcess:
         n, spaces = self.args.pools, self.namespaces
@@ -236,7 +273,7 @@ class Bench:
         deadline = t0 + self.args.timeout
         while ready_at is None and time.monotonic() < deadline:
             peak_rss = max(peak_rss, usage(op.proc.pid).rss_mib)
-            made, ready = self._progress()
+            made, ready, waiting = self._progress()
             now = time.monotonic() - t0
             if made_at is None and made == n:
                 made_at = now
@@ -245,7 +282,11 @@ class Bench:
             if ready == n:
                 ready_at = now
             else:
-                print(f"  {now:5.0f}s: {made}/{n} made and observed, {ready}/{n} Ready", flush=True)
+                print(
+                    f"  {now:5.0f}s: {made}/{n} made and observed, {ready}/{n} Ready; "
+                    f"not Ready: {_top(waiting)}",
+                    flush=True,
+                )
                 time.sleep(self.args.poll)
         after = usage(op.proc.pid)
         self.row("pools applied (by the bench, 16 threads)", f"{applied:.1f}s")
@@ -283,9 +324,10 @@ class Bench:
     def _audit_end(self) -> int:
         return audit.requests(self.audit_log, OPERATOR_USER)[1]
 
-    def _progress(self) -> tuple[int, int]:
+    def _progress(self) -> tuple[int, int, Counter[str]]:
         """Pools whose RayCluster and worker Deployment exist and whose status is
-        written for their generation; pools Ready."""
+        written for their generation; pools Ready; what the others wait for (their
+        first condition not True, with its reason)."""
         pools = self.custom.list_cluster_custom_object(POOL.group, POOL.version, POOL.plural)
         clusters = {
             (c["metadata"]["namespace"], c["metadata"]["name"])
@@ -300,6 +342,7 @@ class Bench:
             ).items
         }
         made = ready = 0
+        waiting: Counter[str] = Counter()
         for pool in pools["items"]:
             meta, status = pool["metadata"], pool.get("status") or {}
             ns, name = meta["namespace"], meta["name"]
@@ -310,8 +353,11 @@ class Bench:
             ):
                 made += 1
             conditions = status.get("conditions") or []
-            ready += any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-        return made, ready
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                ready += 1
+            else:
+                waiting[_waiting_for(conditions)] += 1
+        return made, ready, waiting
 
     def stop(self) -> None:
         if hasattr(self, "prefect"):
@@ -320,6 +366,18 @@ class Bench:
 
 
 UNFILTERED = ("-m", "bench.unfiltered_watches")
+
+
+def _waiting_for(conditions: list[dict[str, Any]]) -> str:
+    """The first condition of a pool that is not True, as `Type=Status/Reason`."""
+    for c in conditions:
+        if c["type"] not in (READY, RAY_PODS_UP_TO_DATE) and c["status"] != "True":
+            return f"{c['type']}={c['status']}/{c.get('reason', '')}"
+    return "no status yet" if not conditions else "Ready not yet True"
+
+
+def _top(counts: Counter[str], k: int = 3) -> str:
+    return ", ".join(f"{count} {what}" for what, count in counts.most_common(k)) or "-"
 
 
 def _secs(value: float | None) -> str:
@@ -341,12 +399,20 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=20, help="seconds before each measure")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to converge")
     parser.add_argument("--poll", type=float, default=3)
+    parser.add_argument(
+        "--kuberay-concurrency",
+        type=int,
+        default=1,
+        help="the KubeRay operator's --reconcile-concurrency (its chart's default: 1)",
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="raypool-load-"))
     bench = Bench(args, state)
     print(
         f"resync every {Config.from_env().resync_seconds:.0f}s, {os.cpu_count()} cores, "
-        f"kwok simulated nodes; state in {state}",
+        f"kwok simulated nodes, KubeRay --reconcile-concurrency={args.kuberay_concurrency}, "
+        f"kube-controller-manager --kube-api-qps={CM_QPS}; "
+        f"state in {state}",
         flush=True,
     )
     op = None

@@ -4,6 +4,7 @@ Probe (not part of `make bench`): starts a Prefect server and a Ray head, then r
 the pool flow (a map of 20 tasks of 50 ms) in fresh processes and prints a timeline
 from timestamps taken in the driver and in the Ray workers.
   tests/isolated.sh .venv/bin/python -m bench.pool_flow_probe [--runs 3]
+PROBE_PROFILE_MAP=FILE appends a profile of the driver's map submission to FILE.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+PRELOAD = "prefect_raypool.preload"
 
 CHILD = r"""
 import json, os, sys, time
@@ -41,6 +43,16 @@ RayTaskRunner.__exit__ = timed("runner_exit", RayTaskRunner.__exit__)
 RayTaskRunner._flush_ray_worker_logs = timed("flush_logs", RayTaskRunner._flush_ray_worker_logs)
 RayTaskRunner._warm_for_next_flow_run = timed("warm_next", RayTaskRunner._warm_for_next_flow_run)
 ray.init = timed("ray_init", ray.init)
+if os.environ.get("PROBE_PROFILE_MAP"):  # where the driver's map submission goes
+    import cProfile, pstats
+    _map = RayTaskRunner.map
+    def profiled_map(*a, **k):
+        with cProfile.Profile() as prof:
+            out = _map(*a, **k)
+        with open(os.environ["PROBE_PROFILE_MAP"], "a") as f:
+            pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(40)
+        return out
+    RayTaskRunner.map = profiled_map
 ray.shutdown = timed("ray_shutdown", ray.shutdown)
 
 def _stat_start():
@@ -86,8 +98,10 @@ def main() -> int:
         num_cpus=os.cpu_count() or 2,
         auth_mode="disabled",
         extra_env={
-            "RAY_preload_python_modules": "prefect_raypool.preload",
-            "PYTHONPATH": str(REPO / "runner"),
+            # PROBE_PRELOAD / PROBE_PATH: more modules for the idle Ray worker
+            # processes to preload (e.g. timers around ray_worker's steps), and where.
+            "RAY_preload_python_modules": os.environ.get("PROBE_PRELOAD", PRELOAD),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "runner"), os.environ.get("PROBE_PATH", "")]),
         },
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -64,6 +64,12 @@ class ControlPlane:
     #: More identities (system:masters, each its own token, `user_kubeconfig(name)`), so
     #: the audit log tells one client's requests from the rest; audited alone when set.
     users: tuple[str, ...] = ()
+    #: More flags for the KubeRay operator, e.g. `--reconcile-concurrency=10` (its Helm
+    #: chart's `reconcileConcurrency`, default 1) for hundreds of RayClusters.
+    kuberay_args: tuple[str, ...] = ()
+    #: More flags for kube-controller-manager, e.g. a higher `--kube-api-qps` (20 by
+    #: default, shared by all its controllers) for thousands of Deployments.
+    controller_manager_args: tuple[str, ...] = ()
     apiserver_port: int = 0
     token: str = ""
     user_tokens: dict[str, str] = field(init=False, default_factory=dict)
@@ -304,6 +310,7 @@ class ControlPlane:
             f"--root-ca-file={pki / 'apiserver.crt'}",
             "--use-service-account-credentials=false",
             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+            *self.controller_manager_args,
         ]
 
     def _scheduler_args(self) -> list[str]:
@@ -364,6 +371,7 @@ class ControlPlane:
                 # cluster DNS; here it is a process beside the API server, which
                 # reaches the Service's endpoints for it (services/proxy).
                 "--use-kubernetes-proxy",
+                *self.kuberay_args,
             ],
         )
         self.procs.wait(

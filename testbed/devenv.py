@@ -106,15 +106,19 @@ def _rss_mib(pid: int) -> float | None:
 
 
 def start_operator(
-    sup: Supervisor, kubectl_bin: Path, kubeconfig: Path, prefect_api_url: str
+    sup: Supervisor,
+    kubectl_bin: Path,
+    kubeconfig: Path,
+    prefect_api_url: str,
+    scope: tuple[str, ...] = ("--all-namespaces",),
 ) -> list[str]:
-    """Apply the CRD, run the operator as a local process, apply the examples; return
-    the pools' names once every one is Ready."""
+    """Apply the CRD, run the operator as a local process (watching `scope`), apply the
+    examples (in `default`); return the pools' names once every one is Ready."""
     apply_pool_crd(kubectl_bin, kubeconfig)
     health = f"http://127.0.0.1:{free_port()}/healthz"
     url_map = f"{EXAMPLES_PREFECT_URL}={prefect_api_url.rstrip('/')}"
     env = operator_env(kubeconfig, {"RAYPOOL_PREFECT_URL_MAP": url_map})
-    sup.spawn("prefect-raypool-operator", operator_argv(health), env=env)
+    sup.spawn("prefect-raypool-operator", operator_argv(health, scope), env=env)
     sup.wait("prefect-raypool operator", lambda: http_ok(health), 120)
     return apply_examples(sup, cluster_tool(kubectl_bin, kubeconfig), timeout=120)
 

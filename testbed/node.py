@@ -15,16 +15,18 @@ kubelet runs with cgroupfs, no QoS cgroups, and no swap check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.binaries import Binaries, cache_dir
-from testbed.processes import Supervisor, free_port, http_ok, kill_stragglers
+from testbed.processes import Supervisor, free_port, http_ok, kill_stragglers, pids_where
 
 NODE_NAME = "raypool-node-0"
 BRIDGE = "raypool0"
@@ -287,10 +289,35 @@ def stop_pods(node_dir: Path) -> None:
         _ctr(socket, "tasks", "kill", "--all", "--signal", "SIGKILL", task)
 
 
+def _in_containers_of(node_dir: Path) -> list[int]:
+    """Processes in the cgroup of a container this node's containerd started: its
+    task state (one directory per container id) is under `node_dir`, and the cgroup
+    path ends with the id. (Not by root directory: from the host, a container's root
+    shows as "/".)"""
+    tasks = node_dir / "containerd" / "run" / "io.containerd.runtime.v2.task" / "k8s.io"
+    ids = {task.name for task in tasks.iterdir()} if tasks.is_dir() else set()
+    if not ids:
+        return []
+
+    def in_one(entry: Path) -> bool:
+        cgroups = (entry / "cgroup").read_text().splitlines()
+        return any(line.rsplit("/", 1)[-1] in ids for line in cgroups)
+
+    return pids_where(in_one)
+
+
 def release(node_dir: Path) -> None:
     """After the node's processes stopped: end its container shims and unmount what the
     kubelet and containerd mounted under `node_dir` (volumes, rootfs, shm)."""
     kill_stragglers(str(node_dir))
+    # A container started while stop_pods listed them (a Deployment replacing a pod,
+    # the kubelet restarting one) outlives its killed shim.
+    left = _in_containers_of(node_dir)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        print(f"[testbed] killed {len(left)} container process(es) the node's shims left")
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()

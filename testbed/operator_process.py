@@ -6,6 +6,7 @@ the source checkout with the same command line (`operator_argv`).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,10 +30,14 @@ def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[
 
 
 def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -> None:
-    """Apply the committed PrefectRayPool CRD and wait until it is Established.
+    """Apply the committed PrefectRayPool CRD and wait until it is Established and its
+    pools can be listed.
 
-    Polled rather than `kubectl wait`, which errors out on a CRD so fresh it has no
-    status.conditions yet.
+    Polled from the JSON rather than by `kubectl wait` or a jsonpath filter, which
+    both error out on a CRD so fresh it has no status.conditions yet. Established
+    comes before the API server's storage for the new kind is ready (made on the
+    first request): an operator started then has its first list refused (429
+    "storage is (re)initializing") and logs an ERROR for kopf's retry.
     """
 
     def run(*args: str) -> str:
@@ -44,13 +49,17 @@ def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -
         return out.stdout
 
     run("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
-    jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    wait_until(
-        f"CRD {CRD_NAME}",
-        lambda: run("get", "crd", CRD_NAME, "-o", jsonpath).strip() == "True",
-        timeout,
-        quiet=True,
-    )
+
+    def established() -> bool:
+        status = json.loads(run("get", "crd", CRD_NAME, "-o", "json")).get("status") or {}
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in status.get("conditions") or []
+        )
+
+    wait_until(f"CRD {CRD_NAME}", established, timeout, quiet=True)
+    # kubectl waits out the 429 itself (it honours Retry-After).
+    run("get", kinds.PLURAL, "--all-namespaces", "--request-timeout=30s")
 
 
 class OperatorProcess:

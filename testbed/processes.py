@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -24,10 +25,43 @@ from pathlib import Path
 PROCESSES_FILE = "processes.json"
 
 
+# Servers of the test bed listen on ports below the kernel's ephemeral range: a port
+# picked by binding port 0 lies inside it, and an outgoing connection (etcd and
+# kube-apiserver open many) can take it between the pick and the server's bind. Below
+# the range, only a server can. 20000 is above Ray's default worker ports (10002-19999)
+# and the Kubernetes components' defaults.
+_LOWEST_PORT = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_CEILING = max(_ephemeral_start(), _LOWEST_PORT + 1000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never handed out before by this process
+    (so two servers started at once cannot get the same one). The search starts at
+    a random place, so two processes picking at once rarely meet."""
+    span = _PORT_CEILING - _LOWEST_PORT
+    first = random.randrange(span)
+    for step in range(span):
+        port = _LOWEST_PORT + (first + step) % span
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_LOWEST_PORT}-{_PORT_CEILING - 1}")
 
 
 def log(msg: str) -> None:
@@ -78,19 +112,24 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         proc.wait(timeout=5)
 
 
-def pids_mentioning(marker: str) -> list[int]:
-    """PIDs whose command line contains `marker` (a unique temp dir, say)."""
+def pids_where(test: Callable[[Path], bool]) -> list[int]:
+    """PIDs, ours excepted, whose /proc entry passes `test` (skipping those gone meanwhile)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if test(entry):
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if marker.encode() in cmdline:
-            pids.append(int(entry.name))
     return pids
+
+
+def pids_mentioning(marker: str) -> list[int]:
+    """PIDs whose command line contains `marker` (a unique temp dir, say)."""
+    needle = marker.encode()
+    return pids_where(lambda entry: needle in (entry / "cmdline").read_bytes().replace(b"\0", b" "))
 
 
 def kill_stragglers(marker: str, grace: float = 5.0) -> None:

@@ -98,6 +98,23 @@ def operator_pods(stack: RealStack) -> list[dict[str, Any]]:
     return list(json.loads(listed)["items"])
 
 
+def operator_logs(stack: RealStack, since: str) -> dict[str, str]:
+    """What every current operator pod logged since `since` (RFC 3339), by pod: its
+    containers now and, where one restarted, before (a crash's traceback is there).
+    Read anew each time: pods replaced meanwhile (an upgrade) are gone with their logs."""
+    texts: dict[str, str] = {}
+    for pod in operator_pods(stack):
+        if pod.get("status", {}).get("phase") == "Pending":
+            continue  # no container has run yet: no log to read
+        name = pod["metadata"]["name"]
+        logs = ["logs", "-n", OPERATOR_NAMESPACE, name, "--all-containers", f"--since-time={since}"]
+        texts[name] = stack.kubectl(*logs)
+        statuses = pod["status"].get("containerStatuses") or []
+        if any(c.get("restartCount", 0) for c in statuses):
+            texts[f"{name} (previous)"] = stack.kubectl(*logs, "--previous")
+    return texts
+
+
 def operator_pod_ready(stack: RealStack) -> bool:
     """Every operator pod Ready: the leader and its standbys."""
     pods = operator_pods(stack)

@@ -16,7 +16,7 @@ import sys
 
 from kopf.cli import main as kopf_cli
 
-from prefect_raypool_operator import leader
+from prefect_raypool_operator import leader, startup
 
 PROG = "python -m prefect_raypool_operator"
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if "--help" in args:
         run_kopf()
+    startup.SCOPE = startup.Scope.from_args(args)
     try:
         settings = leader.Settings.from_env()
     except ValueError as e:

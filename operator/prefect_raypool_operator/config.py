@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from prefect_raypool_operator import naming, urls
+from prefect_raypool_operator import kinds, naming, urls
 
 #: The server-side filter on every watch of an owned kind.
 MANAGED_SELECTOR = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
@@ -138,8 +138,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> 
     # The API server filters the owned kinds' lists and watches by our label: a
     # cluster's other Deployments, ServiceAccounts, RayClusters... are never sent to
     # (or held in memory by) the operator. Not the pools: every one is ours.
-    for owned in OWNED:
-        settings.watching.label_selectors[owned.kind.resource] = MANAGED_SELECTOR
+    # The same for pods: the pools' pods, for their status, without a list per resync.
+    for resource in [*(owned.kind.resource for owned in OWNED), kinds.POD.resource]:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
     settings.networking.request_timeout = config.kube_request_timeout
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)

@@ -14,7 +14,8 @@ Safety net: an unexpected exception in a pool's reconcile (a bug, or an object t
 API server refuses) becomes a status (Ready False, ReconcileError, naming what
 failed) and one Warning Event, like any other problem. That pool is then retried
 with a doubling delay (5 s up to 5 min) instead of at every trigger; a spec change
-retries it at once.
+retries it at once. The log shows a bug's traceback, and a failure to reach the API
+server (restart, network blip, 5xx) in one line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client, config
 
 from prefect_raypool_operator.coalesce import Coalescer
@@ -117,26 +119,35 @@ class Controller:
             previous = body.get("status") or {}
         try:
             outcome = reconcile(body, io, memory, previous, repair=repair)
-        except client.ApiException as exc:
-            if _namespace_terminating(exc):  # nothing can be made there; the pool goes next
+        except Exception as exc:  # the safety net: a status and an Event
+            if isinstance(exc, client.ApiException) and _namespace_terminating(exc):
+                # nothing can be made there; the pool goes next
                 logger.debug(f"namespace {namespace} is terminating: not reconciled")
                 return None
-            logger.exception("reconcile failed")
             outcome = self._failed(key, body, previous, exc)
-        except Exception as exc:  # the safety net: a status and an Event, not a traceback
-            logger.exception("reconcile failed")
-            outcome = self._failed(key, body, previous, exc)
+            if _unreachable(exc):  # nothing to debug: one line
+                logger.error(outcome.problem.message if outcome.problem else str(exc))
+            else:
+                logger.exception("reconcile failed")
         else:
             self._failing.pop(key, None)
         if outcome.status != previous:
-            io.write_status(namespace, name, outcome.status)
+            try:
+                io.write_status(namespace, name, outcome.status)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                # kopf logs this one line (no traceback) and retries the handler.
+                raise kopf.TemporaryError(
+                    f"status not written: {type(exc).__name__}: {exc}", delay=RETRY_DELAY
+                ) from None
             memory.written_status = outcome.status
         self.memory.reconciled(memory)
         logger.debug(
             f"reconciled in {time.monotonic() - started:.3f}s: phase {outcome.status['phase']}"
         )
-        for created in outcome.created:
-            io.post_event(body, "Normal", "Created", f"created {created}")
+        if outcome.created:  # one Event per reconcile: 500 new pools, 500 Events
+            io.post_event(body, "Normal", "Created", "created " + ", ".join(outcome.created))
         for override in outcome.overrides:
             io.post_event(body, "Warning", "ReplicasOverridden", override.event())
         for change in outcome.transitions:
@@ -267,6 +278,15 @@ class Controller:
 
     def liveness(self) -> dict[str, Any]:
         return self.memory.liveness()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The API server not reached, or too busy to answer (a restart, a network blip):
+    retried, and logged without a traceback, which would only show the client's
+    internals."""
+    if isinstance(exc, client.ApiException):
+        return exc.status in (429, 500, 502, 503, 504)
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
 def _namespace_terminating(exc: client.ApiException) -> bool:

@@ -170,20 +170,6 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
         raise
 
 
-def list_pool_pods(api: client.ApiClient, namespace: str, pool_name: str) -> list[Obj]:
-    """Every pod of the pool: KubeRay's Ray pods and the Prefect worker pods carry the
-    pool's label (builders.common.pod_metadata)."""
-    pods = _json(
-        client.CoreV1Api(api).list_namespaced_pod(
-            namespace,
-            label_selector=f"{naming.POOL_LABEL}={pool_name}",
-            _request_timeout=_timeout(),
-            _preload_content=False,
-        )
-    )
-    return [dict(p) for p in pods.get("items") or []]
-
-
 def count_rayjobs(api: client.ApiClient, namespace: str, work_pool: str) -> int:
     """The RayJobs (flow-run clusters) the `kuberay` worker of `work_pool` made here: it
     labels each with the work pool's name (label_value of it, as the worker does)."""
@@ -322,7 +308,7 @@ class KubeIO:
         return kuberay_installed(self.api, namespace)
 
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
-        return list_pool_pods(self.api, namespace, pool_name)
+        return self.reads.pods(namespace, pool_name)
 
     def ensure_work_pool(
         self,
@@ -365,3 +351,27 @@ class KubeIO:
         if kopf_namespaces.terminating(owner.get("metadata", {}).get("namespace")):
             return  # refused there; kopf would retry it nine times (kopf_namespaces.py)
         kopf.event(as_body(owner), type=type, reason=reason, message=message)
+
+
+def pools_served(api: client.ApiClient, namespace: str | None) -> float | None:
+    """None when PrefectRayPools can be listed (in `namespace`, or cluster-wide), or
+    the seconds a 429 asks to wait (startup.py). Other errors are kopf's to report.
+
+    The list kopf starts with, no limit and no resourceVersion: a limited or
+    resourceVersion'd list can take another path in the API server (etcd or the
+    cache) and miss the 429 kopf would get."""
+    group, version, plural = kinds.POOL.resource
+    objects = client.CustomObjectsApi(api)
+    try:
+        if namespace is None:
+            objects.list_cluster_custom_object(group, version, plural, _request_timeout=_timeout())
+        else:
+            objects.list_namespaced_custom_object(
+                group, version, namespace, plural, _request_timeout=_timeout()
+            )
+    except client.ApiException as exc:
+        if exc.status == 429:
+            return float((exc.headers or {}).get("Retry-After") or 1)
+    except Exception:  # unreachable, say: kopf's own first list meets it and reports it
+        pass
+    return None

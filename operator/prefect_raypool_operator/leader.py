@@ -418,12 +418,17 @@ def run_elected(
         elector.release()
 
 
+# kopf's format, with the level (an ERROR must read as one, to people and to log
+# checks) and the logger's whole name.
+LOG_FORMAT = "[%(asctime)s] %(name)s [%(levelname)-8.8s] %(message)s"
+
+
 def configure_logging() -> None:
     """Our own handler: the election logs before kopf configures logging, and kopf's
     root handler would print the renewal thread's lines twice."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

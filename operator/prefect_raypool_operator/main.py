@@ -14,9 +14,12 @@ import kopf
 from prefect_raypool_operator import (
     config,
     kinds,
+    kopf_log,
     kopf_namespaces,
     kopf_watches,
+    kube,
     naming,
+    startup,
     watchcache,
 )
 from prefect_raypool_operator.controller import CONTROLLER, Logger, api_client
@@ -26,16 +29,21 @@ POOLS = kinds.POOL.resource
 MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
 kopf_namespaces.keep_watching_terminating_namespaces()
 kopf_watches.track_watch_streams()
+kopf_log.soften_storage_initializing_retries()
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def on_startup(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
     config.configure_kopf(settings)
-    api_client()  # fail at start, not at the first pool, when there is no cluster config
+    api = api_client()  # fail at start, not at the first pool, when there is no cluster config
+    startup.wait_until_served(lambda namespace: kube.pools_served(api, namespace), logger.info)
 
 
-# What reconciles read instead of GETs (watchcache.Reads): the pools and what they own.
+# What reconciles read instead of GETs (watchcache.Reads): the pools, what they own, their pods.
 kopf.index(*POOLS, id=watchcache.POOL_INDEX)(watchcache.index_by_name)
+kopf.index(*kinds.POD.resource, labels=MANAGED, id=watchcache.POD_INDEX)(
+    watchcache.index_pods_by_pool
+)
 for owned_kind in OWNED:
     kopf.index(*owned_kind.kind.resource, labels=MANAGED, id=owned_kind.index)(
         watchcache.index_by_name

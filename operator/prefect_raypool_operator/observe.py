@@ -193,7 +193,8 @@ def ray_cluster_check(
             f"KubeRay has not acted on RayCluster {meta.get('name')} generation "
             f"{meta.get('generation')} for {silent:.0f}s (its status is of generation "
             f"{status.get('observedGeneration') or 'none'}): the KubeRay operator is not "
-            "running or cannot reconcile it; check its pod and its log",
+            "running, cannot reconcile it, or is behind (with hundreds of RayClusters, "
+            "raise its reconcileConcurrency, default 1); check its pod and its log",
         )
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     failure = conditions.get("ReplicaFailure")

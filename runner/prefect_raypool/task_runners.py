@@ -11,7 +11,6 @@ is named in wire.py.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import warnings
 from collections import Counter
@@ -21,11 +20,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import ray
 from prefect.client.schemas.objects import RunInput
 from prefect.context import FlowRunContext, SettingsContext, TagsContext, TaskRunContext
-from prefect.context import serialize_context as prefect_serialize_context
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
-from prefect_raypool import cache_keys, remote_functions, warm
+from prefect_raypool import cache_keys, remote_functions, shipped_context, warm
 from prefect_raypool.arguments import share_unmapped, task_run_call
 from prefect_raypool.config import RunnerConfig
 from prefect_raypool.connection import (
@@ -420,16 +418,16 @@ class RayTaskRunner(TaskRunner[PrefectRayFuture[Any]]):
         )
         entry = self._context_refs.get(key)
         if entry is None:
-            serialized = prefect_serialize_context()
+            local_server = self._connection.started_local
+            serialized = shipped_context.serialize(settings_ctx, local_server)
             serialized[WORKER_SETUP_KEY] = WorkerSetup(
                 quiet_console=self.config.quiet_workers,
                 # Nested task runs, submitted from inside a Ray worker, get the same defaults.
                 env_remote_options=self._env_remote_options or {},
+                # A local server changes the settings: the Ray workers export them.
+                settings_env=None if local_server else self._settings_env(settings_ctx),
+                logging_config=None if local_server else shipped_context.logging(settings_ctx),
             )
-            if self._connection.started_local:
-                _share_ephemeral_server(serialized)  # changes the settings: workers export them
-            else:
-                serialized[WORKER_SETUP_KEY].settings_env = self._settings_env(settings_ctx)
             entry = ((flow_ctx, task_ctx, settings_ctx), ray.put(serialized))
             self._context_refs[key] = entry
         return entry[1]
@@ -491,24 +489,6 @@ class _QueuedTaskRun:
     functions: RemoteFunctions
     call: TaskRunCall
     refs: list[ray.ObjectRef]
-
-
-def _share_ephemeral_server(serialized: dict[str, Any]) -> None:
-    """With no PREFECT_API_URL, the driver runs a temporary local Prefect server.
-
-    Point the Ray worker processes of a local Ray this runner started at it:
-    otherwise each would start a server of its own and the task runs would be
-    recorded there, out of sight.
-    """
-    settings = (serialized.get("settings_context") or {}).get("settings")
-    server_module = sys.modules.get("prefect.server.api.server")
-    if not isinstance(settings, dict) or server_module is None:
-        return
-    if (settings.get("api") or {}).get("url"):
-        return
-    running = [s for s in server_module.SubprocessASGIServer._instances.values() if s.running]
-    if running:
-        settings.setdefault("api", {})["url"] = running[0].api_url
 
 
 __all__ = ["CANCELLED_MESSAGE", "PrefectRayFuture", "RayTaskRunner"]

@@ -129,3 +129,7 @@ class WorkerSetup:
     #: driver (a few hundred ms of CPU that each fresh Ray worker process would
     #: otherwise spend). None: the worker computes them from the settings context.
     settings_env: dict[str, str] | None = None
+    #: The logging configuration Prefect set up in the flow run's process (from the
+    #: same settings), so a fresh Ray worker process logs as the flow run does
+    #: without recomputing it from all settings. None: Prefect computes it.
+    logging_config: dict[str, Any] | None = None

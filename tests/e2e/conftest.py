@@ -8,6 +8,7 @@ from its chart. Skipped, with the reason, where a real node cannot run.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import tempfile
 import uuid
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed import operator_log
 from testbed.pooldriver import PoolDriver
-from testbed.realstack import RealNodeUnavailable, RealStack, start_real_stack
+from testbed.realstack import RealNodeUnavailable, RealStack, operator_logs, start_real_stack
 
 
 @pytest.fixture(scope="package")
@@ -48,3 +50,21 @@ def pools(real_stack: RealStack) -> Iterator[PoolDriver]:
         yield driver
     finally:
         driver.delete()
+
+
+@pytest.fixture(autouse=True)
+def operator_log_clean(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """Tests on the real stack fail if an operator pod (leader or standby) logged an
+    error they did not declare with @pytest.mark.operator_log_allows (as the operator
+    tests do: testbed/operator_log.py). Its pods' logs since the test began are read
+    after it (and after its namespace is gone), kept in `tmp_path/operator.log`."""
+    if "real_stack" not in request.fixturenames:
+        yield
+        return
+    stack: RealStack = request.getfixturevalue("real_stack")
+    since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    yield
+    texts = operator_logs(stack, since)
+    (tmp_path / "operator.log").write_text(operator_log.merged(texts))
+    allowed = [*operator_log.ALWAYS, *operator_log.allowed_patterns(request)]
+    operator_log.report(operator_log.unexpected_in(texts, allowed), "the operator's pods")

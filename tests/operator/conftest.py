@@ -68,18 +68,32 @@ def raypool_operator_log_clean(request: pytest.FixtureRequest) -> Iterator[None]
     yield from check.around(request, namespace)
 
 
-# What the session operator may log in any test, with why.
-LOG_ALLOWS_ALWAYS = (
-    # Each test deletes its namespace. The operator posts no Event into a namespace it
-    # knows is terminating (kopf_namespaces.py), but kopf retries one queued just before
-    # the namespace's deletion showed on the watch.
-    r"POST \S+/events -> APIForbiddenError.*because it is being terminated",
-    # The session's Prefect server (SQLite) answers 503 now and then under the suite's
-    # load; the deletion handler retries and the work pool goes.
-    r"Handler 'on_delete' failed temporarily: PrefectAPIError: .* HTTP 503",
-)
+@pytest.fixture(scope="session")
+def own_operators() -> operator_log.OwnOperators:
+    """Where a test or fixture that starts an operator of its own registers its log."""
+    return operator_log.OwnOperators()
+
+
+@pytest.fixture(autouse=True)
+def own_operators_log_clean(
+    request: pytest.FixtureRequest, own_operators: operator_log.OwnOperators
+) -> Iterator[None]:
+    """Tests fail if an operator of their own (or their module's) logged an error they
+    did not declare. Set up first, so torn down after the fixtures that stop those."""
+    yield
+    own_operators.check(request)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_operators_log_clean_module(
+    request: pytest.FixtureRequest, own_operators: operator_log.OwnOperators
+) -> Iterator[None]:
+    """What a module's own operator logged after its last test (while its fixture
+    stopped it), judged by the module's allowances (`pytestmark`)."""
+    yield
+    own_operators.check(request)
 
 
 @pytest.fixture(scope="session")
 def raypool_operator_log(raypool_operator: OperatorProcess) -> operator_log.LogCheck:
-    return operator_log.LogCheck(raypool_operator.log, LOG_ALLOWS_ALWAYS)
+    return operator_log.LogCheck(raypool_operator.log, operator_log.ALWAYS)

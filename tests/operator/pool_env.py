@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -101,3 +102,19 @@ class Env:
             for e in self.core.list_namespaced_event(self.ns).items
             if e.involved_object.name == name and e.involved_object.kind == "PrefectRayPool"
         ]
+
+    def wait_events(
+        self,
+        name: str,
+        holds: Callable[[list[client.CoreV1Event]], bool],
+        what: str,
+        timeout: float = 30,
+    ) -> list[client.CoreV1Event]:
+        """The pool's Events once `holds` them. kopf posts Events from a queue of its
+        own, so one can arrive after the status write a test waited for."""
+
+        def ready() -> list[client.CoreV1Event] | None:
+            events = self.events(name)
+            return events if holds(events) else None
+
+        return list(eventually(ready, timeout, what))

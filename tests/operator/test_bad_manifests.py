@@ -34,6 +34,11 @@ from tests.operator.pool_env import GROUP, PLURAL, VERSION
 
 # The operator's log line for a pool whose annotations the API server refuses as too long.
 ANNOTATIONS = r"annotations: Too long"
+# The accepted pools with a missing Secret wait for it: kopf logs each retry at ERROR,
+# whenever it comes (after this module too, until the namespace is gone).
+WAITING_FOR_SECRET = (
+    r"Handler 'on_spec' failed temporarily: SecretNotFound: spec\.\S+: Secret 'missing'"
+)
 
 pytestmark = pytest.mark.controlplane
 
@@ -427,7 +432,9 @@ def accepted(
     namespace = f"t-odd-{uuid.uuid4().hex[:6]}"
     # The annotations case below keeps failing in the operator's log until the
     # namespace is gone, after this module: judged by what this module expects.
-    raypool_operator_log.own(namespace, "tests/operator/test_bad_manifests.py", [ANNOTATIONS])
+    raypool_operator_log.own(
+        namespace, "tests/operator/test_bad_manifests.py", [ANNOTATIONS, WAITING_FOR_SECRET]
+    )
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     docs = []
     for i, (changes, _) in enumerate(ACCEPTED.values()):

@@ -22,6 +22,7 @@ from kubernetes import client
 from testbed import REPO
 from testbed.binaries import Binaries
 from testbed.cluster import Cluster
+from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -51,7 +52,7 @@ def _token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
 
 @pytest.fixture
 def chart_operator(
-    kube_cluster: Cluster, pool_crd: None, tmp_path: Path
+    kube_cluster: Cluster, pool_crd: None, tmp_path: Path, own_operators: OwnOperators
 ) -> Iterator[tuple[str, OperatorProcess]]:
     """The chart installed for one watched namespace, and the operator run as its SA."""
     suffix = uuid.uuid4().hex[:6]
@@ -83,6 +84,7 @@ def chart_operator(
         },
         scope=(f"--namespace={watched}",),
     )
+    own_operators.add(op.log)
     try:
         op.start()
         yield watched, op
@@ -106,7 +108,9 @@ def test_operator_runs_with_only_the_charts_rbac(
     for example, name in examples.items():
         env.apply(env.example(example))
         env.wait_condition(name, "Ready", "True")
-    assert {e.reason for e in env.events("analytics")} >= {"Created", "Ready"}
+    env.wait_events(
+        "analytics", lambda es: {e.reason for e in es} >= {"Created", "Ready"}, "Created, Ready"
+    )
     networking = client.NetworkingV1Api(kube_cluster.api_client())
     assert networking.read_namespaced_network_policy("analytics-ray-head", watched)
     log = op.tail(1_000_000)
@@ -131,7 +135,8 @@ NEEDED = [
     ),
     ("get", "secrets", ""),
     ("create", "secrets", ""),
-    ("list", "pods", ""),
+    ("list", "pods", ""),  # their status, from a watch selected by our label
+    ("watch", "pods", ""),
     ("delete", "pods", ""),  # pods holding a Ray token their pool's Secret no longer has
     ("create", "events", ""),
     # An Ephemeral pool's kuberay worker: its account, Role and RoleBinding, and what

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 import pytest
+import urllib3
 
 from prefect_raypool_operator import reconcile
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
@@ -217,10 +218,8 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
     rc = io.objects[(RAY, POOL)]
     assert rc["metadata"]["ownerReferences"][0]["uid"] == f"uid-{POOL}"
     assert [m for r, m in io.events if r == "Created"] == [
-        f"created Secret/{POOL}-ray-token",
-        f"created RayCluster/{POOL}",
-        f"created Deployment/{POOL}-prefect-worker",
-        f"created NetworkPolicy/{POOL}-ray-head",
+        f"created Secret/{POOL}-ray-token, RayCluster/{POOL}, "
+        f"Deployment/{POOL}-prefect-worker, NetworkPolicy/{POOL}-ray-head"
     ]
     assert io.statuses[-1]["phase"] == "Provisioning"
     assert _conditions(io)["RayClusterReady"] == ("False", "HeadPodNotReady")
@@ -300,6 +299,51 @@ def test_unreachable_prefect_is_retried_while_ray_is_reconciled(
     io.writes()
     controller.on_resync(NS, POOL, LOG, {})
     assert ("work pool", POOL) in io.writes()  # a failure is not remembered
+
+
+def _refused() -> urllib3.exceptions.MaxRetryError:
+    return urllib3.exceptions.MaxRetryError(
+        None, "/apis/ray.io/v1", reason=ConnectionRefusedError(111, "Connection refused")
+    )
+
+
+def test_an_unreachable_api_server_is_one_log_line_and_a_bug_keeps_its_traceback(
+    controller: Controller, io: FakeIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=LOG.name)
+    io.add_pool({})
+    io.add_pool({}, name="other")
+    applies = io.apply
+
+    def apply(manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+        if manifest["metadata"]["name"] == "other":
+            raise ValueError("a bug")
+        raise _refused()
+
+    io.apply = apply  # type: ignore[method-assign]
+    controller.on_resync(NS, POOL, LOG, {})
+    controller.on_resync(NS, "other", LOG, {})
+    unreachable, bug = caplog.records
+    assert unreachable.exc_info is None
+    assert "reconcile failed in" in unreachable.getMessage()
+    assert "Max retries exceeded" in unreachable.getMessage()
+    assert bug.exc_info is not None and bug.exc_info[0] is ValueError
+    assert _conditions(io)["Ready"] == ("False", "ReconcileError")  # and the status says so
+
+    # The status write itself unreachable: kopf's retry, one line, and written next time.
+    io.apply = applies  # type: ignore[method-assign]
+    io.add_pool({}, name="third")
+    writes = io.write_status
+
+    def write_status(namespace: str, name: str, status: Obj) -> None:
+        raise _refused()
+
+    io.write_status = write_status  # type: ignore[method-assign]
+    with pytest.raises(kopf.TemporaryError, match="status not written: MaxRetryError"):
+        controller.on_resync(NS, "third", LOG, {})
+    io.write_status = writes  # type: ignore[method-assign]
+    controller.on_resync(NS, "third", LOG, {})
+    assert io.pools[(NS, "third")]["status"]["phase"] == "Provisioning"
 
 
 def test_owned_status_change_observes_and_drift_repairs(controller: Controller, io: FakeIO) -> None:

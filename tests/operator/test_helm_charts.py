@@ -75,6 +75,7 @@ def test_operator_chart_all_namespaces() -> None:
         ("", "secrets", "create"),
         ("", "events", "create"),
         ("", "pods", "list"),
+        ("", "pods", "watch"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ]:
         assert allowed(group, resource, verb), (group, resource, verb)

@@ -7,6 +7,7 @@ replicas are local processes run as the chart runs them (RAYPOOL_LEADER_ELECTION
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import signal
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from prefect_raypool_operator import leader
+from testbed import operator_log
 from testbed.cluster import Cluster
 from testbed.elected import Replica, Timing
 from testbed.prefect_server import PrefectServer
@@ -28,6 +30,8 @@ from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 # Shorter than the chart's 15/10/2 s to keep the suite quick; the bench measures those.
 TIMING = Timing(lease=8.0, renew=5.0, retry=1.0)
 START_UP = 30.0  # kopf's start (importing the handlers, the first watches), generous
+# By design: a leader that cannot renew its Lease says so at ERROR and exits 1.
+LOST_THE_LEASE = r"leader \[ERROR +\] Lost the Lease \(no renewal within the renew deadline\)"
 
 
 # --- The decision and the settings (pure).
@@ -100,6 +104,18 @@ def test_election_is_off_unless_asked_and_defaults_are_controller_runtimes() -> 
     assert on.identity.startswith("op-1_") and on.identity != leader.identity({"POD_NAME": "op-1"})
 
 
+@pytest.mark.unit
+def test_the_elections_errors_carry_their_level_as_kopfs_do() -> None:
+    """Its lines go through its own handler: without the level, the operator-log check
+    (testbed/operator_log.py) would not see an ERROR such as a lost Lease."""
+    record = logging.LogRecord(leader.log.name, logging.ERROR, "", 0, "Lost the Lease", (), None)
+    line = logging.Formatter(leader.LOG_FORMAT).format(record)
+    assert "prefect_raypool_operator.leader [ERROR   ] Lost the Lease" in line
+    assert operator_log.unexpected(line, []) == [line]
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    assert operator_log.unexpected(logging.Formatter(leader.LOG_FORMAT).format(record), []) == []
+
+
 # --- Two replicas on the real API server.
 
 
@@ -116,7 +132,10 @@ def ha_namespace(kube_cluster: Cluster, pool_crd: None) -> Iterator[str]:
 
 @pytest.fixture
 def replicas(
-    kube_cluster: Cluster, ha_namespace: str, tmp_path: Path
+    kube_cluster: Cluster,
+    ha_namespace: str,
+    tmp_path: Path,
+    own_operators: operator_log.OwnOperators,
 ) -> Iterator[tuple[Replica, Replica]]:
     """Two replicas of one operator for `ha_namespace`; the first is started first."""
 
@@ -131,6 +150,7 @@ def replicas(
         )
 
     a, b = replica("a"), replica("b")
+    own_operators.add(a.log, b.log)
     try:
         yield a, b
     finally:
@@ -272,6 +292,7 @@ def test_sigterm_releases_the_lease_for_a_fast_hand_over(
 
 
 @pytest.mark.controlplane
+@pytest.mark.operator_log_allows(LOST_THE_LEASE)
 def test_a_leader_whose_lease_is_taken_stops_at_once_with_status_1(
     kube_cluster: Cluster, ha_namespace: str, replicas: tuple[Replica, Replica]
 ) -> None:
@@ -291,8 +312,12 @@ def test_a_leader_whose_lease_is_taken_stops_at_once_with_status_1(
 
 
 @pytest.mark.controlplane
+@pytest.mark.operator_log_allows(LOST_THE_LEASE)
 def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
-    kube_cluster: Cluster, ha_namespace: str, tmp_path: Path
+    kube_cluster: Cluster,
+    ha_namespace: str,
+    tmp_path: Path,
+    own_operators: operator_log.OwnOperators,
 ) -> None:
     """A partition (requests hang, nothing refused): the leader's renewals time out, it
     exits 1 before the lease duration ends, and the standby takes over after it."""
@@ -309,6 +334,7 @@ def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline(
 
     with freezable(kube_cluster.kubeconfig, tmp_path / "kubeconfig-proxy") as (proxy, cut_off):
         a, b = replica("a", cut_off), replica("b", kube_cluster.kubeconfig)
+        own_operators.add(a.log, b.log)
         try:
             _start_pair(a, b)
             proxy.freeze()

@@ -76,7 +76,12 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(env
     cond = env.wait_condition("analytics", "RayPodsUpToDate", "False", "RayPodsOutdated")
     assert "(ray.head)" in cond["message"] and "kubectl delete pod" in cond["message"]
     assert env.condition("analytics", "Ready")["status"] == "True"  # the old pods still serve
-    warnings = [e for e in env.events("analytics") if e.reason == "RayPodsOutdated"]
+    events = env.wait_events(
+        "analytics",
+        lambda es: any(e.reason == "RayPodsOutdated" for e in es),
+        "a RayPodsOutdated Event",
+    )
+    warnings = [e for e in events if e.reason == "RayPodsOutdated"]
     assert len(warnings) == 1 and warnings[0].type == "Warning"
 
     # What the message says to run.

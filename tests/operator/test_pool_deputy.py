@@ -20,6 +20,7 @@ import yaml
 from kubernetes import client
 
 from testbed.cluster import Cluster
+from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -151,7 +152,11 @@ def test_one_work_pool_name_in_two_namespaces(env: Env, second_namespace: str) -
     # Deleting the holder deletes the work pool it created; the other pool then has it.
     _delete(env, "analytics")
     eventually(lambda: env.pool("analytics") is None, what="the first pool deleted")
-    assert any(e.reason == "WorkPoolDeleted" for e in env.events("analytics"))
+    env.wait_events(
+        "analytics",
+        lambda es: any(e.reason == "WorkPoolDeleted" for e in es),
+        "a WorkPoolDeleted Event",
+    )
     other.wait_condition("analytics", "WorkPoolReady", "True", timeout=60)
     assert _work_pool(env, work_pool).json()["concurrency_limit"] == 7
 
@@ -180,6 +185,7 @@ def guarded(
     pool_crd: None,
     prefect_server: PrefectServer,
     tmp_path: Any,
+    own_operators: OwnOperators,
 ) -> Iterator[tuple[Env, str]]:
     """An operator installed with an allow-list (the session's Prefect server and one
     dead URL) and 2 quick tries to release a work pool, watching `d-*` namespaces."""
@@ -196,6 +202,7 @@ def guarded(
         },
         scope=("--namespace=d-*",),
     )
+    own_operators.add(op.log)
     name = f"d-{uuid.uuid4().hex[:8]}"
     api = client.CoreV1Api(kube_cluster.api_client())
     api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -207,6 +214,12 @@ def guarded(
         op.stop()
 
 
+@pytest.mark.operator_log_allows(
+    # What the test provokes: a URL off the allow-list is refused for good, and the
+    # `stranded` pool's dead Prefect URL fails its reconcile and its deletion's tries.
+    r"/analytics\] Handler 'on_spec' failed permanently: PrefectAPIURLNotAllowed: ",
+    r"/stranded\] Handler 'on_(spec|delete)' failed temporarily: PrefectAPIUnreachable: ",
+)
 def test_allow_list_and_bounded_release(guarded: tuple[Env, str]) -> None:
     env, dead = guarded
     with stub_server(lambda method, path: (200, "application/json", b"{}")) as stub:
@@ -229,5 +242,10 @@ def test_allow_list_and_bounded_release(guarded: tuple[Env, str]) -> None:
     env.wait_condition("stranded", "WorkPoolReady", "False", "PrefectAPIUnreachable")
     _delete(env, "stranded")
     eventually(lambda: env.pool("stranded") is None, timeout=60, what="the pool let go")
-    [warning] = [e for e in env.events("stranded") if e.reason == "WorkPoolNotReleased"]
+    events = env.wait_events(
+        "stranded",
+        lambda es: any(e.reason == "WorkPoolNotReleased" for e in es),
+        "a WorkPoolNotReleased Event",
+    )
+    [warning] = [e for e in events if e.reason == "WorkPoolNotReleased"]
     assert warning.type == "Warning" and "gave up after 2 tries" in (warning.message or "")

@@ -17,6 +17,7 @@ from kubernetes import client
 
 from prefect_raypool_operator import naming
 from testbed.cluster import Cluster, get_or_none
+from testbed.operator_log import OwnOperators
 from testbed.processes import free_port
 from testbed.waiting import eventually
 from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
@@ -73,8 +74,9 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
         f"{env.prefect.api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
     ).json()
     assert work_pool["concurrency_limit"] == 10 and work_pool["type"] == "process"
-    reasons = {e.reason for e in env.events("analytics")}
-    assert "Created" in reasons and "Ready" in reasons
+    env.wait_events(
+        "analytics", lambda es: {e.reason for e in es} >= {"Created", "Ready"}, "Created, Ready"
+    )
     printed = env.cluster.kubectl("get", "prp", "-n", env.ns)
     assert "analytics" in printed and "Ready" in printed and "ZeroCapacityNode" in printed
 
@@ -212,8 +214,10 @@ def test_missing_secret_blocks_until_created(env: Env) -> None:
     assert env.raycluster("analytics") is None
     assert get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.ns) is None
     assert (env.pool("analytics") or {})["status"]["phase"] == "Pending"
-    assert any(
-        e.type == "Warning" and e.reason == "SecretNotFound" for e in env.events("analytics")
+    env.wait_events(
+        "analytics",
+        lambda es: any(e.type == "Warning" and e.reason == "SecretNotFound" for e in es),
+        "a SecretNotFound Warning",
     )
     env.core.create_namespaced_secret(
         env.ns,
@@ -281,12 +285,17 @@ def test_one_event_per_transition_across_resyncs(env: Env) -> None:
     events = env.events("analytics")
     ready = [e for e in events if e.reason == "Ready"]
     assert len(ready) == 1 and sum(e.count or 1 for e in ready) == 1, ready
-    created = sorted(e.message for e in events if e.reason == "Created")
+    created = sorted(
+        name
+        for e in events
+        if e.reason == "Created"
+        for name in (e.message or "").removeprefix("created ").split(", ")
+    )
     assert created == [
-        "created Deployment/analytics-prefect-worker",
-        "created NetworkPolicy/analytics-ray-head",
-        "created RayCluster/analytics",
-        "created Secret/analytics-ray-token",
+        "Deployment/analytics-prefect-worker",
+        "NetworkPolicy/analytics-ray-head",
+        "RayCluster/analytics",
+        "Secret/analytics-ray-token",
     ], created
     assert not [e for e in events if (e.message or "").startswith("Handler ")]
 
@@ -349,22 +358,28 @@ def test_status_of_a_pool_gone_meanwhile_is_no_error(
 
 
 def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
-    kube_cluster: Cluster, pool_crd: None, tmp_path: Path
+    kube_cluster: Cluster, pool_crd: None, tmp_path: Path, own_operators: OwnOperators
 ) -> None:
     """What `make up` runs (testbed.devenv.start_operator) on the test cluster, in `default`.
 
     With its own Prefect server, as `make up` has: the session's server holds work
-    pools of the same names that other tests' pools keep at other settings.
+    pools of the same names that other tests' pools keep at other settings. Watching
+    `default` only: the session operator's pools are not its to reconcile.
     """
     from testbed.devenv import start_operator
     from testbed.prefect_server import start_prefect_server
     from testbed.processes import Supervisor, stop_recorded
 
     sup = Supervisor(tmp_path)
+    own_operators.add(sup.log_path("prefect-raypool-operator"))
     try:
         server = start_prefect_server(tmp_path / "prefect", supervisor=sup)
         names = start_operator(
-            sup, Path(kube_cluster.kubectl_bin), kube_cluster.kubeconfig, server.api_url
+            sup,
+            Path(kube_cluster.kubectl_bin),
+            kube_cluster.kubeconfig,
+            server.api_url,
+            scope=("--namespace=default",),
         )
         assert sorted(names) == ["analytics", "nightly", "reports"]
         printed = kube_cluster.kubectl("get", "prp", "-n", "default")

@@ -24,6 +24,7 @@ from testbed import audit
 from testbed.binaries import ensure_binaries
 from testbed.cluster import get_or_none
 from testbed.controlplane import ControlPlane, stop_control_plane
+from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess, apply_pool_crd
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -65,7 +66,9 @@ class Audited:
 
 @pytest.fixture(scope="module")
 def audited(
-    tmp_path_factory: pytest.TempPathFactory, prefect_server: PrefectServer
+    tmp_path_factory: pytest.TempPathFactory,
+    prefect_server: PrefectServer,
+    own_operators: OwnOperators,
 ) -> Iterator[Audited]:
     state = tmp_path_factory.mktemp("audited")
     log = state / "audit.log"
@@ -77,6 +80,7 @@ def audited(
         # Far off: a repair within the test's wait can only come from a watch event.
         {"RAYPOOL_RESYNC_SECONDS": "3600"},
     )
+    own_operators.add(op.log)
     try:
         cp.start()
         apply_pool_crd(cp.binaries.kubectl, cp.kubeconfig)

@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 
 from testbed.cluster import Cluster
+from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -50,6 +51,7 @@ def stall_env(
     prefect_server: PrefectServer,
     pool_crd: None,
     tmp_path: Path,
+    own_operators: OwnOperators,
 ) -> Iterator[tuple[Env, FreezableProxy]]:
     # Not a `t-*` namespace: the session operator must not reconcile these pools.
     ns = f"stall-{uuid.uuid4().hex[:8]}"
@@ -69,6 +71,7 @@ def stall_env(
             },
             scope=(f"--namespace={ns}",),
         )
+        own_operators.add(op.log)
         op.start()
         try:
             yield Env(kube_cluster, ns, op, prefect_server), proxy
@@ -78,6 +81,19 @@ def stall_env(
             core.delete_namespace(ns, propagation_policy="Background")
 
 
+@pytest.mark.operator_log_allows(
+    # The point of the test: the watch probe fails; kopf logs the activity's failure and
+    # aiohttp the exception that turns it into the probe's 500, at each probe.
+    r"Activity 'watch' failed permanently: watch streams silent longer than 12s",
+    r"(?s)Error handling request from 127\.0\.0\.1\n.*"
+    r"PermanentError: watch streams silent longer than 12s",
+    # While frozen, the API requests of a reconcile (the resync timer) and kopf's status
+    # patches time out (RAYPOOL_KUBE_REQUEST_TIMEOUT); both are retried after the thaw.
+    r"(?s)\[stall-[0-9a-f]+/analytics\] .*\nurllib3\.exceptions\.ReadTimeoutError: "
+    r"HTTPSConnectionPool\(host='127\.0\.0\.1', port=\d+\): Read timed out",
+    r"Request attempt #\d+/\d+ failed; will retry: "
+    r"\w+ https://127\.0\.0\.1:\d+/\S+ -> TimeoutError\(\)",
+)
 def test_a_stalled_watch_fails_the_probe_until_it_flows_again(
     stall_env: tuple[Env, FreezableProxy],
 ) -> None:

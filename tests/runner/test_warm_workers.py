@@ -43,6 +43,7 @@ def started_at():
 @task
 def probe(i):
     get_run_logger().info("probe %s {marker}", i)
+    get_run_logger().warning("warning %s {marker}", i)
     time.sleep(0.05)
     return {{"pid": os.getpid(), "started": started_at(),
              "preloaded": "prefect_raypool.preload" in sys.modules}}
@@ -73,8 +74,11 @@ def preloading_head() -> Iterator[RayCluster]:
         dataplane.stop_ray(cluster)
 
 
-def run_flow(cluster: RayCluster, warm_s: int, marker: str) -> dict[str, Any]:
-    out = run_python(FLOW.format(marker=marker, warm_s=warm_s), env=cluster.env(), timeout=240)
+def run_flow(
+    cluster: RayCluster, warm_s: int, marker: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    code = FLOW.format(marker=marker, warm_s=warm_s)
+    out = run_python(code, env={**cluster.env(), **(env or {})}, timeout=240)
     printed = out.stdout + out.stderr
     assert out.returncode == 0, printed[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
@@ -115,3 +119,23 @@ def test_next_flow_run_takes_over_warm_workers_and_records_everything(
         return {log.task_run_id for log in logs if marker in log.message}
 
     eventually(lambda: logged() == {r.id for r in runs}, what="each task run's log in the API")
+
+
+def test_warm_workers_log_as_the_flow_run_is_configured(
+    preloading_head: RayCluster, prefect_server: PrefectServer, client: SyncPrefectClient
+) -> None:
+    # The flow run's process logs at WARNING (its own environment, not the Ray
+    # head's): its Ray worker processes, preloaded before it existed, do too.
+    marker = uuid.uuid4().hex
+    run = run_flow(preloading_head, 60, marker, env={"PREFECT_LOGGING_LEVEL": "WARNING"})
+    flow_run_id = uuid.UUID(run["flow_run_id"])
+
+    def logged() -> list[str]:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        return [log.message for log in logs if marker in log.message]
+
+    eventually(lambda: len(logged()) == 4, what="each task run's warning in the API")
+    time.sleep(3)  # Prefect sends logs in batches: an INFO line would be there by now
+    assert all(m.startswith("warning ") for m in logged()), logged()

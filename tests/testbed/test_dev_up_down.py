@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import REPO
+from testbed import REPO, operator_log
 
 pytestmark = pytest.mark.controlplane
 
@@ -65,6 +65,11 @@ def test_up_leaves_a_usable_cluster_and_down_stops_exactly_it(tmp_path: Path) ->
         # A second `up` on the same state dir refuses instead of starting twice.
         again = _testbed("up", "--node", "kwok", "--state-dir", str(state))
         assert again.returncode != 0 and "already holds a running control plane" in again.stderr
+
+        # The operator `up` started has logged no error (testbed/operator_log.py).
+        log = (state / "logs" / "prefect-raypool-operator.log").read_text()
+        found = operator_log.unexpected(log, list(operator_log.ALWAYS))
+        operator_log.report(found, "the operator `up` started")
 
         down = _testbed("down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from testbed.operator_log import LogCheck, entries, namespace_of, unexpected
+from testbed.operator_log import (
+    LogCheck,
+    OwnOperators,
+    entries,
+    merged,
+    namespace_of,
+    unexpected,
+    unexpected_in,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -82,3 +90,50 @@ def test_a_late_error_is_judged_by_the_test_that_owned_its_namespace(tmp_path: P
         f.write("[2026-11-30 09:40:32,000] kopf.objects [ERROR   ] [t-1/a] Boom\n")
     with pytest.raises(pytest.fail.Exception, match=r"\(from test_first\) .*Boom"):
         next(third, None)
+
+
+ERROR = "[2026-11-30 09:40:3{}] kopf.objects [ERROR   ] {}\n"
+
+
+def test_own_operators_read_every_log_whole_once(tmp_path: Path) -> None:
+    """What an operator wrote before the first test (its start-up) and between tests
+    counts; every log a test ran is checked; nothing is reported twice."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    own = OwnOperators()
+    own.add(a, b, a)
+    a.write_text(ERROR.format(0, "Startup failed"))  # b was never started: no file
+    with pytest.raises(pytest.fail.Exception, match=rf"{a}: .*Startup failed"):
+        own.check(FakeRequest("test_first"))
+    own.check(FakeRequest("test_second"))  # read already
+    with b.open("a") as f:
+        f.write(ERROR.format(1, "Lost the Lease"))
+    with a.open("a") as f:
+        f.write(ERROR.format(2, "Boom"))
+    with pytest.raises(pytest.fail.Exception, match="1 unexpected") as e:
+        own.check(FakeRequest("test_third", "Lost the Lease"))
+    assert f"{a}: " in str(e.value) and "Boom" in str(e.value) and "Lease" not in str(e.value)
+
+
+def test_pods_logs_are_judged_each_on_its_own_and_named() -> None:
+    """tests/e2e: one text per operator pod (`kubectl logs`)."""
+    texts = {
+        "op-1": "[2026-11-30 09:40:30,0] kopf [INFO    ] Leading\n" + ERROR.format(1, "Boom"),
+        "op-2": "Traceback (most recent call last):\nOSError\n",
+    }
+    found = unexpected_in(texts, [])
+    assert [f.partition(":")[0] for f in found] == ["op-1", "op-2"]
+    assert "Boom" in found[0] and "op-2" not in found[0]  # not run into the next pod's text
+    assert unexpected_in(texts, ["Boom", "OSError"]) == []
+    assert merged(texts) == f"==> op-1 <==\n{texts['op-1']}==> op-2 <==\n{texts['op-2']}"
+
+
+def test_a_line_being_written_is_judged_once_whole(tmp_path: Path) -> None:
+    log = tmp_path / "operator.log"
+    own = OwnOperators()
+    own.add(log)
+    log.write_text(ERROR.format(0, "reconcile failed").rstrip("\n"))
+    own.check(FakeRequest("test_first", "reconcile failed: Timeout"))  # not whole yet
+    with log.open("a") as f:
+        f.write(": Boom\n")
+    with pytest.raises(pytest.fail.Exception, match="reconcile failed: Boom"):
+        own.check(FakeRequest("test_first", "reconcile failed: Timeout"))

@@ -39,8 +39,8 @@ The namespaced permissions: exactly the verbs the operator uses, nothing more.
 - owned kinds (owned.py): watched (kopf indices), server-side applied (a PATCH that
   may create), deleted when the spec no longer wants them.
 - secrets: get a referenced key, create the Ray token; never list or watch.
-- pods: listed by the pool's label for the status; deleted when they hold a Ray token
-  the pool's token Secret no longer has (it was deleted and made anew); events: created.
+- pods: watched by our label for the status; deleted when they hold a Ray token the
+  pool's token Secret no longer has (it was deleted and made anew); events: created.
 */}}
 {{- define "prp-operator.namespacedRules" -}}
 - apiGroups: [prefectray.io]
@@ -66,7 +66,7 @@ The namespaced permissions: exactly the verbs the operator uses, nothing more.
   verbs: [get, create]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, delete]
+  verbs: [list, watch, delete]
 {{- /* An Ephemeral pool's kuberay worker: its account, and a Role granting what the
   operator must hold itself (RBAC escalation prevention): RayJobs, pods/log. */}}
 - apiGroups: [""]
