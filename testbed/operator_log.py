@@ -110,9 +110,17 @@ class LogCheck:
     wrote between tests or while a fixture stopped it. Otherwise a check covers what
     was written while its test ran (the session operator's tests)."""
 
-    def __init__(self, log: Path, always: tuple[str, ...] = (), whole: bool = False) -> None:
+    def __init__(
+        self,
+        log: Path,
+        always: tuple[str, ...] = (),
+        whole: bool = False,
+        owners: dict[str, tuple[str, list[str]]] | None = None,
+    ) -> None:
         self.log, self.always, self.whole = log, always, whole  # `always`: allowed in any test
-        self._owners: dict[str, tuple[str, list[str]]] = {}
+        # namespace -> (owning test, its allowances); `owners` shares it with those who
+        # register namespaces before this check exists.
+        self._owners = {} if owners is None else owners
         self._read = 0  # where the last check stopped reading
 
     def own(self, namespace: str, owner: str, allowed: list[str]) -> None:

@@ -13,6 +13,9 @@ from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from tests.operator.pool_env import Env
 
+# Which test owned each namespace the session operator may log about.
+_NAMESPACE_OWNERS = pytest.StashKey[dict[str, tuple[str, list[str]]]]()
+
 
 @pytest.fixture(scope="session")
 def pool_crd(kube_cluster: Cluster) -> None:
@@ -59,6 +62,12 @@ def raypool_operator_log_clean(request: pytest.FixtureRequest) -> Iterator[None]
     """Tests on the session operator fail if it logged an error they did not declare
     (testbed/operator_log.py). Set up before `env`, torn down after its namespace."""
     if "raypool_operator" not in request.fixturenames:
+        if "namespace" in request.fixturenames:
+            # The session operator watches this test's `t-*` namespace too (it may
+            # start only later): what it logs about it is judged by this test's marks.
+            allowed = [*operator_log.ALWAYS, *operator_log.allowed_patterns(request)]
+            owners = request.config.stash.setdefault(_NAMESPACE_OWNERS, {})
+            owners[request.getfixturevalue("namespace")] = (request.node.nodeid, allowed)
         yield
         return
     check: operator_log.LogCheck = request.getfixturevalue("raypool_operator_log")
@@ -95,5 +104,8 @@ def own_operators_log_clean_module(
 
 
 @pytest.fixture(scope="session")
-def raypool_operator_log(raypool_operator: OperatorProcess) -> operator_log.LogCheck:
-    return operator_log.LogCheck(raypool_operator.log, operator_log.ALWAYS)
+def raypool_operator_log(
+    request: pytest.FixtureRequest, raypool_operator: OperatorProcess
+) -> operator_log.LogCheck:
+    owners = request.config.stash.setdefault(_NAMESPACE_OWNERS, {})
+    return operator_log.LogCheck(raypool_operator.log, operator_log.ALWAYS, owners=owners)

@@ -92,6 +92,29 @@ def test_a_late_error_is_judged_by_the_test_that_owned_its_namespace(tmp_path: P
         next(third, None)
 
 
+def test_a_namespace_owned_before_the_check_existed_is_judged_by_its_owner(
+    tmp_path: Path,
+) -> None:
+    # A test without the session operator registers its namespace; the operator (and
+    # its check) may come later and then log about that namespace.
+    log = tmp_path / "operator.log"
+    log.write_text("")
+    owners = {"t-early": ("test_early", ["PrefectAPIUnreachable"])}
+    check = LogCheck(log, owners=owners)
+    later = check.around(FakeRequest("test_later"), "t-later")
+    next(later)
+    with log.open("a") as f:
+        f.write(
+            "[2026-11-30 09:40:31,000] kopf.objects [ERROR   ] [t-early/a] PrefectAPIUnreachable\n"
+        )
+        f.write("[2026-11-30 09:40:32,000] kopf.objects [ERROR   ] [t-early/a] Boom\n")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"(?s)1 unexpected .*\(from test_early\) .*Boom"
+    ):
+        next(later, None)
+    assert "t-later" in owners  # registered where those who come later can find it
+
+
 ERROR = "[2026-11-30 09:40:3{}] kopf.objects [ERROR   ] {}\n"
 
 
