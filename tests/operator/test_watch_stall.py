@@ -87,10 +87,11 @@ def stall_env(
     r"Activity 'watch' failed permanently: watch streams silent longer than 12s",
     r"(?s)Error handling request from 127\.0\.0\.1\n.*"
     r"PermanentError: watch streams silent longer than 12s",
-    # While frozen, the API requests of a reconcile (the resync timer) and kopf's status
-    # patches time out (RAYPOOL_KUBE_REQUEST_TIMEOUT); both are retried after the thaw.
-    r"(?s)\[stall-[0-9a-f]+/analytics\] .*\nurllib3\.exceptions\.ReadTimeoutError: "
-    r"HTTPSConnectionPool\(host='127\.0\.0\.1', port=\d+\): Read timed out",
+    # While frozen, the API requests of a reconcile (the resync timer), its status write
+    # and kopf's status patches time out (RAYPOOL_KUBE_REQUEST_TIMEOUT); each is retried
+    # after the thaw, and said in one line: `\Z` lets no traceback follow.
+    r"\[stall-[0-9a-f]+/analytics\] [^\n]*ReadTimeoutError: "
+    r"HTTPSConnectionPool\(host='127\.0\.0\.1', port=\d+\): Read timed out[^\n]*\Z",
     r"Request attempt #\d+/\d+ failed; will retry: "
     r"\w+ https://127\.0\.0\.1:\d+/\S+ -> TimeoutError\(\)",
 )
