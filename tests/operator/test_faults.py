@@ -532,10 +532,10 @@ def test_kuberay_down_says_so_and_recovers(bed: Bed) -> None:
 
 
 @pytest.mark.operator_log_allows(
-    # What the restart provokes: while kube-apiserver is down, the resync of every pool
-    # in the module fails to connect (the reconcile, then its status write), each said
-    # in one line: `\Z` lets no traceback follow ...
-    r"\] (reconcile failed in \S+|Timer 'on_resync' failed temporarily: status not written)"
+    # What the restart provokes: while kube-apiserver is down, the reconciles of the
+    # module's pools (resyncs, or a change in flight) fail to connect (the reconcile,
+    # then its status write), each said in one line: `\Z` lets no traceback follow ...
+    r"\] (reconcile failed in \S+|\w+ 'on_\w+' failed temporarily: status not written)"
     r": MaxRetryError: [^\n]*Max retries exceeded with url: [^\n]*\[Errno 111\] Connection "
     r"refused[^\n]*\Z",
     # ... and kopf's watches and the Events it posts, sent as it goes down, while it is
