@@ -7,6 +7,7 @@ server does while it makes a new kind's storage."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -37,6 +38,7 @@ def _status(body: dict[str, object]) -> web.Response:
     )
 
 
+@contextlib.asynccontextmanager
 async def _serve(answers: list[dict[str, object]]) -> AsyncIterator[str]:
     """Answers each request with the next failure in `answers`, then with an empty list."""
     pending = list(answers)
@@ -61,7 +63,7 @@ async def _serve(answers: list[dict[str, object]]) -> AsyncIterator[str]:
 
 async def _request(answers: list[dict[str, object]], attempts: int) -> Exception | None:
     """kopf's request as its watches make it, on the watching logger."""
-    async for server in _serve(answers):
+    async with _serve(answers) as server:
         context = auth.APIContext(credentials.ConnectionInfo(server=server))
         try:
             response = await api.request(
@@ -78,7 +80,6 @@ async def _request(answers: list[dict[str, object]], attempts: int) -> Exception
             return e
         finally:
             await context.session.close()
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture
