@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from testbed.processes import Supervisor, free_port, http_ok, kill_group, spawn_logged, wait_until
 
@@ -26,6 +29,18 @@ class PrefectServer:
 
     def stop(self) -> None:
         kill_group(self.process)
+
+
+def api_request(method: str, url: str, tries: int = 5, **kwargs: object) -> httpx.Response:
+    """A test's own request to the test bed's Prefect server, retried while it answers
+    503, as Prefect's own client does: its SQLite database is busy now and then under
+    the suite's load."""
+    for attempt in range(1, tries + 1):
+        response = httpx.request(method, url, timeout=10, **kwargs)  # type: ignore[arg-type]
+        if response.status_code != 503 or attempt == tries:
+            return response
+        time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def server_env(root: Path, for_tests: bool) -> dict[str, str]:

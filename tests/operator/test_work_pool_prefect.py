@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from prefect_raypool_operator.workpool import Owner, ensure_work_pool
-from testbed.prefect_server import PrefectServer
+from testbed.prefect_server import PrefectServer, api_request
 from testbed.processes import free_port
 
 pytestmark = pytest.mark.prefect
@@ -14,7 +13,7 @@ OWNER = Owner("team", "analytics", "uid-1")
 
 
 def _read(server: PrefectServer, name: str) -> dict[str, object]:
-    response = httpx.get(f"{server.api_url}/work_pools/{name}", timeout=10)
+    response = api_request("GET", f"{server.api_url}/work_pools/{name}")
     response.raise_for_status()
     return dict(response.json())
 
@@ -25,8 +24,8 @@ def test_creates_then_keeps_the_concurrency_limit(prefect_server: PrefectServer)
     pool = _read(prefect_server, "wp-limit")
     assert pool["type"] == "process" and pool["concurrency_limit"] == 5
     # Someone changes it in the UI: the next reconcile puts it back.
-    httpx.patch(
-        f"{prefect_server.api_url}/work_pools/wp-limit", json={"concurrency_limit": 99}, timeout=10
+    api_request(
+        "PATCH", f"{prefect_server.api_url}/work_pools/wp-limit", json={"concurrency_limit": 99}
     ).raise_for_status()
     check = ensure_work_pool(prefect_server.api_url, "wp-limit", 5, OWNER)
     assert (check.ok, check.reason) == (True, "WorkPoolUpdated")
@@ -35,10 +34,10 @@ def test_creates_then_keeps_the_concurrency_limit(prefect_server: PrefectServer)
 
 
 def test_a_pool_of_another_type_is_refused(prefect_server: PrefectServer) -> None:
-    httpx.post(
+    api_request(
+        "POST",
         f"{prefect_server.api_url}/work_pools/",
         json={"name": "wp-k8s", "type": "kubernetes"},
-        timeout=10,
     ).raise_for_status()
     check = ensure_work_pool(prefect_server.api_url, "wp-k8s", None, OWNER)
     assert (check.ok, check.reason) == (False, "WorkPoolTypeMismatch")
@@ -73,8 +72,8 @@ def test_a_kuberay_work_pool_gets_its_type_and_template_kept(
     assert pool["type"] == "kuberay" and pool["base_job_template"] == template
     # Someone edits the template: the next reconcile puts the spec's back.
     edited = {**template, "variables": {**template["variables"], "required": ["image"]}}
-    httpx.patch(
-        f"{url}/work_pools/wp-kuberay", json={"base_job_template": edited}, timeout=10
+    api_request(
+        "PATCH", f"{url}/work_pools/wp-kuberay", json={"base_job_template": edited}
     ).raise_for_status()
     assert ensure() == (True, "WorkPoolUpdated")
     assert _read(prefect_server, "wp-kuberay")["base_job_template"] == template
