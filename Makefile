@@ -10,6 +10,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# Where `make up` keeps its state (kubeconfig, logs, processes); `make demo`/`down` read it.
+DEV_STATE ?= .dev
 
 # Deterministic runs: no usage reporting, no prompts.
 export RAY_USAGE_STATS_ENABLED := 0
@@ -51,13 +53,13 @@ test: images lint
 	tests/isolated.sh $(VENV)/bin/pytest -ra --durations=25 $(PYTEST_ARGS)
 
 up: images
-	$(PY) -m testbed up --state-dir .dev
+	$(PY) -m testbed up --state-dir $(DEV_STATE)
 
 demo: venv
-	$(PY) -m testbed demo --state-dir .dev
+	$(PY) -m testbed demo --state-dir $(DEV_STATE)
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m testbed down --state-dir .dev; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m testbed down --state-dir $(DEV_STATE); else echo "nothing to stop"; fi
 
 bench: images
 	@echo "==> prefect-ray 0.6.0, a bench-only dependency (never a dependency of the project)"

@@ -166,6 +166,11 @@ class ControlPlane:
     def _write_credentials(self) -> None:
         pki = self.state_dir / "pki"
         pki.mkdir(exist_ok=True)
+        # The API server makes its serving certificate only where none exists, for the
+        # address it advertises now: one left by a start with the other kind of node
+        # names the wrong address, and clients then refuse it.
+        for made_by_apiserver in ("apiserver.crt", "apiserver.key"):
+            (pki / made_by_apiserver).unlink(missing_ok=True)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (pki / "sa.key").write_bytes(
             key.private_bytes(

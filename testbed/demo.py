@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -22,6 +23,17 @@ from testbed.processes import cluster_tool
 from testbed.waiting import eventually
 
 IN_CLUSTER_PREFECT = "http://prefect-server.prefect.svc:4200/api"  # see devenv.expose_prefect
+
+
+def demo_pool_manifest() -> dict[str, Any]:
+    """The HeadSidecar example, named `demo`, running the example flow image."""
+    manifest: dict[str, Any] = yaml.safe_load(
+        (REPO / "examples" / "pools" / "head-sidecar.yaml").read_text()
+    )
+    manifest["metadata"]["name"] = "demo"
+    manifest["spec"]["ray"]["image"] = FLOWS_IMAGE
+    manifest["spec"]["prefect"]["workPool"]["name"] = "demo"
+    return manifest
 
 
 def main(state: Path) -> int:
@@ -38,17 +50,16 @@ def main(state: Path) -> int:
         )
         return 1
     driver = PoolDriver(kubeconfig, kubectl, api_url_file.read_text().strip(), "default")
-    # The node has 2 CPUs and the example pools use most of them: the demo pool takes
-    # the place of `reports` (the same HeadSidecar pool, running the flow image).
-    manifest = yaml.safe_load((REPO / "examples" / "pools" / "head-sidecar.yaml").read_text())
-    manifest["metadata"]["name"] = "demo"
-    manifest["spec"]["ray"]["image"] = FLOWS_IMAGE
-    manifest["spec"]["prefect"]["workPool"]["name"] = "demo"
-    print("make demo: the pool `demo` (the example flow image) replaces `reports`", flush=True)
-    kubectl("delete", "prp", "reports", "--ignore-not-found", "--wait=true")
-    eventually(lambda: not driver.pods("prefectray.io/pool=reports"), 180, "reports' pods gone")
+    # `make up` keeps room on the node for this pool. Where `reports` (the same
+    # HeadSidecar pool) was applied all the same, the demo pool takes its place.
+    if kubectl("get", "prp", "reports", "--ignore-not-found", "-o", "name").strip():
+        print("make demo: the pool `demo` (the example flow image) replaces `reports`", flush=True)
+        kubectl("delete", "prp", "reports", "--ignore-not-found", "--wait=true")
+        eventually(lambda: not driver.pods("prefectray.io/pool=reports"), 180, "reports' pods gone")
+    else:
+        print("make demo: the pool `demo` (HeadSidecar, the example flow image)", flush=True)
     t0 = time.monotonic()
-    driver.apply(manifest)
+    driver.apply(demo_pool_manifest())
     driver.wait_ready("demo", timeout=600)
     print(f"pool demo Ready after {time.monotonic() - t0:.1f}s", flush=True)
     run_id = driver.run_deployment(
@@ -67,5 +78,5 @@ def main(state: Path) -> int:
     for ip in sorted(set(ran_on.values())):
         count = sum(1 for v in ran_on.values() if v == ip)
         print(f"  {count} Ray task(s) ran on {pods.get(ip, ip)}")
-    print("`kubectl delete prp demo` and `kubectl apply -f examples/pools/` bring `reports` back.")
+    print("`kubectl delete prp demo` frees its room on the node.")
     return 0 if run.state.type.value == "COMPLETED" else 1

@@ -13,16 +13,27 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from testbed import REPO, netns
+import yaml
+
+from prefect_raypool_operator.podstatus import STUCK_WAITING
+from testbed import REPO, fit, netns
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane, stop_control_plane
 from testbed.operator_process import apply_pool_crd, operator_argv, operator_env
 from testbed.prefect_server import start_prefect_server
-from testbed.processes import PROCESSES_FILE, Supervisor, cluster_tool, free_port, http_ok
+from testbed.processes import (
+    PROCESSES_FILE,
+    Supervisor,
+    cluster_tool,
+    free_port,
+    http_ok,
+    log,
+)
 
 #: The examples name the in-cluster Prefect service; the operator runs on the host,
 #: so RAYPOOL_PREFECT_URL_MAP points that URL at the local server.
@@ -111,9 +122,9 @@ def start_operator(
     kubeconfig: Path,
     prefect_api_url: str,
     scope: tuple[str, ...] = ("--all-namespaces",),
-) -> list[str]:
+) -> fit.Choice:
     """Apply the CRD, run the operator as a local process (watching `scope`), apply the
-    examples (in `default`); return the pools' names once every one is Ready."""
+    examples that fit (in `default`); return which once every one is Ready."""
     apply_pool_crd(kubectl_bin, kubeconfig)
     health = f"http://127.0.0.1:{free_port()}/healthz"
     url_map = f"{EXAMPLES_PREFECT_URL}={prefect_api_url.rstrip('/')}"
@@ -128,24 +139,93 @@ def apply_examples(
     kubectl: Callable[..., str],
     timeout: float,
     examples: Path = REPO / "examples" / "pools",
-) -> list[str]:
-    for path in sorted(examples.glob("*.yaml")):
-        kubectl("apply", "-n", "default", "-f", str(path))
-    names = [
-        line.split("/", 1)[1]
-        for line in kubectl("get", "prp", "-n", "default", "-o", "name").split()
-    ]
+) -> fit.Choice:
+    """Apply the examples that fit the node (testbed/fit.py says which, and why the
+    others not) and return the choice once every pool applied is Ready. Each pool's
+    Ready reason is printed as it changes; a pool whose pods cannot run (Unschedulable,
+    an image or a container that fails) ends the wait early with that reason."""
+    from testbed.demo import demo_pool_manifest
 
-    def all_ready() -> bool:
-        out = kubectl(
-            "get", "prp", "-n", "default", "-o",
-            'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
-        )  # fmt: skip
-        statuses = out.split()
-        return len(statuses) == len(names) and all(s == "True" for s in statuses)
+    docs = {path: yaml.safe_load(path.read_text()) for path in sorted(examples.glob("*.yaml"))}
+    needs = {fit.pool_needs(doc).name: path for path, doc in docs.items()}
+    choice = fit.choose(
+        [fit.pool_needs(doc) for doc in docs.values()],
+        free=node_free_room(kubectl),
+        demo=fit.pool_needs(demo_pool_manifest()).total,
+    )
+    for pool in choice.started:
+        kubectl("apply", "-n", "default", "-f", str(needs[pool.name]))
+    started = ", ".join(f"{p.name} ({p.placement}, {p.total})" for p in choice.started)
+    log(f"example pools applied in `default`: {started or 'none'}")
+    for pool, why in choice.left_out:
+        log(f"example pool {pool.name} left out: {why}")
+    names = [p.name for p in choice.started]
+    if names:
+        watch = PoolWatch(kubectl, names)
+        sup.wait(f"example pools {', '.join(names)} Ready", watch.all_ready, timeout)
+    return choice
 
-    sup.wait(f"example pools {', '.join(names)} Ready", all_ready, timeout)
-    return names
+
+def node_free_room(kubectl: Callable[..., str]) -> fit.Room:
+    """The nodes' allocatable room less what their pods already request."""
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
+    free = sum((fit.room(n["status"].get("allocatable") or {}) for n in nodes), fit.Room())
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+    for pod in pods:
+        if pod.get("spec", {}).get("nodeName") and pod.get("status", {}).get("phase") not in (
+            "Succeeded",
+            "Failed",
+        ):
+            free = free - fit.pod_request(pod["spec"])
+    return free
+
+
+#: Reasons a pool's pods cannot run that waiting does not fix (the operator's own list,
+#: podstatus.py), and how long `make up` lets one stand before giving up.
+STUCK = frozenset({*STUCK_WAITING, "Unschedulable", "OOMKilled", "Evicted"})
+STUCK_GRACE_S = 45.0
+
+
+class PoolWatch:
+    """Reads the pools' status (at most every 2 s), prints each pool's phase and Ready
+    reason when they change, and raises once a pool stays stuck for `grace` seconds."""
+
+    def __init__(
+        self, kubectl: Callable[..., str], names: list[str], grace: float = STUCK_GRACE_S
+    ) -> None:
+        self.kubectl, self.names, self.grace = kubectl, names, grace
+        self.said: dict[str, str] = {}
+        self.stuck_since: dict[str, float] = {}
+        self.next_read = 0.0
+
+    def all_ready(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_read:
+            return False
+        self.next_read = now + 2
+        items = json.loads(self.kubectl("get", "prp", "-n", "default", "-o", "json"))["items"]
+        status = {i["metadata"]["name"]: i.get("status") or {} for i in items}
+        ready = 0
+        for name in self.names:
+            st = status.get(name, {})
+            conds = {c.get("type"): c for c in st.get("conditions") or []}
+            top = conds.get("Ready", {})
+            line = f"{st.get('phase') or 'Pending'}: {top.get('message') or 'no status yet'}"
+            if self.said.get(name) != line:
+                self.said[name] = line
+                log(f"pool {name} {line}")
+            ready += top.get("status") == "True"
+            stuck = [c for c in conds.values() if c.get("reason") in STUCK]
+            if not stuck:
+                self.stuck_since.pop(name, None)
+            elif now - self.stuck_since.setdefault(name, now) > self.grace:
+                c = stuck[0]
+                raise RuntimeError(
+                    f"pool {name} cannot become Ready: {c['type']} {c['reason']}: "
+                    f"{c.get('message', '')} (for {self.grace:.0f}s; "
+                    f"`kubectl describe prp {name}` says more)"
+                )
+        return ready == len(self.names)
 
 
 def _up(state: Path, node: str) -> int:
@@ -194,7 +274,8 @@ def _up_real(state: Path) -> int:
     _print_ready(
         state, stack.control_plane, stack.prefect.api_url, pools,
         "a real node (kubelet, containerd, CoreDNS, kube-proxy) running the pods",
-        "the prefect-raypool operator (a pod, from its chart and the image built here)",
+        "the prefect-raypool operator (one replica: a pod from its chart and the image "
+        "built here)",
     )  # fmt: skip
     return 0
 
@@ -229,7 +310,7 @@ def expose_prefect(kubectl: Callable[..., str], api_url: str) -> None:
 
 
 def _print_ready(
-    state: Path, cp: ControlPlane, api_url: str, pools: list[str], node: str, operator: str
+    state: Path, cp: ControlPlane, api_url: str, pools: fit.Choice, node: str, operator: str
 ) -> None:
     # Put the matching kubectl and helm beside the kubeconfig for the user.
     bindir = state / "bin"
@@ -246,7 +327,7 @@ def _print_ready(
 Local Kubernetes {cp.server} is up: etcd, kube-apiserver, controller-manager,
 scheduler and the KubeRay operator; {node};
 a Prefect server (SQLite) at {api_url};
-{operator}, with the example pools ({", ".join(pools)}) applied in `default` and Ready.
+{operator}, with {_examples_line(pools)}
 Kubeconfig: {cp.kubeconfig}
 
   export KUBECONFIG={rel}/kubeconfig PATH=$PWD/{rel}/bin:$PATH PREFECT_API_URL={api_url}
@@ -259,3 +340,15 @@ everything with `make down`.
 """,
         flush=True,
     )
+
+
+def _examples_line(pools: fit.Choice) -> str:
+    names = ", ".join(p.name for p in pools.started) or "none"
+    text = f"the example pools {names} applied in `default` and Ready"
+    if pools.left_out:
+        left = ", ".join(p.name for p, _ in pools.left_out)
+        text += (
+            f";\nleft out, for want of room on the node: {left} (`kubectl apply -f "
+            f"examples/pools/` adds them where there is room)"
+        )
+    return text + f".\nFree on the node: {pools.free_after}; `make demo` needs {pools.reserve}."

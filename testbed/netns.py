@@ -9,13 +9,15 @@ Nothing else is routed: traffic stays between the host and this namespace.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from testbed.node import POD_CIDR
 
-NAME = "raypool-dev"
+#: RAYPOOL_DEV_NETNS names another, so that a test of `make up` leaves a user's alone.
+NAME = os.environ.get("RAYPOOL_DEV_NETNS", "raypool-dev")
 HOST_VETH, NS_VETH = "rpdev0", "rpdev1"
 HOST_ADDR, NS_ADDR = "10.245.0.1", "10.245.0.2"
 

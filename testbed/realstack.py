@@ -70,19 +70,24 @@ def start_real_stack(state_dir: Path, purpose: str = "test", timeout: float = 30
             state_dir / "prefect", for_tests=purpose == "test", host=NODE_IP, supervisor=cp.procs
         )
         stack = RealStack(cp, prefect)
-        install_operator(stack, timeout)
+        # `make up` runs one operator replica: a 2-CPU node has no room to spare for a
+        # standby (the chart's default, two, is for high availability).
+        install_operator(stack, timeout, replicas=1 if purpose == "dev" else None)
     except BaseException:
         cp.stop()
         raise
     return stack
 
 
-def install_operator(stack: RealStack, timeout: float) -> None:
-    """`helm install` the operator chart (its CRD included) with the image built here."""
+def install_operator(stack: RealStack, timeout: float, replicas: int | None = None) -> None:
+    """`helm install` the operator chart (its CRD included) with the image built here;
+    `replicas` None keeps the chart's default."""
+    extra = ["--set", f"replicaCount={replicas}"] if replicas is not None else []
     stack.helm(
         "install", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", "image.pullPolicy=Never",  # loaded into the node, never pulled
+        *extra,
     )  # fmt: skip
     try:
         wait_until("operator pod from the chart", lambda: operator_pod_ready(stack), timeout)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client
 
 from prefect_raypool_operator import naming
+from testbed import REPO
 from testbed.cluster import Cluster, get_or_none
 from testbed.operator_log import OwnOperators
 from testbed.processes import free_port
@@ -366,7 +368,7 @@ def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
     pools of the same names that other tests' pools keep at other settings. Watching
     `default` only: the session operator's pools are not its to reconcile.
     """
-    from testbed.devenv import start_operator
+    from testbed.devenv import PoolWatch, start_operator
     from testbed.prefect_server import start_prefect_server
     from testbed.processes import Supervisor, stop_recorded
 
@@ -374,16 +376,33 @@ def test_make_up_path_starts_the_operator_and_the_examples_become_ready(
     own_operators.add(sup.log_path("prefect-raypool-operator"))
     try:
         server = start_prefect_server(tmp_path / "prefect", supervisor=sup)
-        names = start_operator(
+        choice = start_operator(
             sup,
             Path(kube_cluster.kubectl_bin),
             kube_cluster.kubeconfig,
             server.api_url,
             scope=("--namespace=default",),
         )
-        assert sorted(names) == ["analytics", "nightly", "reports"]
+        # kwok's node has room for all of them (testbed/fit.py).
+        assert sorted(p.name for p in choice.started) == ["analytics", "nightly", "reports"]
         printed = kube_cluster.kubectl("get", "prp", "-n", "default")
         assert printed.count("True") == 3, printed
+
+        # A pool whose pods no node can take ends `make up`'s wait with the scheduler's
+        # own words, once they have stood for the grace period, not at the timeout.
+        big = yaml.safe_load((REPO / "examples/pools/zero-capacity.yaml").read_text())
+        big["metadata"]["name"] = "toobig"
+        big["spec"]["prefect"]["apiUrl"] = server.api_url
+        big["spec"]["ray"]["head"]["resources"] = {"cpu": "500", "memory": "2Gi"}
+        kube_cluster.kubectl("apply", "-n", "default", "-f", "-", stdin=yaml.safe_dump(big))
+        watch = PoolWatch(kube_cluster.kubectl, ["toobig"], grace=3)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError) as refused:
+            eventually(watch.all_ready, timeout=120, what="toobig refused")
+        assert time.monotonic() - t0 < 100
+        said = str(refused.value)
+        assert said.startswith("pool toobig cannot become Ready: ") and "Unschedulable" in said
+        assert "Insufficient cpu" in said, said
     finally:
         stop_recorded(tmp_path)
         kube_cluster.kubectl("delete", "prp", "--all", "-n", "default", "--wait=false")
