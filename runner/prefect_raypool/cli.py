@@ -23,7 +23,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from prefect_raypool_operator.submit import submit_cli
+    from prefect_raypool.submit import submit_cli
 
     return submit_cli(args)
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("target", help="FLOW_FILE:FLOW_FUNCTION")
     doctor.set_defaults(func=_doctor)
 
-    from prefect_raypool_operator.submit import add_arguments as submit_arguments
+    from prefect_raypool.submit import add_arguments as submit_arguments
 
     submit = sub.add_parser(
         "submit",
