@@ -1,7 +1,10 @@
 """`raypool`: the command-line entry point.
 
-Each subcommand lives in the module that owns its logic; this file only parses
-arguments and dispatches, importing lazily so `raypool --help` stays fast.
+This file only parses arguments and dispatches. Each subcommand's module is imported
+when that subcommand runs: `render` (prefect_raypool_operator/render.py) needs only
+pydantic and PyYAML, so `raypool render` works where Prefect and Ray are not installed
+(the operator image); `submit` (submit.py) and `doctor` (doctor.py) are the user's
+tools beside the runner, and load Prefect and Ray.
 """
 
 from __future__ import annotations
@@ -28,18 +31,35 @@ def _submit(args: argparse.Namespace) -> int:
     return submit_cli(args)
 
 
-def _dev(args: argparse.Namespace) -> int:
-    # The test bed is dev-only: it ships in the source checkout, never in the wheel.
-    try:
-        from testbed.devenv import main as testbed_main
-    except ImportError:
-        print(
-            "raypool dev: the local environment lives in a source checkout of "
-            "prefect-raypool (its testbed/ package); run `make up` / `make down` there",
-            file=sys.stderr,
-        )
-        return 2
-    return testbed_main([args.action, "--state-dir", args.state_dir])
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="FLOW_FILE:FLOW (a Python file and its flow function)")
+    where = parser.add_argument_group("where the job goes (default: RAY_ADDRESS)")
+    where.add_argument("--address", help="the Ray job server (dashboard) URL, http://<head>:8265")
+    where.add_argument(
+        "--pool", help="a PrefectRayPool: its head service, http://<pool>-head-svc.<ns>.svc:8265"
+    )
+    where.add_argument("--namespace", help="the pool's namespace (default: default)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help='a flow parameter; V is JSON (3, [1,2], "x") or else a plain string',
+    )
+    parser.add_argument(
+        "--runtime-env-json", help="a Ray runtime_env as JSON (pip, py_modules, env_vars...)"
+    )
+    parser.add_argument(
+        "--working-dir",
+        help="uploaded as the job's working directory (default: the flow file's directory); "
+        "a remote URI (s3://...) is used as is",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="an environment variable"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="print the job id and return once submitted"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,19 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("target", help="FLOW_FILE:FLOW_FUNCTION")
     doctor.set_defaults(func=_doctor)
 
-    from prefect_raypool.submit import add_arguments as submit_arguments
-
     submit = sub.add_parser(
         "submit",
         help="run a flow as a Ray Job on a pool's cluster (the driver runs in the cluster)",
     )
-    submit_arguments(submit)
+    _submit_arguments(submit)
     submit.set_defaults(func=_submit)
-
-    dev = sub.add_parser("dev", help="the local control plane (what `make up` runs)")
-    dev.add_argument("action", choices=["up", "down", "status"])
-    dev.add_argument("--state-dir", default=".dev", help="where kubeconfig, logs and pids go")
-    dev.set_defaults(func=_dev)
     return parser
 
 
