@@ -178,7 +178,7 @@ class Supervisor:
         if (self.state_dir / PROCESSES_FILE).exists():
             raise RuntimeError(
                 f"{self.state_dir} already holds a running control plane; "
-                "stop it first (`make down` or `raypool dev down`)"
+                "stop it first (`make down`)"
             )
 
     def spawn(

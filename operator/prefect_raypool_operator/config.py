@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from prefect_raypool_operator import kinds, naming, urls
+from prefect_raypool_operator.owned import OWNED
 
 #: The server-side filter on every watch of an owned kind.
 MANAGED_SELECTOR = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
@@ -122,8 +123,6 @@ CONFIG = Config.from_env()
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
     """kopf settings for real clusters: our own prefixes, timeouts and backoff."""
-    from prefect_raypool_operator.owned import OWNED  # owned -> replicas reads CONFIG
-
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=naming.ANNOTATION_PREFIX

@@ -16,8 +16,9 @@ import kopf
 from kubernetes import client
 
 from prefect_raypool_operator import kinds, kopf_namespaces, naming, workpool
+from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
-from prefect_raypool_operator.memory import NEVER, recent
+from prefect_raypool_operator.memory import recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
 from prefect_raypool_operator.reconcile import ApplyConflict
 from prefect_raypool_operator.spec import KeyRef

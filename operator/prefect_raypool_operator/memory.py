@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.replicas import Contest
 
 PoolKey = tuple[str, str]  # (namespace, name)
-NEVER = -1e9
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ import kopf
 
 from prefect_raypool_operator.builders import ephemeral
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
+from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
-from prefect_raypool_operator.memory import NEVER, Applied, PoolMemory, recent
+from prefect_raypool_operator.memory import Applied, PoolMemory, recent
 from prefect_raypool_operator.observe import Found, observe
 from prefect_raypool_operator.owned import OWNED, Owned
 from prefect_raypool_operator.plan import Plan, plan
@@ -259,7 +260,7 @@ def _apply_owned(
     longer wants, remember each one's generation."""
     namespace, pool_name = desired.namespace, desired.pool_name
     before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
-    memory.replicas_contest.start(desired.generation, time.monotonic())
+    memory.replicas_contest.start(desired.generation, time.monotonic(), CONFIG.resync_seconds)
     for owned, manifest in desired.desired.items():
         live = before[owned]
         name = manifest["metadata"]["name"]

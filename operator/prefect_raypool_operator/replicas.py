@@ -1,7 +1,7 @@
 """Who sets the Prefect worker Deployment's replicas: the operator, or someone else.
 
-Pure, apart from the clock passed in. Two ways another field manager (`kubectl scale`,
-an HPA) meets the operator's server-side apply:
+Pure: the time and the resync interval are passed in. Two ways another field manager
+(`kubectl scale`, an HPA) meets the operator's server-side apply:
 
 - `spec.prefect.replicasManagedExternally`: the builder marks the Deployment and the
   operator applies `spec.replicas` only to create it. Dropping a field it alone owns
@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect_raypool_operator import naming
-from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.clock import NEVER
 
 Obj = dict[str, Any]
-NEVER = float("-inf")
 SWITCH = "spec.prefect.replicasManagedExternally"
 REPLICAS_FIELD = ".spec.replicas"
 
@@ -122,10 +121,10 @@ def override(desired: Obj, live: Obj | None, conflicts: dict[str, str]) -> Overr
     return Override(desired["metadata"]["name"], manager, theirs if theirs != ours else None, ours)
 
 
-def quiet_after() -> float:
+def quiet_after(resync_seconds: float) -> float:
     """No override seen for this long: the contest is over. Several resyncs, since
     a persisting override is seen (again) only at each resync while on hold."""
-    return max(120.0, 3 * CONFIG.resync_seconds)
+    return max(120.0, 3 * resync_seconds)
 
 
 @dataclass
@@ -143,10 +142,10 @@ class Contest:
     hold_until: float = NEVER
     last: Override | None = None
 
-    def start(self, generation: int | None, now: float) -> None:
+    def start(self, generation: int | None, now: float, resync_seconds: float) -> None:
         """A new pool generation (the user may have set the switch), or a long quiet,
         ends the contest."""
-        if generation != self.generation or now - self.last_seen > quiet_after():
+        if generation != self.generation or now - self.last_seen > quiet_after(resync_seconds):
             self.generation, self.restores, self.hold_until, self.last = generation, 0, NEVER, None
 
     def restore_now(self, seen: Override, now: float) -> bool:

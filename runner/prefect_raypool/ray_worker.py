@@ -30,6 +30,7 @@ from prefect_raypool.wire import (
     BatchRequest,
     FlushLogsRequest,
     SharedArgSlot,
+    TakesDriverDefaults,
     TaskAndContext,
     TaskRunCall,
     TaskRunRequest,
@@ -174,10 +175,8 @@ def _enter_context(serialized: dict[str, Any], stack: ExitStack) -> None:
         _quiet_console()
     client_ctx = stack.enter_context(SyncClientContext())
     if flow_run := serialized.get("flow_run_context"):
-        from prefect_raypool.task_runners import RayTaskRunner
-
         runner = flow_run["flow"].task_runner.duplicate()
-        if setup is not None and isinstance(runner, RayTaskRunner):
+        if setup is not None and isinstance(runner, TakesDriverDefaults):
             # The driver's PREFECT_RAYPOOL_TASK_* defaults, for nested task runs.
             runner.use_env_remote_options(setup.env_remote_options)
         task_runner = stack.enter_context(runner)

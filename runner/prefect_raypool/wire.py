@@ -16,7 +16,7 @@ cached per worker process, avoid being fetched for every task run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import ray
@@ -133,3 +133,11 @@ class WorkerSetup:
     #: same settings), so a fresh Ray worker process logs as the flow run does
     #: without recomputing it from all settings. None: Prefect computes it.
     logging_config: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class TakesDriverDefaults(Protocol):
+    """A flow's task runner that takes `WorkerSetup.env_remote_options` (RayTaskRunner
+    does): how a Ray worker process recognizes one without importing the driver's class."""
+
+    def use_env_remote_options(self, options: dict[str, Any]) -> None: ...

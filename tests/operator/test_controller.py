@@ -17,8 +17,8 @@ import urllib3
 
 from prefect_raypool_operator import reconcile
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
+from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.controller import Controller
-from prefect_raypool_operator.memory import NEVER
 from prefect_raypool_operator.owned import (
     NETWORK_POLICY,
     PREFECT_WORKER_DEPLOYMENT,

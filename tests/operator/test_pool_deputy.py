@@ -88,7 +88,7 @@ def test_no_planted_credential_comes_back(env: Env) -> None:
     assert cred not in events, events
     assert cred not in env.op.log.read_text(errors="replace")
     rendered = subprocess.run(
-        [sys.executable, "-m", "prefect_raypool_operator.cli", "render", "-"],
+        [sys.executable, "-m", "prefect_raypool.cli", "render", "-"],
         input=yaml.safe_dump(doc),
         capture_output=True,
         text=True,

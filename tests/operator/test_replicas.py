@@ -21,6 +21,7 @@ from prefect_raypool_operator.spec import PrefectRayPoolSpec
 pytestmark = pytest.mark.unit
 Obj = dict[str, Any]
 REPLICAS = {"f:spec": {"f:replicas": {}}}
+RESYNC = 30.0  # the operator's default resync interval, seconds
 
 
 def _desired(external: bool = False, count: int = 1) -> Obj:
@@ -138,16 +139,16 @@ def test_hand_over_only_what_the_operator_still_owns() -> None:
 def test_contest_restores_at_once_then_backs_off() -> None:
     seen = replicas.Override("d", "hpa", 3, 1)
     contest = replicas.Contest()
-    contest.start(1, 0.0)
+    contest.start(1, 0.0, RESYNC)
     restored = [t for t in range(0, 120) if contest.restore_now(seen, float(t))]
     free = list(range(replicas.FREE_RESTORES))
     # One restore a second while free, then 10 s, 20 s, 40 s, 80 s apart.
     assert restored == [*free, free[-1] + 10, free[-1] + 30, free[-1] + 70]
     assert contest.contested() == seen.contested()
     assert "replicasManagedExternally: true" in (contest.contested() or "")
-    contest.start(1, 150.0)  # still fighting: the hold (until 152) stays
+    contest.start(1, 150.0, RESYNC)  # still fighting: the hold (until 152) stays
     assert not contest.restore_now(seen, 150.0)
-    contest.start(2, 201.0)  # a new pool generation starts over
+    contest.start(2, 201.0, RESYNC)  # a new pool generation starts over
     assert contest.contested() is None and contest.restore_now(seen, 201.0)
 
 
@@ -155,10 +156,10 @@ def test_contest_ends_after_a_quiet_spell() -> None:
     seen = replicas.Override("d", "hpa", 3, 1)
     contest = replicas.Contest()
     for t in range(replicas.FREE_RESTORES):
-        contest.start(1, float(t))
+        contest.start(1, float(t), RESYNC)
         contest.restore_now(seen, float(t))
     assert contest.contested()
-    contest.start(1, replicas.FREE_RESTORES + replicas.quiet_after() + 1)
+    contest.start(1, replicas.FREE_RESTORES + replicas.quiet_after(RESYNC) + 1, RESYNC)
     assert contest.contested() is None
 
 

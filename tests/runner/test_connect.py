@@ -305,7 +305,7 @@ def test_doctor_lists_what_the_head_must_import(tmp_path: Path) -> None:
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-m", "prefect_raypool_operator.cli", "doctor", f"{flow_file}:my_flow"],
+        [sys.executable, "-m", "prefect_raypool.cli", "doctor", f"{flow_file}:my_flow"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -21,7 +21,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from ray.job_submission import JobSubmissionClient
 
-from prefect_raypool_operator.cli import main
+from prefect_raypool.cli import main
 from testbed.dataplane import RayCluster
 from testbed.prefect_server import PrefectServer
 from tests.runner.conftest import LOOPBACK_ENV, REPO, task_runs_of
@@ -39,7 +39,7 @@ def raypool_submit(
     env.update(LOOPBACK_ENV)
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token or cluster.token or ""})
     assert cluster.dashboard_url
-    cmd = [sys.executable, "-m", "prefect_raypool_operator.cli", "submit"]
+    cmd = [sys.executable, "-m", "prefect_raypool.cli", "submit"]
     return subprocess.run(
         [*cmd, *argv, "--address", cluster.dashboard_url],
         env=env,

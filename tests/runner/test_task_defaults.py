@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_raypool.context import TASK_RESOURCE_ENV, remote_options_from_env
+from prefect_raypool.task_runners import RayTaskRunner
+from prefect_raypool.wire import TakesDriverDefaults
 
 pytestmark = [pytest.mark.unit]
 
@@ -43,3 +46,13 @@ def test_bad_values_name_the_variable_and_the_fix(name: str, value: str, why: st
     assert message.startswith(f"{name}={value!r}")
     assert why in message
     assert "spec.ray.taskResources" in message and "or unset it" in message
+
+
+def test_a_ray_worker_recognizes_the_runner_that_takes_the_drivers_defaults() -> None:
+    # ray_worker.py hands the driver's defaults to a nested flow-run context's runner
+    # through this protocol, not by importing RayTaskRunner.
+    runner = RayTaskRunner().duplicate()
+    assert isinstance(runner, TakesDriverDefaults)
+    runner.use_env_remote_options({"num_cpus": 2})
+    assert runner._env_remote_options == {"num_cpus": 2}
+    assert not isinstance(ThreadPoolTaskRunner(), TakesDriverDefaults)

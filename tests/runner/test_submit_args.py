@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from prefect_raypool_operator.cli import build_parser
-from prefect_raypool_operator.submit import (
+from prefect_raypool.cli import build_parser
+from prefect_raypool.submit import (
     JobPlan,
     SubmitError,
     auth_headers,

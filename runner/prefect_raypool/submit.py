@@ -5,6 +5,7 @@ applies to it as well as to its tasks, and its RayTaskRunner attaches with no
 address. Building the job (address, runtime_env, entrypoint) is pure; `submit_cli`
 does the I/O through Ray's JobSubmissionClient: submit, stream the driver's logs,
 wait for the final status. Exit 0 only when the job SUCCEEDED.
+Its options are declared in cli.py, which parses them before importing this module.
 """
 
 from __future__ import annotations
@@ -341,34 +342,3 @@ def submit_cli(args: argparse.Namespace) -> int:
     info = client.get_job_info(job_id)
     print(f"job {job_id} {status.value}: {info.message or ''}".rstrip(), file=sys.stderr)
     return 0 if status.value == "SUCCEEDED" else 1
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="FLOW_FILE:FLOW (a Python file and its flow function)")
-    where = parser.add_argument_group("where the job goes (default: RAY_ADDRESS)")
-    where.add_argument("--address", help="the Ray job server (dashboard) URL, http://<head>:8265")
-    where.add_argument(
-        "--pool", help="a PrefectRayPool: its head service, http://<pool>-head-svc.<ns>.svc:8265"
-    )
-    where.add_argument("--namespace", help="the pool's namespace (default: default)")
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help='a flow parameter; V is JSON (3, [1,2], "x") or else a plain string',
-    )
-    parser.add_argument(
-        "--runtime-env-json", help="a Ray runtime_env as JSON (pip, py_modules, env_vars...)"
-    )
-    parser.add_argument(
-        "--working-dir",
-        help="uploaded as the job's working directory (default: the flow file's directory); "
-        "a remote URI (s3://...) is used as is",
-    )
-    parser.add_argument(
-        "--env", action="append", default=[], metavar="K=V", help="an environment variable"
-    )
-    parser.add_argument(
-        "--no-wait", action="store_true", help="print the job id and return once submitted"
-    )
