@@ -14,6 +14,7 @@ ARG PIP_OPTIONS=""
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY runner runner
+COPY kuberay kuberay
 COPY operator operator
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['operator']))" >requirements.txt \
  && pip install --no-cache-dir ${PIP_OPTIONS} -r requirements.txt \

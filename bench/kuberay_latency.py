@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 from kubernetes import client, config
 
-from prefect_raypool.kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
+from prefect_raypool_kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.prefect_server import start_prefect_server

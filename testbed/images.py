@@ -69,7 +69,7 @@ DEBIAN_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*"
 HOST_PACKAGES = ("buildah", "mmdebstrap", "gcc", "libc6-dev")
 
 # What the operator and ray images install from the checkout (their COPY lines).
-PROJECT_SOURCES = ("pyproject.toml", "README.md", "runner", "operator", ".dockerignore")
+PROJECT_SOURCES = ("pyproject.toml", "README.md", "runner", "kuberay", "operator", ".dockerignore")
 STAND_INS = REPO / "images" / "testbed"
 
 

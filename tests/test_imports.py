@@ -22,16 +22,10 @@ pytestmark = pytest.mark.unit
 PRODUCT = {
     "prefect_raypool": REPO / "runner" / "prefect_raypool",
     "prefect_raypool_operator": REPO / "operator" / "prefect_raypool_operator",
+    "prefect_raypool_kuberay": REPO / "kuberay" / "prefect_raypool_kuberay",
 }
 #: The checkout's own packages, never in the wheel or an image.
 DEV_ONLY = {"testbed", "tests", "bench"}
-#: Import circles not cut yet, as pairs of modules that import each other; the
-#: import between the two is ignored. Delete a pair once its circle is gone.
-ALLOWED_CIRCLES = {
-    # The kuberay worker and its base job template: being cut apart separately.
-    frozenset({"prefect_raypool.kuberay.job_template", "prefect_raypool.kuberay.worker"}),
-}
-
 
 def product_modules() -> dict[str, Path]:
     modules = {}
@@ -84,10 +78,6 @@ def import_graph() -> dict[str, set[str]]:
     for module, path in modules.items():
         targets = {resolve(name) for name in imported_names(module, path)}
         graph[module] = {t for t in targets if t and t != module}
-    for pair in ALLOWED_CIRCLES:
-        a, b = sorted(pair)
-        graph.get(a, set()).discard(b)
-        graph.get(b, set()).discard(a)
     return graph
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 import kopf
 from kubernetes import client
 
+from prefect_raypool_kuberay.contract import WORK_POOL_LABEL, label_value
 from prefect_raypool_operator import kinds, kopf_namespaces, naming, workpool
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
@@ -173,16 +174,15 @@ def kuberay_installed(api: client.ApiClient, namespace: str) -> bool:
 
 def count_rayjobs(api: client.ApiClient, namespace: str, work_pool: str) -> int:
     """The RayJobs (flow-run clusters) the `kuberay` worker of `work_pool` made here: it
-    labels each with the work pool's name (label_value of it, as the worker does)."""
+    labels each with the work pool's name."""
     group, version, plural = kinds.RAY_JOB.resource
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", work_pool)[:63].strip("-._")
     found = _json(
         client.CustomObjectsApi(api).list_namespaced_custom_object(
             group,
             version,
             namespace,
             plural,
-            label_selector=f"{naming.WORK_POOL_LABEL}={value}",
+            label_selector=f"{WORK_POOL_LABEL}={label_value(work_pool)}",
             _request_timeout=_timeout(),
             _preload_content=False,
         )

@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
+from prefect_raypool_kuberay import contract
 from prefect_raypool_operator import kinds
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
@@ -27,17 +26,9 @@ EXTERNAL_REPLICAS_ANNOTATION = f"{DOMAIN}/replicas-managed-externally"
 #: count stays as it is instead of falling back to the Deployment's default of 1.
 HANDOVER_FIELD_MANAGER = f"{MANAGED_BY}-handover"
 
-#: The image pools run unless spec.ray.image names another (images/ray/Dockerfile): Ray
-#: at spec.DEFAULT_RAY_VERSION, Prefect, and this version of prefect-raypool. The one
-#: place that spells it; the test bed builds it under this name.
-DEFAULT_IMAGE_REPOSITORY = "prefect-raypool-ray"
-DEFAULT_IMAGE = f"{DEFAULT_IMAGE_REPOSITORY}:{importlib.metadata.version('prefect-raypool')}"
-
-#: The image pools run unless spec.ray.image names another (images/ray/Dockerfile): Ray
-#: at spec.DEFAULT_RAY_VERSION, Prefect, and this version of prefect-raypool. The one
-#: place that spells it; the test bed builds it under this name.
-DEFAULT_IMAGE_REPOSITORY = "prefect-raypool-ray"
-DEFAULT_IMAGE = f"{DEFAULT_IMAGE_REPOSITORY}:{importlib.metadata.version('prefect-raypool')}"
+#: The image pools run unless spec.ray.image names another: the `kuberay` worker's
+#: default too, so its contract spells it.
+DEFAULT_IMAGE = contract.DEFAULT_IMAGE
 
 HEAD_CONTAINER = "ray-head"
 RAY_WORKER_CONTAINER = "ray-worker"
@@ -79,10 +70,6 @@ def prefect_worker_deployment(pool_name: str) -> str:
 def kuberay_worker(pool_name: str) -> str:
     """The ServiceAccount, Role and RoleBinding of an Ephemeral pool's `kuberay` worker."""
     return f"{pool_name}-kuberay-worker"
-
-
-#: The label the `kuberay` worker puts on each RayJob (Prefect's own work pool label).
-WORK_POOL_LABEL = "prefect.io/work-pool-name"
 
 
 def ray_token_secret(pool_name: str) -> str:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pydantic
 
+from prefect_raypool_kuberay.contract import DEFAULT_RAY_VERSION
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders.common import prefect_worker_image, ray_image
 from prefect_raypool_operator.spec import (
-    DEFAULT_RAY_VERSION,
     KeyRef,
     PrefectRayPoolSpec,
     RayAuthMode,

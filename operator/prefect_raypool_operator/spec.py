@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from prefect_raypool_kuberay.contract import DEFAULT_RAY_VERSION
 from prefect_raypool_operator import syntax
 
-DEFAULT_RAY_VERSION = "2.60.0"
 DNS_LABEL = syntax.DNS_LABEL
 INT32_MAX = syntax.INT32_MAX
 

@@ -1,8 +1,7 @@
 """prefect-raypool's task runner: Prefect task runs on Ray, a faster drop-in for prefect-ray.
 
-The names below are imported on first use: Prefect imports `prefect_raypool.kuberay`
-(the `kuberay` worker's entry point) in every process that imports Prefect, and such
-a process must not pay for importing Ray.
+The names below are imported on first use: importing the package (or one of its
+modules) costs no Ray import until a name that needs Ray is used.
 """
 
 from __future__ import annotations

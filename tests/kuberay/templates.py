@@ -6,8 +6,7 @@ from typing import Any
 
 from prefect.utilities.templating import apply_values
 
-from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration
-from prefect_raypool.kuberay.worker import KubeRayWorker
+from prefect_raypool_kuberay.worker import KubeRayJobConfiguration, KubeRayWorker
 
 
 def configuration(**values: Any) -> KubeRayJobConfiguration:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_raypool.kuberay.failures import crash_reason, last_lines, pod_failure
-from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration
-from prefect_raypool.kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
+from prefect_raypool_kuberay import contract
+from prefect_raypool_kuberay.failures import crash_reason, last_lines, pod_failure
+from prefect_raypool_kuberay.job_template import base_job_template
+from prefect_raypool_kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
+from prefect_raypool_kuberay.worker import KubeRayJobConfiguration, KubeRayWorker
 from tests.kuberay.templates import configuration as _configuration
 
 pytestmark = pytest.mark.unit
@@ -28,6 +33,29 @@ def _build(cfg: KubeRayJobConfiguration, env: dict[str, str | None] | None = Non
         labels={"prefect.io/flow-run-id": "1234", "prefect.io/flow-run-name": "happy cat"},
         api_key_secret=(secret, cfg.api_key_secret_key) if secret else None,
     )
+
+
+def test_the_template_built_without_prefect_is_the_workers() -> None:
+    """The operator gives Ephemeral pools `base_job_template()`; Prefect's CLI and the
+    worker use `get_default_base_job_template()`: the same, key order included."""
+    ours, prefects = base_job_template(), KubeRayWorker.get_default_base_job_template()
+    assert ours == prefects
+    assert json.dumps(ours) == json.dumps(prefects)
+
+
+def test_the_contract_and_the_template_import_no_prefect_or_ray() -> None:
+    """What the operator imports of the worker's package; the contract is stdlib only."""
+    code = (
+        "import sys\n"
+        "import prefect_raypool_kuberay.contract, prefect_raypool_kuberay.job_template\n"
+        "assert not {'prefect', 'ray', 'kopf'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tree = ast.parse(Path(contract.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert {m.split(".")[0] for m in imported} <= sys.stdlib_module_names, imported
 
 
 def test_variables_fill_the_rayjob() -> None:

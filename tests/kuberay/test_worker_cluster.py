@@ -24,8 +24,9 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling, Completed, Running
 
-from prefect_raypool.kuberay.rayjob import build_rayjob
-from prefect_raypool.kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
+from prefect_raypool_kuberay.job_template import base_job_template
+from prefect_raypool_kuberay.rayjob import build_rayjob
+from prefect_raypool_kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
 from testbed.cluster import Cluster
 from testbed.prefect_server import PrefectServer
 from tests.kuberay.templates import configuration
@@ -132,7 +133,8 @@ async def _log_text(flow_run_id: uuid.UUID) -> str:
 
 
 def test_work_pool_template_round_trips(prefect_server: PrefectServer) -> None:
-    """`prefect work-pool create --type kuberay` finds the worker through its entry point."""
+    """`prefect work-pool create --type kuberay` finds the worker through its entry point;
+    the pool gets the template the operator gives Ephemeral pools (built without Prefect)."""
     name = f"kr-{uuid.uuid4().hex[:6]}"
     out = subprocess.run(
         [PREFECT, "work-pool", "create", name, "--type", "kuberay"],
@@ -145,6 +147,7 @@ def test_work_pool_template_round_trips(prefect_server: PrefectServer) -> None:
     pool = httpx.get(f"{prefect_server.api_url}/work_pools/{name}", timeout=10).json()
     assert pool["type"] == "kuberay"
     assert pool["base_job_template"] == KubeRayWorker.get_default_base_job_template()
+    assert pool["base_job_template"] == base_job_template()
 
 
 def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import pprint
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_raypool.kuberay.job_template import base_job_template as workers_template
-from prefect_raypool_operator import kuberay_template
+from prefect_raypool_kuberay.worker import KubeRayWorker
 from prefect_raypool_operator.builders import build_manifests
-from prefect_raypool_operator.builders.ephemeral import base_job_template
-from prefect_raypool_operator.kuberay_template import DEFAULT_BASE_JOB_TEMPLATE
+from prefect_raypool_operator.builders.ephemeral import base_job_template, template_defaults
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 pytestmark = pytest.mark.unit
@@ -63,16 +58,13 @@ def _by_kind(spec: PrefectRayPoolSpec) -> dict[str, dict[str, Any]]:
     return {m["kind"]: m for m in build_manifests("nightly", NS, spec)}
 
 
-def test_the_operators_template_copy_is_the_workers_own() -> None:
-    """The operator imports no Prefect: its copy is rewritten here with UPDATE_GOLDEN=1
-    when the worker's template changes (then run `ruff format`)."""
-    template = workers_template()
-    if os.environ.get("UPDATE_GOLDEN"):
-        path = Path(kuberay_template.__file__)
-        head, _, _ = path.read_text().partition("DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = ")
-        body = pprint.pformat(template, width=92, sort_dicts=True)
-        path.write_text(f"{head}DEFAULT_BASE_JOB_TEMPLATE: dict[str, Any] = {body}\n")
-    assert template == DEFAULT_BASE_JOB_TEMPLATE, "rerun with UPDATE_GOLDEN=1"
+def test_the_work_pool_template_is_the_workers_own_with_the_pools_defaults() -> None:
+    """The operator imports no Prefect, yet gives the work pool exactly the template
+    Prefect gets from the worker class, only the variables' defaults set."""
+    expected = KubeRayWorker.get_default_base_job_template()
+    for name, value in template_defaults(NS, _spec()).items():
+        expected["variables"]["properties"][name]["default"] = value
+    assert base_job_template(NS, _spec()) == expected
 
 
 def test_an_ephemeral_pool_owns_a_worker_its_account_and_no_ray_cluster() -> None:
@@ -156,7 +148,8 @@ def test_the_work_pool_template_defaults_come_from_the_spec() -> None:
         == defaults
     )
     # The job configuration (the RayJob manifest) is the worker's, untouched.
-    assert template["job_configuration"] == DEFAULT_BASE_JOB_TEMPLATE["job_configuration"]
+    workers = KubeRayWorker.get_default_base_job_template()
+    assert template["job_configuration"] == workers["job_configuration"]
     assert "api-key" not in str(template["job_configuration"])
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from kubernetes import client
 
-from prefect_raypool_operator.builders.ephemeral import WORKER_RULES
+from prefect_raypool_kuberay.contract import WORKER_RULES
 from testbed.waiting import eventually
 from tests.operator.pool_env import Env
 

@@ -1,5 +1,6 @@
 """The operator image installs only the [operator] extra (see the Dockerfile): the
-operator's modules must import nothing else, in particular not Prefect or Ray."""
+operator's modules, and what they import of the `kuberay` worker's package (its contract
+and job template), must import nothing else, in particular not Prefect or Ray."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
+OURS = ("prefect_raypool_operator", "prefect_raypool_kuberay")
 # What the operator process loads: kopf's entry point and the handlers' module.
 PROBE = """
+OURS = ("prefect_raypool_operator", "prefect_raypool_kuberay")
 import json, sys
 import kopf.cli
 import prefect_raypool_operator.main
@@ -26,7 +29,7 @@ print(json.dumps({
     "loaded": sorted({m.split(".")[0] for m in sys.modules}),
     "ours": sorted(
         m.__file__ for n, m in list(sys.modules.items())
-        if n.startswith("prefect_raypool_operator") and getattr(m, "__file__", None)
+        if n.startswith(OURS) and getattr(m, "__file__", None)
     ),
 }))
 """
@@ -76,9 +79,20 @@ def test_operator_imports_only_what_the_operator_extra_installs() -> None:
     missing = {}
     for file in loaded["ours"]:
         for root in _imported_roots(Path(file)):
-            if root in sys.stdlib_module_names or root == "prefect_raypool_operator":
+            if root in sys.stdlib_module_names or root in OURS:
                 continue
             dists = {_norm(d) for d in owners.get(root, [root])}
             if not dists & allowed:
                 missing[f"{Path(file).name}: {root}"] = sorted(dists)
     assert not missing, f"imported but not installed by the [operator] extra: {missing}"
+
+
+def test_the_builders_import_no_prefect_or_ray() -> None:
+    """`raypool render` and the golden tests build manifests with only the builders."""
+    code = (
+        "import sys\n"
+        "import prefect_raypool_operator.builders\n"
+        "assert not {'prefect', 'ray'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

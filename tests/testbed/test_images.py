@@ -132,8 +132,8 @@ def _directories(root: Path, name: str) -> list[Path]:
 def test_ray_image_key_follows_the_project_sources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Editing the runner, the operator or pyproject.toml rebuilds the ray image."""
-    for path in ("runner", "operator", "images"):
+    """Editing the runner, the worker, the operator or pyproject.toml rebuilds the ray image."""
+    for path in ("runner", "kuberay", "operator", "images"):
         shutil.copytree(images_module.REPO / path, tmp_path / path)
     for path in ("pyproject.toml", "README.md", ".dockerignore"):
         shutil.copy(images_module.REPO / path, tmp_path / path)
@@ -149,7 +149,7 @@ def test_ray_image_key_follows_the_project_sources(
     (tmp_path / "runner" / "prefect_raypool" / "__pycache__").mkdir(exist_ok=True)
     (tmp_path / "runner" / "prefect_raypool" / "__pycache__" / "x.pyc").write_bytes(b"x")
     keys.append(key())  # bytecode is not a source
-    for edited in ("runner/prefect_raypool/__init__.py", "operator", "pyproject.toml"):
+    for edited in ("runner/prefect_raypool/__init__.py", "kuberay", "operator", "pyproject.toml"):
         target = tmp_path / edited
         if target.is_dir():
             (target / "new_module.py").write_text("")
@@ -157,4 +157,4 @@ def test_ray_image_key_follows_the_project_sources(
             target.write_text(target.read_text() + "\n# edited\n")
         keys.append(key())
     assert keys[0] == keys[1]
-    assert len(set(keys[1:])) == 4, keys
+    assert len(set(keys[1:])) == 5, keys

@@ -15,12 +15,12 @@ from testbed import REPO
 pytestmark = pytest.mark.unit
 
 
-def test_wheel_holds_the_runner_and_the_operator_and_no_test_bed(tmp_path: Path) -> None:
+def test_wheel_holds_the_runner_the_worker_and_the_operator_and_no_test_bed(tmp_path: Path) -> None:
     # Built from a copy of the checkout (setuptools leaves build/ in the source tree),
     # with the test bed beside the packages as it is in the checkout.
     src = tmp_path / "src"
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for path in ("runner", "operator", "testbed", "tests"):
+    for path in ("runner", "kuberay", "operator", "testbed", "tests"):
         shutil.copytree(REPO / path, src / path, ignore=skip)
     for path in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / path, src / path)
@@ -44,4 +44,6 @@ def test_wheel_holds_the_runner_and_the_operator_and_no_test_bed(tmp_path: Path)
     (wheel,) = tmp_path.glob("prefect_raypool-*.whl")
     roots = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     packages = {r for r in roots if not r.endswith((".dist-info", ".data"))}
-    assert packages == {"prefect_raypool", "prefect_raypool_operator"}, roots
+    assert packages == {"prefect_raypool", "prefect_raypool_kuberay", "prefect_raypool_operator"}, (
+        roots
+    )

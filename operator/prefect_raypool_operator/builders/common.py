@@ -1,9 +1,14 @@
-"""Pieces shared by the RayCluster and worker builders: env, resources, pod settings."""
+"""Pieces shared by the RayCluster and worker builders: env, resources, pod settings.
+
+The restricted securityContext and the /dev/shm volume are the `kuberay` worker's too
+(its RayJobs' pods): prefect_raypool_kuberay.contract holds them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from prefect_raypool_kuberay.contract import CONTAINER_SECURITY, GPU_RESOURCE, POD_SECURITY
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.spec import (
     PrefectRayPoolSpec,
@@ -13,29 +18,6 @@ from prefect_raypool_operator.spec import (
 )
 
 Obj = dict[str, Any]
-
-
-#: Every generated container, so pods are admitted where namespaces enforce the
-#: `restricted` Pod Security Standard.
-CONTAINER_SECURITY: Obj = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-#: Every generated pod: Ray's own images and ours run as the `ray` user, uid 1000
-#: in group 100, so the kubelet can check runAsNonRoot even for rayproject/ray,
-#: whose USER is a name.
-POD_SECURITY: Obj = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 100,
-    "fsGroup": 100,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-#: Ray's object store lives in /dev/shm, which a container gets only 64 MiB of.
-SHM_VOLUME: Obj = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
-SHM_MOUNT: Obj = {"name": "dshm", "mountPath": "/dev/shm"}
 
 
 def hardened(container: Obj) -> Obj:
@@ -78,7 +60,7 @@ def ray_auth_env(pool_name: str, spec: PrefectRayPoolSpec) -> list[Obj]:
 def resources(res: Resources) -> Obj:
     amounts: Obj = {"cpu": str(res.cpu), "memory": res.memory}
     if res.gpu:
-        amounts["nvidia.com/gpu"] = str(res.gpu)
+        amounts[GPU_RESOURCE] = str(res.gpu)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 

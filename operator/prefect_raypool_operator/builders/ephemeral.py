@@ -3,14 +3,17 @@
 No RayCluster of the pool's own: the worker creates one RayJob (a Ray cluster for the
 flow run) in the pool's namespace, from the work pool's base job template, whose
 defaults come from the pool's Ray spec (`base_job_template`). The worker runs as its
-own ServiceAccount, bound to a namespaced Role holding exactly the calls worker.py
-makes; nothing cluster-wide.
+own ServiceAccount, bound to a namespaced Role holding exactly the calls the worker
+makes (its contract's WORKER_RULES); nothing cluster-wide. The template itself is the
+worker's own (prefect_raypool_kuberay.job_template), which imports no Prefect.
 """
 
 from __future__ import annotations
 
 import copy
 
+from prefect_raypool_kuberay.contract import WORKER_RULES, WORKER_TYPE
+from prefect_raypool_kuberay.job_template import base_job_template as default_template
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders import entrypoint
 from prefect_raypool_operator.builders.common import (
@@ -26,24 +29,9 @@ from prefect_raypool_operator.builders.common import (
 )
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as WORKER_COMPONENT
 from prefect_raypool_operator.builders.prefect_worker import user_env
-from prefect_raypool_operator.kuberay_template import DEFAULT_BASE_JOB_TEMPLATE
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 COMPONENT = "kuberay-worker"  # its ServiceAccount, Role and RoleBinding
-WORKER_TYPE = "kuberay"
-
-#: Exactly what runner/prefect_raypool/kuberay/worker.py calls: RayJobs created, read
-#: (get while watching, list when sweeping orphans) and deleted (cancellation, orphans);
-#: pods listed (a RayJob's pods, the submitter's) and the submitter's log read.
-WORKER_RULES: list[Obj] = [
-    {
-        "apiGroups": [kinds.RAY_JOB.group],
-        "resources": [kinds.RAY_JOB.plural],
-        "verbs": ["create", "get", "list", "delete"],
-    },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-]
 
 
 #: Prefect's worker webserver (PREFECT_WORKER_WEBSERVER_PORT's default).
@@ -190,7 +178,7 @@ def template_defaults(namespace: str, spec: PrefectRayPoolSpec) -> Obj:
 
 def base_job_template(namespace: str, spec: PrefectRayPoolSpec) -> Obj:
     """The `kuberay` worker's default template with the pool's defaults filled in."""
-    template = copy.deepcopy(DEFAULT_BASE_JOB_TEMPLATE)
+    template = default_template()
     properties = template["variables"]["properties"]
     for name, value in template_defaults(namespace, spec).items():
         properties[name]["default"] = value

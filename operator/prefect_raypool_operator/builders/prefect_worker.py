@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from prefect_raypool_kuberay.contract import SHM_MOUNT, SHM_VOLUME
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders import entrypoint
 from prefect_raypool_operator.builders.common import (
-    SHM_MOUNT,
-    SHM_VOLUME,
     Obj,
     hardened,
     object_metadata,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from prefect_raypool_kuberay.contract import CONTAINER_SECURITY, SHM_MOUNT, SHM_VOLUME
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders.common import (
-    CONTAINER_SECURITY,
-    SHM_MOUNT,
-    SHM_VOLUME,
     Obj,
     hardened,
     object_metadata,

@@ -1,7 +1,9 @@
 """The `kuberay` Prefect worker: one KubeRay RayJob (its own Ray cluster) per flow run.
 
-The I/O shell around the pure parts: `rayjob.py` builds the manifest, `failures.py`
-reads the verdict. Kubernetes calls use the sync client in a thread.
+The I/O shell around the pure parts: `job_template.py` declares the template's fields,
+`rayjob.py` builds the manifest, `failures.py` reads the verdict. Kubernetes calls use
+the sync client in a thread. The `prefect.collections` entry point imports this module,
+which registers the worker type.
 """
 
 from __future__ import annotations
@@ -27,23 +29,41 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
-from prefect.workers.base import BaseWorker, BaseWorkerResult
-
-from prefect_raypool.kuberay.failures import Outcome, crash_reason, last_lines, unschedulable
-from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration, KubeRayVariables
-from prefect_raypool.kuberay.rayjob import (
-    FLOW_RUN_ID_LABEL,
-    WORK_POOL_LABEL,
-    build_rayjob,
-    label_value,
-    rayjob_name,
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
 )
 
-GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+from prefect_raypool_kuberay.contract import (
+    FLOW_RUN_ID_LABEL,
+    RAYJOB_GROUP,
+    RAYJOB_PLURAL,
+    RAYJOB_VERSION,
+    WORK_POOL_LABEL,
+    WORKER_TYPE,
+    label_value,
+)
+from prefect_raypool_kuberay.failures import Outcome, crash_reason, last_lines, unschedulable
+from prefect_raypool_kuberay.job_template import RayJobFields, RayJobVariables
+from prefect_raypool_kuberay.rayjob import build_rayjob, rayjob_name
+
+GROUP, VERSION, PLURAL = RAYJOB_GROUP, RAYJOB_VERSION, RAYJOB_PLURAL
 #: How long a RayJob may outlive its finished flow run before it counts as an orphan.
 FINAL_GRACE_SECONDS = 30.0
 SWEEP_INTERVAL_SECONDS = 15.0
 DRIVER_LOG_LINES = 100
+
+
+# Prefect's base last: pydantic lists the last base's fields first, as Prefect's
+# schema and template have always had them.
+class KubeRayJobConfiguration(RayJobFields, BaseJobConfiguration):
+    """What the worker needs for one flow run, after the template is filled in."""
+
+
+class KubeRayVariables(RayJobVariables, BaseVariables):
+    """The variables users set on the work pool or per deployment (`job_variables`)."""
 
 
 class KubeRayWorkerResult(BaseWorkerResult):
@@ -59,7 +79,7 @@ def _default_api_client() -> k8s.ApiClient:
 
 
 class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRayWorkerResult]):
-    type = "kuberay"
+    type = WORKER_TYPE
     job_configuration = KubeRayJobConfiguration
     job_configuration_variables = KubeRayVariables
     _description = (

@@ -6,13 +6,13 @@ import copy
 import re
 from typing import Any
 
+from prefect_raypool_kuberay.contract import FLOW_RUN_ID_LABEL, label_value
+
 Obj = dict[str, Any]
 
 #: KubeRay refuses longer RayJob names (its RayCluster gets a 6-character suffix).
 MAX_NAME = 47
 API_KEY_ENV = "PREFECT_API_KEY"
-FLOW_RUN_ID_LABEL = "prefect.io/flow-run-id"
-WORK_POOL_LABEL = "prefect.io/work-pool-name"
 
 
 class ManifestError(ValueError):
@@ -24,11 +24,6 @@ def rayjob_name(base: str, suffix: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")
     slug = re.sub(r"^[^a-z]+", "", slug)[: MAX_NAME - len(suffix) - 1].rstrip("-")
     return f"{slug or 'flow-run'}-{suffix}"
-
-
-def label_value(value: str) -> str:
-    """Kubernetes label values: 63 characters of [A-Za-z0-9._-], alphanumeric at both ends."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", value)[:63].strip("-._")
 
 
 def _env_list(env: dict[str, str | None], api_key_ref: Obj | None) -> list[Obj]:
