@@ -27,6 +27,7 @@ PRODUCT = {
 #: The checkout's own packages, never in the wheel or an image.
 DEV_ONLY = {"testbed", "tests", "bench"}
 
+
 def product_modules() -> dict[str, Path]:
     modules = {}
     for package, root in PRODUCT.items():
