@@ -91,7 +91,7 @@ class PoolDriver:
         and a Prefect worker's graceful stop would cost a minute per test."""
         self.core.delete_namespace(self.namespace, propagation_policy="Foreground")
         self.core.delete_collection_namespaced_pod(self.namespace, grace_period_seconds=0)
-        with contextlib.suppress(AssertionError):
+        with contextlib.suppress(TimeoutError):
             eventually(lambda: not self.core.list_namespaced_pod(self.namespace).items, 120)
 
     # ---- pools -------------------------------------------------------------------
@@ -124,7 +124,7 @@ class PoolDriver:
                     interval=2,
                 )
             )
-        except AssertionError:
+        except TimeoutError:
             print(json.dumps(self.pool(name).get("status"), indent=1))
             print(self.kubectl("get", "pods", "-n", self.namespace, "-o", "wide"))
             raise

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.waiting import eventually
+
 PROCESSES_FILE = "processes.json"
 
 
@@ -147,24 +149,6 @@ def kill_stragglers(marker: str, grace: float = 5.0) -> None:
             time.sleep(0.2)
 
 
-def wait_until(
-    what: str,
-    ready: Callable[[], bool],
-    timeout: float,
-    alive: Callable[[], None] = lambda: None,
-    quiet: bool = False,
-) -> None:
-    """Poll `ready` until true; `alive` raises early when something we wait on died."""
-    t0 = time.monotonic()
-    while not ready():
-        alive()
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.2)
-    if not quiet:
-        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
-
-
 @dataclass
 class Supervisor:
     state_dir: Path
@@ -201,7 +185,9 @@ class Supervisor:
 
     def wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         """Poll `ready` until true, failing early when a started process died."""
-        wait_until(what, ready, timeout, alive=self.check_alive)
+        t0 = time.monotonic()
+        eventually(ready, timeout, what, interval=0.2, alive=self.check_alive)
+        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
 
     def stop(self) -> None:
         stop_recorded(self.state_dir)
