@@ -71,20 +71,21 @@ def log(msg: str) -> None:
 
 
 def cluster_tool(binary: Path | str, kubeconfig: Path) -> Callable[..., str]:
-    """`tool(*args, stdin=None)` runs kubectl or helm against `kubeconfig` and returns
-    its output; a failure raises RuntimeError with the tool's own message."""
+    """`tool(*args, stdin=None, check=True)` runs kubectl or helm against `kubeconfig`
+    and returns its output; a failure raises RuntimeError with the tool's own message,
+    or with check=False is returned too (stdout, then stderr)."""
     name = Path(binary).name
 
-    def tool(*args: str, stdin: str | None = None) -> str:
+    def tool(*args: str, stdin: str | None = None, check: bool = True) -> str:
         out = subprocess.run(
             [str(binary), f"--kubeconfig={kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,
         )
-        if out.returncode != 0:
+        if check and out.returncode != 0:
             raise RuntimeError(f"{name} {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
+        return out.stdout if check else out.stdout + out.stderr
 
     return tool
 

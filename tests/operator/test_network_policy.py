@@ -13,8 +13,8 @@ from prefect_raypool_operator.builders import build_manifests, build_network_pol
 from prefect_raypool_operator.builders.common import pod_metadata
 from prefect_raypool_operator.refusals import parse_pool
 from testbed.cluster import get_or_none
+from testbed.pooldriver import PoolDriver
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 Obj = dict[str, Any]
 
@@ -67,13 +67,15 @@ def test_outside_a_cluster_the_operator_rule_is_left_out_and_off_means_none() ->
     assert "NetworkPolicy" not in [m["kind"] for m in build_manifests(name, namespace, spec)]
 
 
-def _policy(env: Env, name: str) -> client.V1NetworkPolicy | None:
-    api = client.NetworkingV1Api(env.cluster.api_client())
-    return get_or_none(api.read_namespaced_network_policy, naming.network_policy(name), env.ns)
+def _policy(env: PoolDriver, name: str) -> client.V1NetworkPolicy | None:
+    api = client.NetworkingV1Api(env.api)
+    return get_or_none(
+        api.read_namespaced_network_policy, naming.network_policy(name), env.namespace
+    )
 
 
 @pytest.mark.controlplane
-def test_network_policy_is_admitted_and_switching_it_off_deletes_it(env: Env) -> None:
+def test_network_policy_is_admitted_and_switching_it_off_deletes_it(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     name = doc["metadata"]["name"]
     env.apply(doc)
