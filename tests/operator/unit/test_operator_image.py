@@ -16,7 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # What the operator process loads: kopf's entry point and the handlers' module.
 PROBE = """
 import json, sys

@@ -433,7 +433,7 @@ def accepted(
     # The annotations case below keeps failing in the operator's log until the
     # namespace is gone, after this module: judged by what this module expects.
     raypool_operator_log.own(
-        namespace, "tests/operator/test_bad_manifests.py", [ANNOTATIONS, WAITING_FOR_SECRET]
+        namespace, "tests/operator/cluster/test_bad_manifests.py", [ANNOTATIONS, WAITING_FOR_SECRET]
     )
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     docs = []
