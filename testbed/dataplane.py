@@ -182,7 +182,7 @@ def start_ray_head(
 
 
 def add_zero_capacity_node(cluster: RayCluster) -> None:
-    """Join a node that takes no work, as a Prefect worker pod does (DESIGN.md pattern 1)."""
+    """Join a node that takes no work, as a ZeroCapacityNode pool's Prefect worker pod does."""
     node_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
     cmd = [
         RAY,
