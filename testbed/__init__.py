@@ -14,11 +14,12 @@ it works from a source checkout, with the `[dev]` extra installed.
 - prefect_server.py / dataplane.py  a Prefect server, Ray heads and nodes
 - operator_process.py  the prefect-raypool operator as a local process
 - realstack.py     a real node plus Prefect plus the operator from its chart
-- pooldriver.py    pools and flow runs driven as a user would (e2e tests, make demo)
+- pooldriver.py    pools and flow runs driven as a user would (the operator's
+                   cluster tests, the e2e tests, make demo)
 - netns.py         the network namespace `make up` runs a real node in
 - devenv.py, demo.py  `python -m testbed up|down|status|demo|binaries|images`
 - fixtures.py      the pytest plugin tests/conftest.py loads
-- waiting.py       `eventually`
+- waiting.py       `eventually`, the one way to wait
 """
 
 from pathlib import Path

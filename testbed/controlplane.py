@@ -131,7 +131,7 @@ class ControlPlane:
         """Stop every process this state dir started, newest first."""
         stop_control_plane(self.state_dir)
 
-    # ---- faults (tests/operator/test_faults.py) ---------------------------------
+    # ---- faults (tests/operator/cluster/test_faults.py) -------------------------
 
     def restart_apiserver(self, timeout: float = 120) -> None:
         """Stop kube-apiserver and start it again on the same port and etcd: clients

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.processes import free_port, http_ok, kill_group, kill_stragglers, wait_until
+from testbed.processes import free_port, http_ok, kill_group, kill_stragglers
+from testbed.waiting import eventually
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -173,7 +174,7 @@ def start_ray_head(
         wait_for_nodes(cluster, 1)
         if cluster.dashboard_url:  # the job server answers after the node is up
             url = f"{cluster.dashboard_url}/api/version"
-            wait_until("Ray dashboard", lambda: http_ok(url, token), timeout=120, quiet=True)
+            eventually(lambda: http_ok(url, token), 120, "Ray dashboard", interval=0.2)
     except Exception:
         stop_ray(cluster)
         raise
@@ -181,7 +182,7 @@ def start_ray_head(
 
 
 def add_zero_capacity_node(cluster: RayCluster) -> None:
-    """Join a node that takes no work, as a Prefect worker pod does (DESIGN.md pattern 1)."""
+    """Join a node that takes no work, as a ZeroCapacityNode pool's Prefect worker pod does."""
     node_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
     cmd = [
         RAY,

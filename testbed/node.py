@@ -8,7 +8,7 @@ control plane and the Prefect server listen on the node's address so pods reach
 them, CoreDNS answers `<svc>.<ns>.svc.cluster.local` there, and kube-proxy makes
 ClusterIP Services (the `kubernetes` Service above all) work.
 
-The facts it rests on (checked on this machine kind; see DESIGN.md): containerd 1.6
+The facts it rests on (checked on this machine kind): containerd 1.6
 needs CRI's `restrict_oom_score_adj`; the sandbox image is built here (images.py);
 kubelet runs with cgroupfs, no QoS cgroups, and no swap check.
 """

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from prefect_raypool_operator import crd, kinds
 from testbed import REPO
-from testbed.processes import http_ok, spawn_logged, wait_until
+from testbed.processes import http_ok, spawn_logged
+from testbed.waiting import eventually
 
 CRD_NAME = f"{kinds.PLURAL}.{kinds.GROUP}"
 
@@ -57,7 +58,7 @@ def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -
             for c in status.get("conditions") or []
         )
 
-    wait_until(f"CRD {CRD_NAME}", established, timeout, quiet=True)
+    eventually(established, timeout, f"CRD {CRD_NAME}", interval=0.2)
     # kubectl waits out the 429 itself (it honours Retry-After).
     run("get", kinds.PLURAL, "--all-namespaces", "--request-timeout=30s")
 
@@ -96,7 +97,7 @@ class OperatorProcess:
                 raise RuntimeError(f"operator exited early:\n{self.tail()}")
 
         try:
-            wait_until("operator", lambda: http_ok(self.health_url), timeout, alive, quiet=True)
+            eventually(lambda: http_ok(self.health_url), timeout, "operator", 0.2, alive)
         except TimeoutError as e:
             raise RuntimeError(f"{e}:\n{self.tail()}") from None
 

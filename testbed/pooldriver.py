@@ -1,5 +1,5 @@
-"""Driving pools and flow runs on a real node as a user would, with kubectl and Prefect:
-for the end-to-end tests and `make demo`."""
+"""Driving pools and flow runs as a user would, with kubectl, the Kubernetes API and
+Prefect: for the operator's cluster tests, the end-to-end tests and `make demo`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from kubernetes import client, config
 
 from prefect_raypool_operator import kinds
+from testbed import REPO
 from testbed.images import image_ref
 from testbed.waiting import eventually
+
+if TYPE_CHECKING:
+    from testbed.cluster import Cluster
+    from testbed.operator_process import OperatorProcess
 
 FLOW_IMAGE = image_ref("flows")
 FLOW_DIR = "/opt/flows"  # where examples/flows/Dockerfile puts the flow code
@@ -62,17 +67,39 @@ def pool_manifest(
 
 @dataclass
 class PoolDriver:
-    """Pools in one namespace of the cluster at `kubeconfig`, flows on `prefect_api_url`."""
+    """Pools in one namespace of the cluster at `kubeconfig`, flows on `prefect_api_url`.
+    `kubectl(*args, stdin=None, check=True)` runs kubectl against that cluster. Where the
+    operator runs here (the operator tests), `operator_tail` gives the end of its log,
+    printed when a wait fails."""
 
     kubeconfig: Path
     kubectl: Callable[..., str]
     prefect_api_url: str
     namespace: str
+    operator_tail: Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
-        api = config.new_client_from_config(config_file=str(self.kubeconfig))
-        self.core: Any = client.CoreV1Api(api)
-        self.custom: Any = client.CustomObjectsApi(api)
+        self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core: Any = client.CoreV1Api(self.api)
+        self.apps: Any = client.AppsV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+
+    @classmethod
+    def on(
+        cls,
+        cluster: Cluster,
+        namespace: str,
+        prefect_api_url: str,
+        operator: OperatorProcess | None = None,
+    ) -> PoolDriver:
+        """A driver on the test bed's cluster, for the operator tests."""
+        return cls(
+            cluster.kubeconfig,
+            cluster.kubectl,
+            prefect_api_url,
+            namespace,
+            operator.tail if operator is not None else None,
+        )
 
     def create_namespace(self, labels: dict[str, str] | None = None) -> None:
         meta = client.V1ObjectMeta(name=self.namespace, labels=labels or {})
@@ -91,26 +118,71 @@ class PoolDriver:
         and a Prefect worker's graceful stop would cost a minute per test."""
         self.core.delete_namespace(self.namespace, propagation_policy="Foreground")
         self.core.delete_collection_namespaced_pod(self.namespace, grace_period_seconds=0)
-        with contextlib.suppress(AssertionError):
+        with contextlib.suppress(TimeoutError):
             eventually(lambda: not self.core.list_namespaced_pod(self.namespace).items, 120)
 
     # ---- pools -------------------------------------------------------------------
 
-    def apply(self, manifest: dict[str, Any]) -> None:
-        self.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+    def example(self, name: str) -> dict[str, Any]:
+        """A pool from examples/pools/, in this namespace, on this Prefect server."""
+        doc = yaml.safe_load((REPO / "examples" / "pools" / name).read_text())
+        doc["spec"]["prefect"]["apiUrl"] = self.prefect_api_url
+        doc["metadata"]["namespace"] = self.namespace
+        # Prefect work pools are global and each belongs to one pool: one per test.
+        work_pool = doc["spec"]["prefect"].setdefault("workPool", {})
+        work_pool["name"] = self.work_pool_name(work_pool.get("name") or doc["metadata"]["name"])
+        return dict(doc)
 
-    def pool(self, name: str) -> dict[str, Any]:
-        return dict(
-            self.custom.get_namespaced_custom_object(
+    def work_pool_name(self, example_name: str) -> str:
+        """The work pool name `example` gives an example's work pool in this namespace."""
+        return f"{example_name}-{self.namespace}"
+
+    def apply(self, manifest: dict[str, Any], check: bool = True) -> str:
+        """`kubectl apply` the manifest; with check=False, what kubectl said, refusals too."""
+        return self.kubectl(
+            "apply", "-n", self.namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=check
+        )
+
+    def pool(self, name: str) -> dict[str, Any] | None:
+        """The PrefectRayPool; None when there is none."""
+        found = _or_none(
+            lambda: self.custom.get_namespaced_custom_object(
                 kinds.GROUP, kinds.VERSION, self.namespace, kinds.PLURAL, name
             )
         )
+        return dict(found) if found is not None else None
+
+    def raycluster(self, name: str) -> dict[str, Any] | None:
+        found = _or_none(
+            lambda: self.custom.get_namespaced_custom_object(
+                "ray.io", "v1", self.namespace, "rayclusters", name
+            )
+        )
+        return dict(found) if found is not None else None
 
     def condition(self, name: str, kind: str) -> dict[str, Any]:
-        for cond in self.pool(name).get("status", {}).get("conditions", []):
+        """The pool's condition of type `kind`; {} while it has none."""
+        for cond in ((self.pool(name) or {}).get("status") or {}).get("conditions", []):
             if cond["type"] == kind:
                 return dict(cond)
         return {}
+
+    def wait_condition(
+        self, name: str, kind: str, status: str, reason: str | None = None, timeout: float = 90
+    ) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            cond = self.condition(name, kind)
+            if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+                return cond
+            return None
+
+        try:
+            return dict(eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}"))
+        except BaseException:
+            print(json.dumps(self.pool(name), indent=1)[-3000:])
+            if self.operator_tail is not None:
+                print(self.operator_tail())
+            raise
 
     def wait_ready(self, name: str, timeout: float = 420) -> dict[str, Any]:
         try:
@@ -124,16 +196,38 @@ class PoolDriver:
                     interval=2,
                 )
             )
-        except AssertionError:
-            print(json.dumps(self.pool(name).get("status"), indent=1))
+        except TimeoutError:
+            print(json.dumps((self.pool(name) or {}).get("status"), indent=1))
             print(self.kubectl("get", "pods", "-n", self.namespace, "-o", "wide"))
             raise
+
+    def events(self, name: str) -> list[Any]:
+        """The pool's Events."""
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.name == name and e.involved_object.kind == "PrefectRayPool"
+        ]
+
+    def wait_events(
+        self, name: str, holds: Callable[[list[Any]], bool], what: str, timeout: float = 30
+    ) -> list[Any]:
+        """The pool's Events once `holds` them. kopf posts Events from a queue of its
+        own, so one can arrive after the status write a test waited for."""
+
+        def ready() -> list[Any] | None:
+            events = self.events(name)
+            return events if holds(events) else None
+
+        return list(eventually(ready, timeout, what))
 
     def pods(self, selector: str) -> list[Any]:
         return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
 
     def head_pod(self, cluster: str) -> Any:
-        return self.pods(f"ray.io/cluster={cluster},ray.io/node-type=head")[0]
+        """The RayCluster's head pod, once KubeRay has made it."""
+        selector = f"ray.io/cluster={cluster},ray.io/node-type=head"
+        return eventually(lambda: self.pods(selector), what="the head pod")[0]
 
     def ray_in_head(self, cluster: str, code: str) -> Any:
         """Run Python in the head pod's Ray container; return what it prints as JSON."""
@@ -228,12 +322,16 @@ class PoolDriver:
         return run
 
 
-def exists(read: Any) -> bool:
-    """Whether `read()` finds the object (a 404 says no; other errors raise)."""
+def _or_none(read: Callable[[], Any]) -> Any:
+    """What `read()` returns; None when the object does not exist (a 404)."""
     try:
-        read()
-        return True
+        return read()
     except client.ApiException as e:
         if e.status == 404:
-            return False
+            return None
         raise
+
+
+def exists(read: Callable[[], Any]) -> bool:
+    """Whether `read()` finds the object (a 404 says no; other errors raise)."""
+    return _or_none(read) is not None

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from testbed.processes import Supervisor, free_port, http_ok, kill_group, spawn_logged, wait_until
+from testbed.processes import Supervisor, free_port, http_ok, kill_group, log, spawn_logged
+from testbed.waiting import eventually
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -90,18 +91,22 @@ def start_prefect_server(
     env = server_env(root, for_tests)
     if supervisor:
         proc = supervisor.spawn("prefect-server", argv, env)
-        log = supervisor.log_path("prefect-server")
+        log_file = supervisor.log_path("prefect-server")
     else:
-        log = root / "prefect-server.log"
-        proc = spawn_logged(argv, log, env)
-    server = PrefectServer(f"http://{host}:{port}/api", home, proc, log)
+        log_file = root / "prefect-server.log"
+        proc = spawn_logged(argv, log_file, env)
+    server = PrefectServer(f"http://{host}:{port}/api", home, proc, log_file)
 
     def alive() -> None:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited early:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"prefect server exited early:\n{log_file.read_text()[-3000:]}")
 
     try:
-        wait_until("Prefect server", lambda: http_ok(f"{server.api_url}/health"), timeout, alive)
+        t0 = time.monotonic()
+        eventually(
+            lambda: http_ok(f"{server.api_url}/health"), timeout, "Prefect server", 0.2, alive
+        )
+        log(f"Prefect server ready ({time.monotonic() - t0:.1f}s)")
     except BaseException:
         server.stop()
         raise

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.waiting import eventually
+
 PROCESSES_FILE = "processes.json"
 
 
@@ -69,20 +71,21 @@ def log(msg: str) -> None:
 
 
 def cluster_tool(binary: Path | str, kubeconfig: Path) -> Callable[..., str]:
-    """`tool(*args, stdin=None)` runs kubectl or helm against `kubeconfig` and returns
-    its output; a failure raises RuntimeError with the tool's own message."""
+    """`tool(*args, stdin=None, check=True)` runs kubectl or helm against `kubeconfig`
+    and returns its output; a failure raises RuntimeError with the tool's own message,
+    or with check=False is returned too (stdout, then stderr)."""
     name = Path(binary).name
 
-    def tool(*args: str, stdin: str | None = None) -> str:
+    def tool(*args: str, stdin: str | None = None, check: bool = True) -> str:
         out = subprocess.run(
             [str(binary), f"--kubeconfig={kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,
         )
-        if out.returncode != 0:
+        if check and out.returncode != 0:
             raise RuntimeError(f"{name} {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
+        return out.stdout if check else out.stdout + out.stderr
 
     return tool
 
@@ -147,24 +150,6 @@ def kill_stragglers(marker: str, grace: float = 5.0) -> None:
             time.sleep(0.2)
 
 
-def wait_until(
-    what: str,
-    ready: Callable[[], bool],
-    timeout: float,
-    alive: Callable[[], None] = lambda: None,
-    quiet: bool = False,
-) -> None:
-    """Poll `ready` until true; `alive` raises early when something we wait on died."""
-    t0 = time.monotonic()
-    while not ready():
-        alive()
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.2)
-    if not quiet:
-        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
-
-
 @dataclass
 class Supervisor:
     state_dir: Path
@@ -201,7 +186,9 @@ class Supervisor:
 
     def wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         """Poll `ready` until true, failing early when a started process died."""
-        wait_until(what, ready, timeout, alive=self.check_alive)
+        t0 = time.monotonic()
+        eventually(ready, timeout, what, interval=0.2, alive=self.check_alive)
+        log(f"{what} ready ({time.monotonic() - t0:.1f}s)")
 
     def stop(self) -> None:
         stop_recorded(self.state_dir)

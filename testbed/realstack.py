@@ -8,6 +8,7 @@ Used by the end-to-end tests (tests/e2e) and by `make up` where a real node can 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.node import DEBIAN_PACKAGES, NODE_IP, unavailable_reason
 from testbed.prefect_server import PrefectServer, start_prefect_server
-from testbed.processes import cluster_tool, wait_until
+from testbed.processes import cluster_tool, log
+from testbed.waiting import eventually
 
 OPERATOR_NAMESPACE = "raypool-system"
 OPERATOR_RELEASE = "raypool-operator"
@@ -90,7 +92,9 @@ def install_operator(stack: RealStack, timeout: float, replicas: int | None = No
         *extra,
     )  # fmt: skip
     try:
-        wait_until("operator pod from the chart", lambda: operator_pod_ready(stack), timeout)
+        t0 = time.monotonic()
+        eventually(lambda: operator_pod_ready(stack), timeout, "operator pod from the chart", 0.2)
+        log(f"operator pod from the chart ready ({time.monotonic() - t0:.1f}s)")
     except TimeoutError as e:
         pods = stack.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide")
         raise TimeoutError(f"{e}:\n{pods}") from None

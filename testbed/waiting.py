@@ -1,4 +1,5 @@
-"""`eventually`: poll until something holds, for tests that wait on real servers."""
+"""`eventually`: the test bed's one way to wait, for tests on real servers and for the
+test bed's own start-up (`make up`)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ from typing import Any
 
 
 def eventually(
-    check: Callable[[], Any], timeout: float = 90.0, what: str = "", interval: float = 0.3
+    check: Callable[[], Any],
+    timeout: float = 90.0,
+    what: str = "",
+    interval: float = 0.3,
+    alive: Callable[[], None] = lambda: None,
 ) -> Any:
-    """Poll `check` until it returns something truthy and return that; fail after timeout."""
+    """Poll `check` until it returns something truthy and return that; a TimeoutError
+    after `timeout`. `alive` raises early when something waited on has died."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         last = check()
         if last:
             return last
+        alive()
         if time.monotonic() > deadline:
-            raise AssertionError(
+            raise TimeoutError(
                 f"timed out after {timeout:.0f}s waiting for {what or check}; last value: {last!r}"
             )
         time.sleep(interval)

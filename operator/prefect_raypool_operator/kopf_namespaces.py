@@ -5,7 +5,7 @@ marked for deletion with status conditions of which none is True. The namespace
 controller writes exactly such a status first (all False) before it deletes the
 namespace's content; kopf then never sees the pools marked for deletion, never runs
 their deletion handler, and their finalizer holds the namespace in Terminating for
-ever (seen in tests/operator/test_namespace_deletion.py). Here a namespace counts as
+ever (seen in tests/operator/cluster/test_namespace_deletion.py). Here a namespace counts as
 gone only when it is: its watches end with the DELETED event.
 
 The same namespace events say which namespaces are terminating: the API server

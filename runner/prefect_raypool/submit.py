@@ -1,6 +1,6 @@
 """`raypool submit FLOW_FILE:FLOW`: run a flow as a Ray Job on a pool's Ray cluster.
 
-The driver runs in the cluster (DESIGN.md pattern 4), so the job's runtime_env
+The driver runs in the cluster (docs/runner.md, "Ray Jobs"), so the job's runtime_env
 applies to it as well as to its tasks, and its RayTaskRunner attaches with no
 address. Building the job (address, runtime_env, entrypoint) is pure; `submit_cli`
 does the I/O through Ray's JobSubmissionClient: submit, stream the driver's logs,

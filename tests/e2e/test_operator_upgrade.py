@@ -103,7 +103,7 @@ def test_upgrading_the_operator_leaves_every_pools_objects_untouched(
     time.sleep(RESYNC + 10)  # its resume of the pool and one resync have run
     after = _snapshot(real_stack, pools.namespace, uid)
     assert after == before
-    pool = pools.pool("steady")
+    pool = pools.pool("steady") or {}
     assert pool["metadata"]["generation"] == generation
     assert pools.condition("steady", "Ready").get("status") == "True"
     logs = real_stack.kubectl("logs", "-n", OPERATOR_NAMESPACE, holder)

@@ -29,6 +29,7 @@ from prefect_raypool_kuberay.rayjob import build_rayjob
 from prefect_raypool_kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
 from testbed.cluster import Cluster
 from testbed.prefect_server import PrefectServer
+from testbed.waiting import eventually
 from tests.kuberay.templates import configuration
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prefect]
@@ -36,19 +37,9 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.prefect]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-def _eventually(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 async def _aeventually(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
-    return await anyio.to_thread.run_sync(lambda: _eventually(what, probe, timeout))
+    """`eventually` in a thread, for the async Prefect client's tests."""
+    return await anyio.to_thread.run_sync(lambda: eventually(probe, timeout, what, interval=0.2))
 
 
 def _pool_template(namespace: str) -> dict[str, Any]:

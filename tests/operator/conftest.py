@@ -9,9 +9,9 @@ import pytest
 from testbed import operator_log
 from testbed.cluster import Cluster
 from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
-from tests.operator.pool_env import Env
 
 # Which test owned each namespace the session operator may log about.
 _NAMESPACE_OWNERS = pytest.StashKey[dict[str, tuple[str, list[str]]]]()
@@ -53,8 +53,9 @@ def env(
     namespace: str,
     raypool_operator: OperatorProcess,
     prefect_server: PrefectServer,
-) -> Env:
-    return Env(kube_cluster, namespace, raypool_operator, prefect_server)
+) -> PoolDriver:
+    """Pools in this test's namespace, on the session's operator and Prefect server."""
+    return PoolDriver.on(kube_cluster, namespace, prefect_server.api_url, raypool_operator)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Bad input is refused offline (`raypool render`) with a message naming the field.
 
 The same cases are refused by the API server through the CRD in
-test_pool_controlplane.py; here the pydantic twin of each rule is checked.
+cluster/test_api_validation.py; here the pydantic twin of each rule is checked.
 """
 
 from __future__ import annotations

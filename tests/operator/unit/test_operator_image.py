@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 OURS = ("prefect_raypool_operator", "prefect_raypool_kuberay")
 # What the operator process loads: kopf's entry point and the handlers' module.
 PROBE = """

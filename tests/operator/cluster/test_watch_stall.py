@@ -25,11 +25,11 @@ from kubernetes import client
 from testbed.cluster import Cluster
 from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
+from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from testbed.tcp_proxy import FreezableProxy, freezable
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 
@@ -52,7 +52,7 @@ def stall_env(
     pool_crd: None,
     tmp_path: Path,
     own_operators: OwnOperators,
-) -> Iterator[tuple[Env, FreezableProxy]]:
+) -> Iterator[tuple[PoolDriver, OperatorProcess, FreezableProxy]]:
     # Not a `t-*` namespace: the session operator must not reconcile these pools.
     ns = f"stall-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube_cluster.api_client())
@@ -74,7 +74,7 @@ def stall_env(
         own_operators.add(op.log)
         op.start()
         try:
-            yield Env(kube_cluster, ns, op, prefect_server), proxy
+            yield PoolDriver.on(kube_cluster, ns, prefect_server.api_url, op), op, proxy
         finally:
             proxy.thaw()
             op.stop()
@@ -96,15 +96,15 @@ def stall_env(
     r"\w+ https://127\.0\.0\.1:\d+/\S+ -> TimeoutError\(\)",
 )
 def test_a_stalled_watch_fails_the_probe_until_it_flows_again(
-    stall_env: tuple[Env, FreezableProxy],
+    stall_env: tuple[PoolDriver, OperatorProcess, FreezableProxy],
 ) -> None:
-    env, proxy = stall_env
+    env, op, proxy = stall_env
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
     eventually(lambda: env.raycluster("analytics"), timeout=30, what="the RayCluster")
 
     def watching() -> bool:
-        status, body = probe(env.op)  # the first answers are from start-up (cached 10 s)
+        status, body = probe(op)  # the first answers are from start-up (cached 10 s)
         return status == 200 and body["watch"]["streams"] >= 2  # pools and what they own
 
     eventually(watching, timeout=30, what="a green probe with the streams open")
@@ -114,7 +114,7 @@ def test_a_stalled_watch_fails_the_probe_until_it_flows_again(
     doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 1
     env.apply(doc)  # straight to the API server: the operator cannot see it
     eventually(
-        lambda: probe(env.op)[0] == 500,
+        lambda: probe(op)[0] == 500,
         timeout=STALE_AFTER + PROBE_CACHE + 10,
         what="the probe to fail while the watch is frozen",
     )
@@ -124,12 +124,12 @@ def test_a_stalled_watch_fails_the_probe_until_it_flows_again(
     def names_the_pools_stream() -> bool:
         # The pools' stream heard our own status write last: it may go stale a little
         # after the owned kinds' streams that failed the probe first.
-        probe(env.op)
-        stale = re.findall(r"watch streams silent longer than 12s: (.*)", env.op.log.read_text())
-        return any(f"prefectraypools.v1alpha1.prefectray.io in {env.ns}" in s for s in stale)
+        probe(op)
+        stale = re.findall(r"watch streams silent longer than 12s: (.*)", op.log.read_text())
+        return any(f"prefectraypools.v1alpha1.prefectray.io in {env.namespace}" in s for s in stale)
 
     eventually(names_the_pools_stream, timeout=PROBE_CACHE + 15, what="the pools' stream named")
-    log = env.op.log.read_text(errors="replace")
+    log = op.log.read_text(errors="replace")
     # The reconcile-freshness probe (the old /healthz) held: timers kept reconciling
     # the cached bodies, so only the watch probe noticed.
     assert "Activity 'reconcile' failed" not in log, log[-3000:]
@@ -138,7 +138,7 @@ def test_a_stalled_watch_fails_the_probe_until_it_flows_again(
 
     proxy.thaw()
     thawed_at = time.monotonic()
-    eventually(lambda: probe(env.op)[0] == 200, timeout=45, what="the probe green again")
+    eventually(lambda: probe(op)[0] == 200, timeout=45, what="the probe green again")
     eventually(
         lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 1,
         timeout=30,

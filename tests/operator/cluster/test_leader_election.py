@@ -19,13 +19,14 @@ import pytest
 from kubernetes import client
 
 from prefect_raypool_operator import leader
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed import operator_log
 from testbed.cluster import Cluster
 from testbed.elected import Replica, Timing
+from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.tcp_proxy import freezable
 from testbed.waiting import eventually
-from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
 # Shorter than the chart's 15/10/2 s to keep the suite quick; the bench measures those.
 TIMING = Timing(lease=8.0, renew=5.0, retry=1.0)
@@ -165,21 +166,23 @@ def _lease_holder(cluster: Cluster, namespace: str) -> str | None:
     return str(lease.spec.holder_identity) if lease.spec.holder_identity else None
 
 
-def _owned(env: Env) -> dict[str, list[tuple[str, str]]]:
+def _owned(env: PoolDriver) -> dict[str, list[tuple[str, str]]]:
     """(name, uid) of every object the operator made in the namespace, by kind."""
     selector = "app.kubernetes.io/managed-by=prefect-raypool-operator"
     clusters = env.custom.list_namespaced_custom_object(
-        "ray.io", "v1", env.ns, "rayclusters", label_selector=selector
+        "ray.io", "v1", env.namespace, "rayclusters", label_selector=selector
     )["items"]
     return {
         "rayclusters": sorted((c["metadata"]["name"], c["metadata"]["uid"]) for c in clusters),
         "deployments": sorted(
             (d.metadata.name, d.metadata.uid)
-            for d in env.apps.list_namespaced_deployment(env.ns, label_selector=selector).items
+            for d in env.apps.list_namespaced_deployment(
+                env.namespace, label_selector=selector
+            ).items
         ),
         "secrets": sorted(
             (s.metadata.name, s.metadata.uid)
-            for s in env.core.list_namespaced_secret(env.ns).items
+            for s in env.core.list_namespaced_secret(env.namespace).items
             if s.metadata.owner_references
         ),
     }
@@ -200,18 +203,20 @@ def _standby_wrote_nothing(standby: Replica) -> None:
     assert not any("kopf" in ln or "Handler" in ln for ln in lines), lines
 
 
-def _change_max_replicas(env: Env, count: int) -> None:
+def _change_max_replicas(env: PoolDriver, count: int) -> None:
     group = {**env.example("zero-capacity.yaml")["spec"]["ray"]["workerGroups"][0]}
     patch = {"spec": {"ray": {"workerGroups": [{**group, "maxReplicas": count}]}}}
-    env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, "analytics", patch)
+    env.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, env.namespace, PLURAL, "analytics", patch
+    )
 
 
-def _max_replicas(env: Env) -> int | None:
+def _max_replicas(env: PoolDriver) -> int | None:
     groups = (env.raycluster("analytics") or {}).get("spec", {}).get("workerGroupSpecs", [])
     return int(groups[0]["maxReplicas"]) if groups else None
 
 
-def _pool(env: Env, name: str) -> dict[str, Any]:
+def _pool(env: PoolDriver, name: str) -> dict[str, Any]:
     pool = env.pool(name)
     assert pool is not None
     return pool
@@ -227,7 +232,7 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(
     a, b = replicas
     _start_pair(a, b)
     assert _lease_holder(kube_cluster, ha_namespace) == a.identity()
-    env = Env(kube_cluster, ha_namespace, a, prefect_server)
+    env = PoolDriver.on(kube_cluster, ha_namespace, prefect_server.api_url, a)
     env.apply(env.example("zero-capacity.yaml"))
     env.wait_condition("analytics", "Ready", "True")
     before = _owned(env)
@@ -267,7 +272,7 @@ def test_sigterm_releases_the_lease_for_a_fast_hand_over(
 ) -> None:
     a, b = replicas
     _start_pair(a, b)
-    env = Env(kube_cluster, ha_namespace, a, prefect_server)
+    env = PoolDriver.on(kube_cluster, ha_namespace, prefect_server.api_url, a)
     env.apply(env.example("zero-capacity.yaml"))
     eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
     before = _owned(env)

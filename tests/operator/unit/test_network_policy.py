@@ -1,20 +1,17 @@
-"""The pool's NetworkPolicy: built pure, admitted by the real API server with the
-selectors that match the pool's pods, deleted when the spec switches it off."""
+"""The pool's NetworkPolicy, built pure: which pods it selects and admits, on which
+ports, and none when the spec switches it off (cluster/test_network_policy.py: the
+real API server admits it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests, build_network_policy
 from prefect_raypool_operator.builders.common import pod_metadata
 from prefect_raypool_operator.refusals import parse_pool
-from testbed.cluster import get_or_none
-from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 Obj = dict[str, Any]
 
@@ -65,31 +62,3 @@ def test_outside_a_cluster_the_operator_rule_is_left_out_and_off_means_none() ->
     assert rule["from"][0]["podSelector"]["matchLabels"] == {naming.POOL_LABEL: name}
     name, namespace, spec = parse_pool(_pool(networkPolicy={"enabled": False}))
     assert "NetworkPolicy" not in [m["kind"] for m in build_manifests(name, namespace, spec)]
-
-
-def _policy(env: Env, name: str) -> client.V1NetworkPolicy | None:
-    api = client.NetworkingV1Api(env.cluster.api_client())
-    return get_or_none(api.read_namespaced_network_policy, naming.network_policy(name), env.ns)
-
-
-@pytest.mark.controlplane
-def test_network_policy_is_admitted_and_switching_it_off_deletes_it(env: Env) -> None:
-    doc = env.example("zero-capacity.yaml")
-    name = doc["metadata"]["name"]
-    env.apply(doc)
-    policy = eventually(lambda: _policy(env, name), what="the pool's NetworkPolicy")
-    assert policy.metadata.owner_references[0].name == name
-    assert policy.spec.pod_selector.match_labels == naming.selector(name, "ray-head")
-    assert policy.spec.ingress[0]._from[0].pod_selector.match_labels == {naming.POOL_LABEL: name}
-    # The real head pod KubeRay made is the one the policy selects.
-    head = env.head_pod(name)
-    assert policy.spec.pod_selector.match_labels.items() <= head.metadata.labels.items()
-
-    doc["spec"]["networkPolicy"] = {"enabled": False}
-    env.apply(doc)
-    eventually(lambda: _policy(env, name) is None, what="the NetworkPolicy deleted")
-    env.wait_condition(name, "Ready", "True")  # the rest of the pool is untouched
-
-    doc["spec"]["networkPolicy"] = {"enabled": True}
-    env.apply(doc)
-    eventually(lambda: _policy(env, name), what="the NetworkPolicy back")

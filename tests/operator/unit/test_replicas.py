@@ -1,6 +1,6 @@
 """Who sets the worker Deployment's replicas (replicas.py), on managedFields shaped as
 the API server writes them; the same paths on a real API server are in
-test_worker_replicas.py."""
+cluster/test_worker_replicas.py."""
 
 from __future__ import annotations
 

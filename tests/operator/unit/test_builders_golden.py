@@ -1,7 +1,7 @@
 """spec -> manifests: golden files plus the properties that must hold for every pool.
 
 Regenerate the golden files after an intended change with
-    UPDATE_GOLDEN=1 .venv/bin/pytest tests/operator/test_builders_golden.py
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/operator/unit/test_builders_golden.py
 and review the diff.
 """
 
@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).parent / "golden"
 POOLS = sorted(GOLDEN.glob("*.pool.yaml"))
 # Pools with a Ray cluster of their own (an Ephemeral pool's come from its RayJobs).
 CLUSTER_POOLS = [p for p in POOLS if not p.name.startswith("ephemeral")]
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "pools").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples" / "pools").glob("*.yaml"))
 
 
 def _load(path: Path) -> tuple[str, str, Any]:

@@ -17,17 +17,19 @@ import yaml
 from kubernetes import client
 
 from prefect_raypool_operator import naming
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed import REPO
 from testbed.cluster import Cluster, get_or_none
 from testbed.operator_log import OwnOperators
+from testbed.operator_process import OperatorProcess
+from testbed.pooldriver import PoolDriver
 from testbed.processes import free_port
 from testbed.waiting import eventually
-from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 
 pytestmark = pytest.mark.controlplane
 
 
-def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
+def test_zero_capacity_pool_becomes_ready(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 2  # kwok's node has room
     env.apply(doc)
@@ -45,7 +47,7 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
     assert (group["groupName"], group["replicas"], group["maxReplicas"]) == ("cpu", 2, 4)
     # KubeRay did its part: head service and head pod.
     svc = eventually(
-        lambda: get_or_none(env.core.read_namespaced_service, "analytics-head-svc", env.ns),
+        lambda: get_or_none(env.core.read_namespaced_service, "analytics-head-svc", env.namespace),
         what="KubeRay's head service",
     )
     assert 6379 in {p.port for p in svc.spec.ports}
@@ -54,12 +56,12 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
     assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env_names
     deployment = eventually(
         lambda: get_or_none(
-            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.namespace
         ),
         what="the worker Deployment",
     )
     assert deployment.metadata.owner_references[0].name == "analytics"
-    token = env.core.read_namespaced_secret("analytics-ray-token", env.ns)
+    token = env.core.read_namespaced_secret("analytics-ray-token", env.namespace)
     assert token.metadata.owner_references[0].name == "analytics"
 
     env.wait_condition("analytics", "Ready", "True")
@@ -68,22 +70,22 @@ def test_zero_capacity_pool_becomes_ready(env: Env) -> None:
     status = pool["status"]
     assert status["phase"] == "Ready"
     assert status["observedGeneration"] == pool["metadata"]["generation"]
-    assert status["headService"] == f"analytics-head-svc.{env.ns}.svc"
+    assert status["headService"] == f"analytics-head-svc.{env.namespace}.svc"
     assert status["readyWorkerReplicas"] == 2
     for kind in ("RayClusterReady", "WorkerReady", "WorkPoolReady"):
-        assert env.condition("analytics", kind)["status"] == "True"  # type: ignore[index]
+        assert env.condition("analytics", kind)["status"] == "True"
     work_pool = httpx.get(
-        f"{env.prefect.api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
+        f"{env.prefect_api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
     ).json()
     assert work_pool["concurrency_limit"] == 10 and work_pool["type"] == "process"
     env.wait_events(
         "analytics", lambda es: {e.reason for e in es} >= {"Created", "Ready"}, "Created, Ready"
     )
-    printed = env.cluster.kubectl("get", "prp", "-n", env.ns)
+    printed = env.kubectl("get", "prp", "-n", env.namespace)
     assert "analytics" in printed and "Ready" in printed and "ZeroCapacityNode" in printed
 
 
-def test_head_sidecar_pool(env: Env) -> None:
+def test_head_sidecar_pool(env: PoolDriver) -> None:
     env.apply(env.example("head-sidecar.yaml"))
     head = env.head_pod("reports")
     names = [c.name for c in head.spec.containers]
@@ -95,15 +97,16 @@ def test_head_sidecar_pool(env: Env) -> None:
     assert {m.mount_path for m in sidecar.volume_mounts} >= {"/tmp/ray"}
     env.wait_condition("reports", "Ready", "True")
     assert (
-        get_or_none(env.apps.read_namespaced_deployment, "reports-prefect-worker", env.ns) is None
+        get_or_none(env.apps.read_namespaced_deployment, "reports-prefect-worker", env.namespace)
+        is None
     )
     limit = httpx.get(
-        f"{env.prefect.api_url}/work_pools/{env.work_pool_name('reports-ray')}", timeout=10
+        f"{env.prefect_api_url}/work_pools/{env.work_pool_name('reports-ray')}", timeout=10
     ).json()
     assert limit["concurrency_limit"] == 4
 
 
-def test_spec_changes_roll_out(env: Env) -> None:
+def test_spec_changes_roll_out(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
@@ -114,7 +117,7 @@ def test_spec_changes_roll_out(env: Env) -> None:
 
     def rolled() -> bool:
         rc = env.raycluster("analytics") or {}
-        dep = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.ns)
+        dep = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
         return (
             rc["spec"]["workerGroupSpecs"][0]["replicas"] == 3
             and dep.spec.template.spec.containers[0].image == "team/flows:2.60.0-py311"
@@ -124,7 +127,7 @@ def test_spec_changes_roll_out(env: Env) -> None:
     eventually(
         lambda: (
             httpx.get(
-                f"{env.prefect.api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
+                f"{env.prefect_api_url}/work_pools/{env.work_pool_name('analytics')}", timeout=10
             ).json()["concurrency_limit"]
             == 7
         ),
@@ -141,20 +144,20 @@ def test_spec_changes_roll_out(env: Env) -> None:
     )
 
 
-def test_drift_is_repaired(env: Env) -> None:
+def test_drift_is_repaired(env: PoolDriver) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     env.wait_condition("analytics", "Ready", "True")
-    env.apps.delete_namespaced_deployment("analytics-prefect-worker", env.ns)
+    env.apps.delete_namespaced_deployment("analytics-prefect-worker", env.namespace)
     eventually(
         lambda: get_or_none(
-            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.namespace
         ),
         what="the deleted Deployment to be put back",
     )
     env.custom.patch_namespaced_custom_object(
         "ray.io",
         "v1",
-        env.ns,
+        env.namespace,
         "rayclusters",
         "analytics",
         [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
@@ -171,7 +174,9 @@ def test_drift_is_repaired(env: Env) -> None:
         lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 0,
         what="the hand-edited replicas to be put back",
     )
-    env.custom.delete_namespaced_custom_object("ray.io", "v1", env.ns, "rayclusters", "analytics")
+    env.custom.delete_namespaced_custom_object(
+        "ray.io", "v1", env.namespace, "rayclusters", "analytics"
+    )
     eventually(
         lambda: (
             (env.raycluster("analytics") or {}).get("metadata", {}).get("deletionTimestamp") is None
@@ -182,23 +187,26 @@ def test_drift_is_repaired(env: Env) -> None:
     env.wait_condition("analytics", "Ready", "True")
 
 
-def test_deleting_the_pool_cascades(env: Env) -> None:
+def test_deleting_the_pool_cascades(env: PoolDriver) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
     eventually(
         lambda: get_or_none(
-            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns
+            env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.namespace
         ),
         what="the Deployment",
     )
-    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, "analytics")
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, "analytics")
     eventually(lambda: env.pool("analytics") is None, what="the pool to be deleted")
     eventually(
         lambda: (
             env.raycluster("analytics") is None
-            and get_or_none(env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns)
+            and get_or_none(
+                env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.namespace
+            )
             is None
-            and get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.ns) is None
+            and get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.namespace)
+            is None
         ),
         what="owned objects garbage-collected",
     )
@@ -206,7 +214,7 @@ def test_deleting_the_pool_cascades(env: Env) -> None:
 
 # The pool waits for its Secret: kopf logs each retry at ERROR.
 @pytest.mark.operator_log_allows(r"SecretNotFound: spec.prefect.apiKey")
-def test_missing_secret_blocks_until_created(env: Env) -> None:
+def test_missing_secret_blocks_until_created(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     doc["spec"]["prefect"]["apiKey"] = {"secretKeyRef": {"name": "prefect-api", "key": "key"}}
     env.apply(doc)
@@ -214,7 +222,9 @@ def test_missing_secret_blocks_until_created(env: Env) -> None:
     assert "spec.prefect.apiKey" in cond["message"] and "prefect-api" in cond["message"]
     time.sleep(4)  # at least one resync later: still nothing half-created
     assert env.raycluster("analytics") is None
-    assert get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.ns) is None
+    assert (
+        get_or_none(env.core.read_namespaced_secret, "analytics-ray-token", env.namespace) is None
+    )
     assert (env.pool("analytics") or {})["status"]["phase"] == "Pending"
     env.wait_events(
         "analytics",
@@ -222,7 +232,7 @@ def test_missing_secret_blocks_until_created(env: Env) -> None:
         "a SecretNotFound Warning",
     )
     env.core.create_namespaced_secret(
-        env.ns,
+        env.namespace,
         client.V1Secret(metadata=client.V1ObjectMeta(name="prefect-api"), string_data={"key": "k"}),
     )
     env.wait_condition("analytics", "Ready", "True")
@@ -230,20 +240,22 @@ def test_missing_secret_blocks_until_created(env: Env) -> None:
 
 # Prefect is unreachable on purpose, also when the namespace's deletion releases the work pool.
 @pytest.mark.operator_log_allows(r"PrefectAPIUnreachable")
-def test_unreachable_prefect_api_is_a_false_condition(env: Env) -> None:
+def test_unreachable_prefect_api_is_a_false_condition(
+    env: PoolDriver, raypool_operator: OperatorProcess
+) -> None:
     doc = env.example("zero-capacity.yaml")
     doc["spec"]["prefect"]["apiUrl"] = f"http://127.0.0.1:{free_port()}/api"
     env.apply(doc)
     cond = env.wait_condition("analytics", "WorkPoolReady", "False", "PrefectAPIUnreachable")
     assert "cannot reach the Prefect API" in cond["message"]
     env.wait_condition("analytics", "RayClusterReady", "True")  # the rest still reconciles
-    assert env.condition("analytics", "Ready")["status"] == "False"  # type: ignore[index]
-    assert env.op.proc is not None and env.op.proc.poll() is None  # no crash
+    assert env.condition("analytics", "Ready")["status"] == "False"
+    assert raypool_operator.proc is not None and raypool_operator.proc.poll() is None  # no crash
 
 
 # A refused spec: kopf logs the permanent failure at ERROR.
 @pytest.mark.operator_log_allows(r"RayVersionMismatch")
-def test_ray_version_mismatch_fails_without_creating_anything(env: Env) -> None:
+def test_ray_version_mismatch_fails_without_creating_anything(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     doc["spec"]["ray"]["image"] = "rayproject/ray:2.59.0-py311"
     env.apply(doc)
@@ -253,16 +265,18 @@ def test_ray_version_mismatch_fails_without_creating_anything(env: Env) -> None:
     assert env.raycluster("analytics") is None
 
 
-def test_operator_killed_mid_reconcile_leaves_no_duplicates(env: Env) -> None:
+def test_operator_killed_mid_reconcile_leaves_no_duplicates(
+    env: PoolDriver, raypool_operator: OperatorProcess
+) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     eventually(lambda: env.raycluster("analytics"), timeout=30, what="the RayCluster")
-    env.op.kill()
+    raypool_operator.kill()
     try:
         doc = env.example("zero-capacity.yaml")
         doc["spec"]["ray"]["workerGroups"][0]["replicas"] = 1
         env.apply(doc)  # a change made while no operator runs
     finally:
-        env.op.start()
+        raypool_operator.start()
     env.wait_condition("analytics", "Ready", "True")
     eventually(
         lambda: (env.raycluster("analytics") or {})["spec"]["workerGroupSpecs"][0]["replicas"] == 1,
@@ -270,14 +284,14 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(env: Env) -> None:
     )
     selector = f"{naming.POOL_LABEL}=analytics"
     clusters = env.custom.list_namespaced_custom_object(
-        "ray.io", "v1", env.ns, "rayclusters", label_selector=selector
+        "ray.io", "v1", env.namespace, "rayclusters", label_selector=selector
     )["items"]
-    deployments = env.apps.list_namespaced_deployment(env.ns, label_selector=selector).items
-    secrets = env.core.list_namespaced_secret(env.ns, label_selector=selector).items
+    deployments = env.apps.list_namespaced_deployment(env.namespace, label_selector=selector).items
+    secrets = env.core.list_namespaced_secret(env.namespace, label_selector=selector).items
     assert (len(clusters), len(deployments), len(secrets)) == (1, 1, 1)
 
 
-def test_one_event_per_transition_across_resyncs(env: Env) -> None:
+def test_one_event_per_transition_across_resyncs(env: PoolDriver) -> None:
     """Reconciles read from the watch cache, which may lag behind our own status
     writes: Events must still be posted once per transition, and kopf's per-handler
     chatter not at all (the operator runs with a 3 s resync here)."""
@@ -302,17 +316,19 @@ def test_one_event_per_transition_across_resyncs(env: Env) -> None:
     assert not [e for e in events if (e.message or "").startswith("Handler ")]
 
 
-def test_liveness_endpoint_reports_reconciles(env: Env) -> None:
+def test_liveness_endpoint_reports_reconciles(
+    env: PoolDriver, raypool_operator: OperatorProcess
+) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     eventually(lambda: env.condition("analytics", "Ready"), what="a first status")
     time.sleep(11)  # kopf caches probe results for 10 s
-    with urllib.request.urlopen(env.op.health_url, timeout=5) as resp:
+    with urllib.request.urlopen(raypool_operator.health_url, timeout=5) as resp:
         body = json.load(resp)
     assert body["reconcile"]["pools"] >= 1
     assert body["reconcile"]["last_reconcile_age_s"] < 30
 
 
-def test_switching_placement_moves_the_worker_into_the_head_pod(env: Env) -> None:
+def test_switching_placement_moves_the_worker_into_the_head_pod(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
@@ -323,7 +339,9 @@ def test_switching_placement_moves_the_worker_into_the_head_pod(env: Env) -> Non
         rc = env.raycluster("analytics") or {}
         containers = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
         gone = (
-            get_or_none(env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.ns)
+            get_or_none(
+                env.apps.read_namespaced_deployment, "analytics-prefect-worker", env.namespace
+            )
             is None
         )
         return gone and [c["name"] for c in containers] == ["ray-head", "prefect-worker"]

@@ -9,7 +9,7 @@ import pytest
 
 from testbed import REPO
 from testbed.cluster import Cluster
-from tests.operator.pool_env import Env
+from testbed.pooldriver import PoolDriver
 
 pytestmark = pytest.mark.controlplane
 
@@ -53,23 +53,23 @@ def test_operator_chart_is_accepted_by_the_api_server(
     assert ("clusterrole.rbac" in out) if not scope else ("role.rbac" in out)
 
 
-def test_pool_chart_installs_a_pool_that_becomes_ready(env: Env) -> None:
+def test_pool_chart_installs_a_pool_that_becomes_ready(env: PoolDriver) -> None:
     from testbed.binaries import Binaries
 
     helm = Binaries.from_cache().helm
     installed = subprocess.run(
         [
             str(helm),
-            *("--kubeconfig", str(env.cluster.kubeconfig)),
+            *("--kubeconfig", str(env.kubeconfig)),
             *("install", "charted", str(REPO / "charts" / "prefect-raypool")),
-            *("--namespace", env.ns),
-            *("--set", f"spec.prefect.apiUrl={env.prefect.api_url}"),
+            *("--namespace", env.namespace),
+            *("--set", f"spec.prefect.apiUrl={env.prefect_api_url}"),
         ],
         capture_output=True,
         text=True,
     )
     assert installed.returncode == 0, installed.stderr
     # NOTES.txt: what to do next, for this pool.
-    assert f"kubectl -n {env.ns} get prp charted -w" in installed.stdout, installed.stdout
+    assert f"kubectl -n {env.namespace} get prp charted -w" in installed.stdout, installed.stdout
     assert "prefect deploy --pool charted" in installed.stdout
     env.wait_condition("charted", "Ready", "True")

@@ -13,7 +13,7 @@ from prefect_raypool_operator.refusals import parse_pool
 from testbed.binaries import Binaries
 
 pytestmark = pytest.mark.unit
-CHARTS = Path(__file__).resolve().parents[2] / "charts"
+CHARTS = Path(__file__).resolve().parents[3] / "charts"
 HELM = Binaries.from_cache().helm
 
 

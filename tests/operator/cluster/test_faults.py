@@ -152,7 +152,7 @@ class Bed:
 
         try:
             return dict(eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}", 0.2))
-        except AssertionError:
+        except TimeoutError:
             print(yaml.safe_dump((self.pool(ns, name) or {}).get("status")))
             print(self.op.tail())
             raise

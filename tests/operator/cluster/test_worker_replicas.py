@@ -18,25 +18,25 @@ from kubernetes import client, watch
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.replicas import replicas_owners
+from testbed.pooldriver import PoolDriver
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 POOL, DEPLOYMENT = "analytics", "analytics-prefect-worker"
 RESYNC = 3.0  # tests/operator/conftest.py
 
 
-def _deployment(env: Env) -> dict[str, Any]:
-    raw = env.apps.read_namespaced_deployment(DEPLOYMENT, env.ns)
+def _deployment(env: PoolDriver) -> dict[str, Any]:
+    raw = env.apps.read_namespaced_deployment(DEPLOYMENT, env.namespace)
     return dict(client.ApiClient().sanitize_for_serialization(raw))
 
 
-def _owners(env: Env) -> list[str]:
+def _owners(env: PoolDriver) -> list[str]:
     return replicas_owners(_deployment(env))
 
 
 @contextmanager
-def _replica_history(env: Env) -> Iterator[list[int]]:
+def _replica_history(env: PoolDriver) -> Iterator[list[int]]:
     """Every spec.replicas the Deployment has while the block runs, from a watch:
     catches values that polling would miss."""
     seen: list[int] = []
@@ -47,7 +47,7 @@ def _replica_history(env: Env) -> Iterator[list[int]]:
         w = watch.Watch()
         for event in w.stream(
             env.apps.list_namespaced_deployment,
-            env.ns,
+            env.namespace,
             field_selector=f"metadata.name={DEPLOYMENT}",
             resource_version=start,
             timeout_seconds=120,
@@ -65,23 +65,25 @@ def _replica_history(env: Env) -> Iterator[list[int]]:
         stop.set()
         # One last event (any write) ends the stream; the status controller's is enough.
         env.apps.patch_namespaced_deployment(
-            DEPLOYMENT, env.ns, {"metadata": {"annotations": {"test/stop": str(time.time())}}}
+            DEPLOYMENT,
+            env.namespace,
+            {"metadata": {"annotations": {"test/stop": str(time.time())}}},
         )
         thread.join(10)
 
 
-def _pool(env: Env, replicas: int, external: bool) -> dict[str, Any]:
+def _pool(env: PoolDriver, replicas: int, external: bool) -> dict[str, Any]:
     doc = env.example("zero-capacity.yaml")
     doc["spec"]["prefect"]["replicas"] = replicas
     doc["spec"]["prefect"]["replicasManagedExternally"] = external
     return doc
 
 
-def _scale(env: Env, replicas: int) -> None:
-    env.cluster.kubectl("scale", "-n", env.ns, f"deploy/{DEPLOYMENT}", f"--replicas={replicas}")
+def _scale(env: PoolDriver, replicas: int) -> None:
+    env.kubectl("scale", "-n", env.namespace, f"deploy/{DEPLOYMENT}", f"--replicas={replicas}")
 
 
-def _worker_status(env: Env, ready: int) -> None:
+def _worker_status(env: PoolDriver, ready: int) -> None:
     def reached() -> bool:
         pool = env.pool(POOL) or {}
         cond = env.condition(POOL, "WorkerReady") or {}
@@ -92,14 +94,14 @@ def _worker_status(env: Env, ready: int) -> None:
     eventually(reached, 60, f"status: {ready}/{ready} Prefect workers ready")
 
 
-def _holds(env: Env, replicas: int, seconds: float) -> None:
+def _holds(env: PoolDriver, replicas: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert _deployment(env)["spec"]["replicas"] == replicas
         time.sleep(0.5)
 
 
-def test_external_replicas_are_left_to_kubectl_scale_and_an_hpa(env: Env) -> None:
+def test_external_replicas_are_left_to_kubectl_scale_and_an_hpa(env: PoolDriver) -> None:
     env.apply(_pool(env, 2, external=False))
     env.wait_condition(POOL, "Ready", "True")
     assert _owners(env) == [naming.FIELD_MANAGER]
@@ -149,22 +151,22 @@ def test_external_replicas_are_left_to_kubectl_scale_and_an_hpa(env: Env) -> Non
     assert not [e for e in env.events(POOL) if e.reason == "ReplicasOverridden"]
 
 
-def test_new_pool_with_external_replicas_starts_at_prefect_replicas(env: Env) -> None:
+def test_new_pool_with_external_replicas_starts_at_prefect_replicas(env: PoolDriver) -> None:
     env.apply(_pool(env, 2, external=True))
     env.wait_condition(POOL, "Ready", "True")
     eventually(lambda: _owners(env) == [naming.HANDOVER_FIELD_MANAGER], 30, "the hand-over")
     assert _deployment(env)["spec"]["replicas"] == 2
     _scale(env, 0)
     _holds(env, 0, 2 * RESYNC)
-    assert env.condition(POOL, "WorkerReady")["reason"] == "ScaledToZero"  # type: ignore[index]
+    assert env.condition(POOL, "WorkerReady")["reason"] == "ScaledToZero"
 
 
-def _overrides(env: Env) -> list[client.CoreV1Event]:
+def _overrides(env: PoolDriver) -> list[client.CoreV1Event]:
     return [e for e in env.events(POOL) if e.reason == "ReplicasOverridden"]
 
 
 def test_scaling_without_the_switch_is_reverted_once_with_an_event_never_in_a_loop(
-    env: Env,
+    env: PoolDriver,
 ) -> None:
     env.apply(_pool(env, 1, external=False))
     env.wait_condition(POOL, "Ready", "True")
@@ -185,9 +187,9 @@ def test_scaling_without_the_switch_is_reverted_once_with_an_event_never_in_a_lo
     with _replica_history(env) as history:
         deadline = time.monotonic() + window
         while time.monotonic() < deadline:
-            if env.apps.read_namespaced_deployment(DEPLOYMENT, env.ns).spec.replicas != 3:
+            if env.apps.read_namespaced_deployment(DEPLOYMENT, env.namespace).spec.replicas != 3:
                 env.apps.patch_namespaced_deployment_scale(
-                    DEPLOYMENT, env.ns, scale, field_manager="adversary"
+                    DEPLOYMENT, env.namespace, scale, field_manager="adversary"
                 )
             time.sleep(0.3)
     restores = sum(1 for before, after in pairwise(history) if before != 1 and after == 1)

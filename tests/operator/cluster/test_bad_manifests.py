@@ -24,13 +24,13 @@ import pytest
 import yaml
 from kubernetes import client
 
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from prefect_raypool_operator.refusals import Refused
 from prefect_raypool_operator.render import render_text
 from testbed.cluster import Cluster
 from testbed.operator_log import LogCheck
 from testbed.operator_process import OperatorProcess
 from testbed.prefect_server import PrefectServer
-from tests.operator.pool_env import GROUP, PLURAL, VERSION
 
 # The operator's log line for a pool whose annotations the API server refuses as too long.
 ANNOTATIONS = r"annotations: Too long"
@@ -433,7 +433,7 @@ def accepted(
     # The annotations case below keeps failing in the operator's log until the
     # namespace is gone, after this module: judged by what this module expects.
     raypool_operator_log.own(
-        namespace, "tests/operator/test_bad_manifests.py", [ANNOTATIONS, WAITING_FOR_SECRET]
+        namespace, "tests/operator/cluster/test_bad_manifests.py", [ANNOTATIONS, WAITING_FOR_SECRET]
     )
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     docs = []

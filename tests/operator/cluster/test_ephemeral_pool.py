@@ -12,15 +12,16 @@ import pytest
 from kubernetes import client
 
 from prefect_raypool_kuberay.contract import WORKER_RULES
+from testbed.cluster import Cluster
+from testbed.pooldriver import PoolDriver
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 
 
-def _can_i(env: Env, account: str, *args: str) -> bool:
+def _can_i(cluster: Cluster, account: str, *args: str) -> bool:
     out = subprocess.run(
-        [env.cluster.kubectl_bin, f"--kubeconfig={env.cluster.kubeconfig}", "auth", "can-i"]
+        [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "auth", "can-i"]
         + [*args, f"--as={account}"],
         capture_output=True,
         text=True,
@@ -49,14 +50,16 @@ def _rayjob(name: str, work_pool: str) -> dict[str, Any]:
     }
 
 
-def _printed(env: Env, pool: str, column: str) -> str:
+def _printed(env: PoolDriver, pool: str, column: str) -> str:
     """One column of `kubectl get prp POOL` (by position: empty cells print as blanks)."""
-    header, row = env.cluster.kubectl("get", "prp", pool, "-n", env.ns).splitlines()[:2]
+    header, row = env.kubectl("get", "prp", pool, "-n", env.namespace).splitlines()[:2]
     start = header.index(column)
     return row[start:].split()[0]
 
 
-def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) -> None:
+def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(
+    env: PoolDriver, kube_cluster: Cluster
+) -> None:
     doc = env.example("ephemeral.yaml")
     doc["spec"]["pod"] = {"serviceAccountName": "ray-pods"}
     work_pool = doc["spec"]["prefect"]["workPool"]["name"]
@@ -69,7 +72,7 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
     assert env.raycluster("nightly") is None
 
     # The work pool, as the real Prefect server holds it.
-    answer = httpx.get(f"{env.prefect.api_url}/work_pools/{work_pool}", timeout=10)
+    answer = httpx.get(f"{env.prefect_api_url}/work_pools/{work_pool}", timeout=10)
     answer.raise_for_status()
     found = answer.json()
     assert found["type"] == "kuberay"
@@ -87,10 +90,10 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
         "worker_replicas": defaults["worker_replicas"],
         "env": defaults["env"],
     } == {
-        "image": env.apps.read_namespaced_deployment("nightly-prefect-worker", env.ns)
+        "image": env.apps.read_namespaced_deployment("nightly-prefect-worker", env.namespace)
         .spec.template.spec.containers[0]
         .image,
-        "namespace": env.ns,
+        "namespace": env.namespace,
         "service_account_name": "ray-pods",
         "ray_version": "2.60.0",
         "head_cpu": "500m",
@@ -103,34 +106,34 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
     assert "rayjob_manifest" in found["base_job_template"]["job_configuration"]
 
     # The worker's account and exactly its rights, in this namespace only.
-    api = env.cluster.api_client()
+    api = env.api
     rbac = client.RbacAuthorizationV1Api(api)
-    role = rbac.read_namespaced_role("nightly-kuberay-worker", env.ns)
+    role = rbac.read_namespaced_role("nightly-kuberay-worker", env.namespace)
     assert api.sanitize_for_serialization(role.rules) == WORKER_RULES
-    binding = rbac.read_namespaced_role_binding("nightly-kuberay-worker", env.ns)
+    binding = rbac.read_namespaced_role_binding("nightly-kuberay-worker", env.namespace)
     assert binding.role_ref.name == "nightly-kuberay-worker"
-    assert env.core.read_namespaced_service_account("nightly-kuberay-worker", env.ns)
-    deployment = env.apps.read_namespaced_deployment("nightly-prefect-worker", env.ns)
+    assert env.core.read_namespaced_service_account("nightly-kuberay-worker", env.namespace)
+    deployment = env.apps.read_namespaced_deployment("nightly-prefect-worker", env.namespace)
     pod = deployment.spec.template.spec
     assert pod.service_account_name == "nightly-kuberay-worker"
     assert pod.containers[0].command[-3:] == ["--type", "kuberay", "--with-healthcheck"]
-    account = f"system:serviceaccount:{env.ns}:nightly-kuberay-worker"
-    assert _can_i(env, account, "create", "rayjobs.ray.io", "-n", env.ns)
-    assert _can_i(env, account, "delete", "rayjobs.ray.io", "-n", env.ns)
-    assert _can_i(env, account, "get", "pods", "--subresource=log", "-n", env.ns)
-    assert not _can_i(env, account, "list", "secrets", "-n", env.ns)
-    assert not _can_i(env, account, "patch", "rayjobs.ray.io", "-n", env.ns)
-    assert not _can_i(env, account, "create", "rayclusters.ray.io", "-n", env.ns)
-    assert not _can_i(env, account, "create", "rayjobs.ray.io", "-n", "default")
-    assert not _can_i(env, account, "list", "rayjobs.ray.io", "--all-namespaces")
+    account = f"system:serviceaccount:{env.namespace}:nightly-kuberay-worker"
+    assert _can_i(kube_cluster, account, "create", "rayjobs.ray.io", "-n", env.namespace)
+    assert _can_i(kube_cluster, account, "delete", "rayjobs.ray.io", "-n", env.namespace)
+    assert _can_i(kube_cluster, account, "get", "pods", "--subresource=log", "-n", env.namespace)
+    assert not _can_i(kube_cluster, account, "list", "secrets", "-n", env.namespace)
+    assert not _can_i(kube_cluster, account, "patch", "rayjobs.ray.io", "-n", env.namespace)
+    assert not _can_i(kube_cluster, account, "create", "rayclusters.ray.io", "-n", env.namespace)
+    assert not _can_i(kube_cluster, account, "create", "rayjobs.ray.io", "-n", "default")
+    assert not _can_i(kube_cluster, account, "list", "rayjobs.ray.io", "--all-namespaces")
 
     # A flow-run cluster (the worker's RayJob, made by hand here) is counted.
     custom = client.CustomObjectsApi(api)
     custom.create_namespaced_custom_object(
-        "ray.io", "v1", env.ns, "rayjobs", _rayjob("flow-run-a1b2c", work_pool)
+        "ray.io", "v1", env.namespace, "rayjobs", _rayjob("flow-run-a1b2c", work_pool)
     )
     custom.create_namespaced_custom_object(
-        "ray.io", "v1", env.ns, "rayjobs", _rayjob("other-pool-run", "someone-else")
+        "ray.io", "v1", env.namespace, "rayjobs", _rayjob("other-pool-run", "someone-else")
     )
     eventually(
         lambda: ((env.pool("nightly") or {}).get("status") or {}).get("flowRunClusters") == 1,
@@ -142,7 +145,7 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(env: Env) ->
 
 # The process work pool cannot become a kuberay one, until the test renames it.
 @pytest.mark.operator_log_allows(r"WorkPoolTypeMismatch")
-def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: Env) -> None:
+def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: PoolDriver) -> None:
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
     eventually(lambda: env.raycluster("analytics"), what="the RayCluster")
@@ -157,6 +160,6 @@ def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(env: Env) -> None
     env.wait_condition("analytics", "Ready", "True")
     status = (env.pool("analytics") or {})["status"]
     assert status.get("rayCluster") is None and status["flowRunClusters"] == 0
-    deployment = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.ns)
+    deployment = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
     command = deployment.spec.template.spec.containers[0].command
     assert command[-5:] == ["--type", "kuberay", "--work-queue", "default", "--with-healthcheck"]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -19,22 +20,23 @@ import pytest
 import yaml
 from kubernetes import client
 
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed.cluster import Cluster
 from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
+from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from testbed.waiting import eventually
-from tests.operator.pool_env import GROUP, PLURAL, VERSION, Env
 from tests.operator.stub_http import stub_server
 
 pytestmark = pytest.mark.controlplane
 
 
-def _secret(env: Env, name: str, data: dict[str, bytes]) -> None:
+def _secret(env: PoolDriver, name: str, data: dict[str, bytes]) -> None:
     encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
     env.core.create_namespaced_secret(
-        env.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name), data=encoded)
+        env.namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), data=encoded)
     )
 
 
@@ -42,19 +44,21 @@ def _ref(name: str, key: str) -> dict[str, Any]:
     return {"secretKeyRef": {"name": name, "key": key}}
 
 
-def _work_pool(env: Env, name: str) -> httpx.Response:
-    return httpx.get(f"{env.prefect.api_url}/work_pools/{name}", timeout=10)
+def _work_pool(env: PoolDriver, name: str) -> httpx.Response:
+    return httpx.get(f"{env.prefect_api_url}/work_pools/{name}", timeout=10)
 
 
-def _delete(env: Env, name: str) -> None:
-    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL, name)
+def _delete(env: PoolDriver, name: str) -> None:
+    env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, name)
 
 
 # The stub Prefect answers 500, then is gone when the namespace's deletion releases the work pool.
 @pytest.mark.operator_log_allows(
     r"PrefectAPIError: could not read work pool", r"PrefectAPIUnreachable"
 )
-def test_no_planted_credential_comes_back(env: Env) -> None:
+def test_no_planted_credential_comes_back(
+    env: PoolDriver, raypool_operator: OperatorProcess
+) -> None:
     """One random string in every place a pool author can put a credential: the API
     key Secret, the URL's userinfo, a Secret-referenced env var, the Ray token Secret,
     and the body a misbehaving Prefect API answers with."""
@@ -86,7 +90,7 @@ def test_no_planted_credential_comes_back(env: Env) -> None:
     assert "PrefectAPIError" in status
     assert cred not in status, status
     assert cred not in events, events
-    assert cred not in env.op.log.read_text(errors="replace")
+    assert cred not in raypool_operator.log.read_text(errors="replace")
     rendered = subprocess.run(
         [sys.executable, "-m", "prefect_raypool.cli", "render", "-"],
         input=yaml.safe_dump(doc),
@@ -102,7 +106,7 @@ def test_no_planted_credential_comes_back(env: Env) -> None:
 
 # A Secret that is not UTF-8, on purpose.
 @pytest.mark.operator_log_allows(r"SecretValueInvalid")
-def test_secrets_are_checked_without_decoding(env: Env) -> None:
+def test_secrets_are_checked_without_decoding(env: PoolDriver) -> None:
     """A binary Secret value passed to pods by reference is fine (it used to be decoded,
     and the reconcile crashed); an API key that is not UTF-8 is a condition."""
     _secret(env, "binary", {"blob": b"\xff\xfe\x00binary"})
@@ -117,7 +121,7 @@ def test_secrets_are_checked_without_decoding(env: Env) -> None:
     env.wait_condition("analytics", "RayClusterReady", "True")
     env.core.replace_namespaced_secret(
         "api-key",
-        env.ns,
+        env.namespace,
         client.V1Secret(metadata=client.V1ObjectMeta(name="api-key"), string_data={"key": "k-1"}),
     )
     env.wait_condition("analytics", "Ready", "True")
@@ -134,20 +138,20 @@ def second_namespace(kube_cluster: Cluster, raypool_operator: OperatorProcess) -
 
 # The second pool is refused the first one's work pool, on purpose.
 @pytest.mark.operator_log_allows(r"WorkPoolClaimed")
-def test_one_work_pool_name_in_two_namespaces(env: Env, second_namespace: str) -> None:
+def test_one_work_pool_name_in_two_namespaces(env: PoolDriver, second_namespace: str) -> None:
     """Both pools used to share the work pool and reset its limit every resync."""
     work_pool = f"wp-{uuid.uuid4().hex[:8]}"
     first = env.example("zero-capacity.yaml")
     first["spec"]["prefect"]["workPool"] = {"name": work_pool, "concurrencyLimit": 2}
     env.apply(first)
     env.wait_condition("analytics", "WorkPoolReady", "True")
-    other = Env(env.cluster, second_namespace, env.op, env.prefect)
+    other = replace(env, namespace=second_namespace)
     second = other.example("zero-capacity.yaml")
     second["spec"]["prefect"]["workPool"] = {"name": work_pool, "concurrencyLimit": 7}
     other.apply(second)
     cond = other.wait_condition("analytics", "Ready", "False", "WorkPoolReadyFalse")
     claimed = other.wait_condition("analytics", "WorkPoolReady", "False", "WorkPoolClaimed")
-    assert f"{env.ns}/analytics" in claimed["message"], cond
+    assert f"{env.namespace}/analytics" in claimed["message"], cond
     assert _work_pool(env, work_pool).json()["concurrency_limit"] == 2
     # Deleting the holder deletes the work pool it created; the other pool then has it.
     _delete(env, "analytics")
@@ -161,10 +165,10 @@ def test_one_work_pool_name_in_two_namespaces(env: Env, second_namespace: str) -
     assert _work_pool(env, work_pool).json()["concurrency_limit"] == 7
 
 
-def test_a_pre_existing_work_pool_outlives_the_pool(env: Env) -> None:
+def test_a_pre_existing_work_pool_outlives_the_pool(env: PoolDriver) -> None:
     work_pool = f"wp-{uuid.uuid4().hex[:8]}"
     httpx.post(
-        f"{env.prefect.api_url}/work_pools/",
+        f"{env.prefect_api_url}/work_pools/",
         json={"name": work_pool, "type": "process", "description": "ours"},
         timeout=10,
     ).raise_for_status()
@@ -186,7 +190,7 @@ def guarded(
     prefect_server: PrefectServer,
     tmp_path: Any,
     own_operators: OwnOperators,
-) -> Iterator[tuple[Env, str]]:
+) -> Iterator[tuple[PoolDriver, str]]:
     """An operator installed with an allow-list (the session's Prefect server and one
     dead URL) and 2 quick tries to release a work pool, watching `d-*` namespaces."""
     dead = f"http://127.0.0.1:{free_port()}/api"
@@ -208,7 +212,7 @@ def guarded(
     api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     op.start()
     try:
-        yield Env(kube_cluster, name, op, prefect_server), dead
+        yield PoolDriver.on(kube_cluster, name, prefect_server.api_url, op), dead
     finally:
         api.delete_namespace(name, propagation_policy="Background")
         op.stop()
@@ -220,7 +224,7 @@ def guarded(
     r"/analytics\] Handler 'on_spec' failed permanently: PrefectAPIURLNotAllowed: ",
     r"/stranded\] Handler 'on_(spec|delete)' failed temporarily: PrefectAPIUnreachable: ",
 )
-def test_allow_list_and_bounded_release(guarded: tuple[Env, str]) -> None:
+def test_allow_list_and_bounded_release(guarded: tuple[PoolDriver, str]) -> None:
     env, dead = guarded
     with stub_server(lambda method, path: (200, "application/json", b"{}")) as stub:
         doc = env.example("zero-capacity.yaml")
@@ -228,7 +232,7 @@ def test_allow_list_and_bounded_release(guarded: tuple[Env, str]) -> None:
         env.apply(doc)
         cond = env.wait_condition("analytics", "Ready", "False", "PrefectAPIURLNotAllowed")
         assert "spec.prefect.apiUrl" in cond["message"]
-        assert "prefectApiAllowlist" in cond["message"] and env.prefect.api_url in cond["message"]
+        assert "prefectApiAllowlist" in cond["message"] and env.prefect_api_url in cond["message"]
         _delete(env, "analytics")
         eventually(lambda: env.pool("analytics") is None, what="the refused pool deleted")
         assert stub.requests == []  # nothing sent, not even on deletion

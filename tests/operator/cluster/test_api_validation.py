@@ -9,8 +9,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed.cluster import Cluster
-from tests.operator.pool_env import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.controlplane
 

@@ -1,6 +1,6 @@
 """The controller's orchestration against an in-memory `ClusterIO`: what it applies,
 deletes, writes and posts for each trigger, in milliseconds. The same paths against
-a real API server and KubeRay are in test_pool_controlplane.py."""
+a real API server and KubeRay are in cluster/test_pool_lifecycle.py."""
 
 from __future__ import annotations
 

@@ -24,10 +24,10 @@ from testbed.binaries import Binaries
 from testbed.cluster import Cluster
 from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
+from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 CHART = REPO / "charts" / "prefect-raypool-operator"
@@ -101,7 +101,7 @@ def test_operator_runs_with_only_the_charts_rbac(
     prefect_server: PrefectServer,
 ) -> None:
     watched, op = chart_operator
-    env = Env(kube_cluster, watched, op, prefect_server)
+    env = PoolDriver.on(kube_cluster, watched, prefect_server.api_url, op)
     examples = {"zero-capacity.yaml": "analytics", "head-sidecar.yaml": "reports"}
     # Ephemeral: the operator grants the kuberay worker's Role, so it must hold it all.
     examples["ephemeral.yaml"] = "nightly"

@@ -8,17 +8,17 @@ from __future__ import annotations
 import pytest
 
 from prefect_raypool_operator import naming
+from testbed.pooldriver import PoolDriver
 from testbed.waiting import eventually
-from tests.operator.pool_env import Env
 
 pytestmark = pytest.mark.controlplane
 
 POOL_PODS = f"{naming.POOL_LABEL}=analytics"
 
 
-def _pods(env: Env) -> dict[str, str]:
+def _pods(env: PoolDriver) -> dict[str, str]:
     """uid -> creationTimestamp of the pool's pods that are not going away."""
-    pods = env.core.list_namespaced_pod(env.ns, label_selector=POOL_PODS).items
+    pods = env.core.list_namespaced_pod(env.namespace, label_selector=POOL_PODS).items
     return {
         p.metadata.uid: p.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
         for p in pods
@@ -26,19 +26,19 @@ def _pods(env: Env) -> dict[str, str]:
     }
 
 
-def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: Env) -> None:
+def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: PoolDriver) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     env.wait_condition("analytics", "Ready", "True")
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
     before = _pods(env)
     assert len(before) >= 2  # the head and the Prefect worker at least
-    old_token = env.core.read_namespaced_secret("analytics-ray-token", env.ns)
+    old_token = env.core.read_namespaced_secret("analytics-ray-token", env.namespace)
 
-    env.core.delete_namespaced_secret("analytics-ray-token", env.ns)
+    env.core.delete_namespaced_secret("analytics-ray-token", env.namespace)
 
     def new_token() -> object:
         secret = env.core.list_namespaced_secret(
-            env.ns, field_selector="metadata.name=analytics-ray-token"
+            env.namespace, field_selector="metadata.name=analytics-ray-token"
         ).items
         return secret and secret[0].metadata.uid != old_token.metadata.uid and secret[0]
 
@@ -65,7 +65,9 @@ def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: En
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
 
 
-def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(env: Env) -> None:
+def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(
+    env: PoolDriver,
+) -> None:
     doc = env.example("zero-capacity.yaml")
     env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
@@ -86,5 +88,5 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(env
 
     # What the message says to run.
     selector = cond["message"].split(" -l ")[1]
-    env.core.delete_collection_namespaced_pod(env.ns, label_selector=selector)
+    env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector)
     env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=120)

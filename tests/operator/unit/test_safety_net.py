@@ -1,7 +1,7 @@
 """The controller's safety net, against the in-memory `ClusterIO` of test_controller:
 an exception in a reconcile becomes a status and one Warning Event, retried with a
 growing delay, not at every trigger. The same against the real API server is in
-test_bad_manifests.py (an object Kubernetes refuses)."""
+cluster/test_bad_manifests.py (an object Kubernetes refuses)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from kubernetes import client
 from prefect_raypool_operator import controller as controller_module
 from prefect_raypool_operator.controller import Controller
 from prefect_raypool_operator.refusals import reconcile_error
-from tests.operator.test_controller import LOG, NS, POOL, FakeIO
+from tests.operator.unit.test_controller import LOG, NS, POOL, FakeIO
 
 pytestmark = pytest.mark.unit
 Obj = dict[str, Any]

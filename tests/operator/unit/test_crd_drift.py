@@ -11,7 +11,7 @@ import yaml
 from prefect_raypool_operator import crd, spec
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REGENERATE = "run: .venv/bin/python -m prefect_raypool_operator.crd --write"
 
 

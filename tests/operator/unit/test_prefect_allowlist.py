@@ -71,7 +71,7 @@ def test_the_chart_sets_the_allow_list() -> None:
     helm = Binaries.from_cache().helm
     if not helm.exists():
         pytest.skip(f"helm not built yet at {helm} (make binaries builds it)")
-    chart = Path(__file__).resolve().parents[2] / "charts" / "prefect-raypool-operator"
+    chart = Path(__file__).resolve().parents[3] / "charts" / "prefect-raypool-operator"
 
     def env(*args: str) -> dict[str, str]:
         out = subprocess.run(
