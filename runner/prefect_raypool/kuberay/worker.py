@@ -29,7 +29,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
-from prefect_raypool.kuberay.failures import Outcome, crash_reason, last_lines, unschedulable
+from prefect_raypool.kuberay.failures import RayJobOutcome, crash_reason, last_lines, unschedulable
 from prefect_raypool.kuberay.job_template import KubeRayJobConfiguration, KubeRayVariables
 from prefect_raypool.kuberay.rayjob import (
     FLOW_RUN_ID_LABEL,
@@ -219,7 +219,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                     return 0 if state.is_completed() else 1
 
     async def _finish(
-        self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: Outcome
+        self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: RayJobOutcome
     ) -> int:
         """Copy the driver's last output, then report a failure as a crash with its reason."""
         logger = self.get_flow_run_logger(flow_run)
