@@ -27,7 +27,7 @@ TERMINAL_DEPLOYMENT = {"Complete", "Failed", "ValidationFailed"}
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RayJobOutcome:
     """Where the RayJob stands: still going, succeeded, or failed with a reason."""
 
     finished: bool
@@ -92,14 +92,14 @@ def pod_failure(
     return None
 
 
-def rayjob_outcome(rayjob: Obj) -> Outcome:
+def rayjob_outcome(rayjob: Obj) -> RayJobOutcome:
     """KubeRay's verdict on the RayJob, its own reason and message kept."""
     status = rayjob.get("status") or {}
     deployment = status.get("jobDeploymentStatus", "")
     if deployment not in TERMINAL_DEPLOYMENT:
-        return Outcome(finished=False)
+        return RayJobOutcome(finished=False)
     if deployment == "Complete" and status.get("jobStatus") == "SUCCEEDED":
-        return Outcome(finished=True, succeeded=True)
+        return RayJobOutcome(finished=True, succeeded=True)
     reason = status.get("reason") or deployment
     detail = f"RayJob {rayjob['metadata']['name']} {deployment}"
     if job_status := status.get("jobStatus"):
@@ -107,18 +107,18 @@ def rayjob_outcome(rayjob: Obj) -> Outcome:
     detail += f": {reason}"
     if message := status.get("message"):
         detail += f": {message}"
-    return Outcome(finished=True, succeeded=False, reason=detail)
+    return RayJobOutcome(finished=True, succeeded=False, reason=detail)
 
 
 def crash_reason(
     rayjob: Obj, pods: list[Obj], now: datetime | None = None, schedule_timeout_s: float = 0.0
-) -> Outcome:
+) -> RayJobOutcome:
     """KubeRay's own verdict first, then a pod that cannot start or was killed."""
     outcome = rayjob_outcome(rayjob)
     if outcome.finished:
         return outcome
     if problem := pod_failure(pods, now, schedule_timeout_s):
-        return Outcome(
+        return RayJobOutcome(
             finished=True,
             reason=f"Ray cluster of RayJob {rayjob['metadata']['name']} cannot run: {problem}",
         )

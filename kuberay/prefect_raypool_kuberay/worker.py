@@ -45,7 +45,7 @@ from prefect_raypool_kuberay.contract import (
     WORKER_TYPE,
     label_value,
 )
-from prefect_raypool_kuberay.failures import Outcome, crash_reason, last_lines, unschedulable
+from prefect_raypool_kuberay.failures import RayJobOutcome, crash_reason, last_lines, unschedulable
 from prefect_raypool_kuberay.job_template import RayJobFields, RayJobVariables
 from prefect_raypool_kuberay.rayjob import build_rayjob, rayjob_name
 
@@ -239,7 +239,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                     return 0 if state.is_completed() else 1
 
     async def _finish(
-        self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: Outcome
+        self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: RayJobOutcome
     ) -> int:
         """Copy the driver's last output, then report a failure as a crash with its reason."""
         logger = self.get_flow_run_logger(flow_run)

@@ -36,7 +36,8 @@ from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.kube import KubeIO
 from prefect_raypool_operator.memory import Memory, PoolKey
 from prefect_raypool_operator.naming import POOL_LABEL
-from prefect_raypool_operator.reconcile import ClusterIO, Outcome, reconcile, release
+from prefect_raypool_operator.port import ClusterIO
+from prefect_raypool_operator.reconcile import ReconcileResult, reconcile, release
 from prefect_raypool_operator.refusals import Problem, reconcile_error
 from prefect_raypool_operator.status import Check, Observed, build_status, transitions
 from prefect_raypool_operator.watchcache import Reads
@@ -77,7 +78,7 @@ class Controller:
 
     def run(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool = True
-    ) -> Outcome | None:
+    ) -> ReconcileResult | None:
         """Reconcile the pool now, or fold into the reconcile already running for it.
 
         None when the pool is gone or the trigger was folded into a running reconcile.
@@ -89,13 +90,13 @@ class Controller:
 
     def _run_once(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
-    ) -> Outcome | None:
+    ) -> ReconcileResult | None:
         with self._lock(key):
             return self._reconcile(key, io, logger, repair)
 
     def _reconcile(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
-    ) -> Outcome | None:
+    ) -> ReconcileResult | None:
         """Reconcile the pool as last seen, write status and Events. None if it is gone."""
         started = time.monotonic()
         namespace, name = key
@@ -163,7 +164,7 @@ class Controller:
 
     def _failed(
         self, key: PoolKey, body: Mapping[str, Any], previous: Obj, exc: Exception
-    ) -> Outcome:
+    ) -> ReconcileResult:
         """The status of a pool whose reconcile raised, and when to try again."""
         generation = body["metadata"].get("generation")
         failing = self._failing.get(key)
@@ -184,7 +185,7 @@ class Controller:
             blocking_permanent=problem.permanent,
         )
         status = build_status(observed, previous)
-        return Outcome(status, transitions(previous, status), problem)
+        return ReconcileResult(status, transitions(previous, status), problem)
 
     def on_spec(
         self, namespace: str | None, name: str, logger: Logger, kwargs: Mapping[str, Any]

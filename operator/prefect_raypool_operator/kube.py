@@ -1,7 +1,7 @@
 """Kubernetes I/O for the controller: server-side apply, reads, Events, status writes.
 
-Thin wrappers over the kubernetes client, and `KubeIO`, the real `ClusterIO` the
-controller gives each reconcile. Server-side apply with `force` makes every reconcile
+Thin wrappers over the kubernetes client, and `KubeIO`, the real `ClusterIO` (port.py)
+the controller gives each reconcile. Server-side apply with `force` makes every reconcile
 level-triggered: whatever was edited or deleted by hand in the fields we own is put back.
 """
 
@@ -21,7 +21,7 @@ from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
 from prefect_raypool_operator.memory import recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
-from prefect_raypool_operator.reconcile import ApplyConflict
+from prefect_raypool_operator.port import ApplyConflict, DesiredWorkPool
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.watchcache import Reads
@@ -50,7 +50,7 @@ def not_found(exc: client.ApiException) -> bool:
     return exc.status == 404
 
 
-def apply(
+def server_side_apply(
     api: client.ApiClient,
     manifest: Obj,
     field_manager: str = naming.FIELD_MANAGER,
@@ -115,12 +115,12 @@ def apply_conflicts(exc: client.ApiException) -> dict[str, str]:
     return {field: ", ".join(names) for field, names in managers.items()}
 
 
-def hand_over(api: client.ApiClient, manifest: Obj) -> bool:
+def apply_as_handover_manager(api: client.ApiClient, manifest: Obj) -> bool:
     """Apply a few fields as the hand-over field manager (replicas.py), unforced: a
     conflict means another manager (kubectl scale, an HPA) holds them already, a 404 or
     422 that the object is gone; either way there is nothing left to keep."""
     try:
-        apply(api, manifest, naming.HANDOVER_FIELD_MANAGER, force=False)
+        server_side_apply(api, manifest, naming.HANDOVER_FIELD_MANAGER, force=False)
         return True
     except client.ApiException as exc:
         if exc.status in (404, 409, 422):
@@ -284,11 +284,11 @@ class KubeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.reads.owned(owned, namespace, pool_name)
 
-    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
-        return apply(self.api, manifest, force=force)
+    def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+        return server_side_apply(self.api, manifest, force=force)
 
-    def hand_over(self, manifest: Obj) -> bool:
-        return hand_over(self.api, manifest)
+    def apply_handover(self, manifest: Obj) -> bool:
+        return apply_as_handover_manager(self.api, manifest)
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
         return delete(self.api, owned, namespace, pool_name)
@@ -311,34 +311,23 @@ class KubeIO:
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
         return self.reads.pods(namespace, pool_name)
 
-    def ensure_work_pool(
-        self,
-        api_url: str,
-        name: str,
-        concurrency_limit: int | None,
-        owner: workpool.Owner,
-        api_key: str | None,
-        work_pool_type: str = workpool.WORK_POOL_TYPE,
-        base_job_template: Obj | None = None,
-    ) -> Check:
+    def ensure_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
         return workpool.ensure_work_pool(
-            CONFIG.operator_prefect_url(api_url),
-            name,
-            concurrency_limit,
-            owner,
+            CONFIG.operator_prefect_url(work_pool.api_url),
+            work_pool.name,
+            work_pool.concurrency_limit,
+            work_pool.owner,
             api_key=api_key,
             timeout=CONFIG.prefect_timeout,
-            work_pool_type=work_pool_type,
-            base_job_template=base_job_template,
+            work_pool_type=work_pool.type,
+            base_job_template=work_pool.base_job_template,
         )
 
-    def release_work_pool(
-        self, api_url: str, name: str, owner: workpool.Owner, api_key: str | None
-    ) -> Check:
+    def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
         return workpool.release_work_pool(
-            CONFIG.operator_prefect_url(api_url),
-            name,
-            owner,
+            CONFIG.operator_prefect_url(work_pool.api_url),
+            work_pool.name,
+            work_pool.owner,
             api_key=api_key,
             timeout=CONFIG.prefect_timeout,
         )

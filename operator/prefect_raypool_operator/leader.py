@@ -135,7 +135,7 @@ class Seen:
     at: float  # time.monotonic() when this record was first seen
 
 
-def observe(previous: Seen | None, spec: client.V1LeaseSpec | None, now: float) -> Seen:
+def observe_lease(previous: Seen | None, spec: client.V1LeaseSpec | None, now: float) -> Seen:
     """The record now in the Lease; `at` is kept while the record has not changed."""
     spec = spec or client.V1LeaseSpec()
     seen = Seen(
@@ -215,7 +215,7 @@ class Elector:
         try:
             lease = self._read(timeout)
             now = time.monotonic()
-            self.seen = observe(self.seen, lease.spec if lease else None, now)
+            self.seen = observe_lease(self.seen, lease.spec if lease else None, now)
             if not may_take(self.seen, self.me, now):
                 return False
             spec = claimed(lease.spec if lease else None, self.me, s.lease_duration, _utcnow())
@@ -227,7 +227,7 @@ class Elector:
                 self.api.replace_namespaced_lease(
                     s.name, s.namespace, lease, _request_timeout=timeout
                 )
-            self.seen = observe(None, spec, now)
+            self.seen = observe_lease(None, spec, now)
             self.renewed_at = now
             return True
         except client.ApiException as e:

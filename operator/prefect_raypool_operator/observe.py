@@ -27,7 +27,7 @@ Obj = dict[str, Any]
 
 @dataclass
 class Found:
-    """What the apply step saw: the inputs of `observe`."""
+    """What the apply step saw: the inputs of `observe_status`."""
 
     refusal: Problem | None = None  # what only the cluster knows stopped the pool
     live: dict[Owned, Obj] = field(default_factory=dict)  # owned kind -> live object
@@ -42,7 +42,7 @@ class Found:
     now: datetime | None = None  # when it was seen (None: the clock's now)
 
 
-def observe(desired: Plan, found: Found, previous: Obj) -> Obj:
+def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
     """The pool's status after this reconcile; `previous` keeps transition times."""
     refusal = desired.refusal or found.refusal
     if desired.spec is None or refusal is not None:

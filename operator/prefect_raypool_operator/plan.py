@@ -1,7 +1,10 @@
 """Plan, the pure first step of a reconcile: a pool's body in, what it should own out.
 
 No I/O: the same body always gives the same plan. A pool the spec alone refuses gets
-a plan with a refusal and nothing to apply.
+a plan with a refusal and nothing to apply. The plan is the whole desired state: the
+owned objects, the token Secret and the Prefect work pool; apply (reconcile.py) adds
+only what the cluster knows (whether a Secret exists, the API key's value) and a new
+token's random value.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ from typing import Any, cast
 import kopf
 
 from prefect_raypool_operator import naming
-from prefect_raypool_operator.builders import build_manifests
+from prefect_raypool_operator.builders import build_manifests, ephemeral
+from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import BY_KIND, Owned
+from prefect_raypool_operator.port import (
+    KUBERAY_WORK_POOL_TYPE,
+    WORK_POOL_TYPE,
+    DesiredWorkPool,
+    Owner,
+)
 from prefect_raypool_operator.refusals import (
     Problem,
     Refused,
@@ -40,7 +50,10 @@ class Plan:
     # missing here is deleted when it exists (HeadSidecar has no worker Deployment).
     desired: dict[Owned, Obj] = field(default_factory=dict)
     secret_refs: list[tuple[str, KeyRef]] = field(default_factory=list)
-    makes_ray_token: bool = False  # the operator creates `<pool>-ray-token`
+    # `<pool>-ray-token`, owner reference set, without its token: created if missing,
+    # never overwritten. None when the spec names a token or wants none.
+    ray_token_secret: Obj | None = None
+    work_pool: DesiredWorkPool | None = None  # None when refused
 
     @property
     def sidecar(self) -> bool:
@@ -70,6 +83,15 @@ def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) 
     for manifest in build_manifests(pool_name, namespace, spec, operator_namespace):
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
+    ray_token_secret = None
+    # An Ephemeral pool has no long-lived cluster to guard with a token.
+    if (
+        spec.placement != Placement.EPHEMERAL
+        and spec.ray.auth.mode == RayAuthMode.TOKEN
+        and not spec.ray.auth.secretKeyRef
+    ):
+        ray_token_secret = build_ray_token_secret(pool_name, namespace)
+        kopf.adopt(ray_token_secret, owner=owner)
     return Plan(
         body,
         pool_name,
@@ -79,8 +101,24 @@ def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) 
         spec,
         desired=desired,
         secret_refs=secret_refs(spec),
-        # An Ephemeral pool has no long-lived cluster to guard with a token.
-        makes_ray_token=spec.placement != Placement.EPHEMERAL
-        and spec.ray.auth.mode == RayAuthMode.TOKEN
-        and not spec.ray.auth.secretKeyRef,
+        ray_token_secret=ray_token_secret,
+        work_pool=_desired_work_pool(body, namespace, work_pool_name, spec),
+    )
+
+
+def _desired_work_pool(
+    body: Obj, namespace: str, name: str, spec: PrefectRayPoolSpec
+) -> DesiredWorkPool:
+    """The work pool the pool's Prefect worker polls: an Ephemeral pool's is of the
+    `kuberay` type, with the base job template its RayJobs are made from."""
+    prefect, meta = spec.prefect, body["metadata"]
+    is_ephemeral = spec.placement == Placement.EPHEMERAL
+    return DesiredWorkPool(
+        api_url=prefect.apiUrl,
+        name=name,
+        type=KUBERAY_WORK_POOL_TYPE if is_ephemeral else WORK_POOL_TYPE,
+        concurrency_limit=prefect.workPool.concurrencyLimit,
+        base_job_template=ephemeral.base_job_template(namespace, spec) if is_ephemeral else None,
+        api_key_ref=prefect.apiKey.secretKeyRef if prefect.apiKey else None,
+        owner=Owner(meta["namespace"], meta["name"], meta["uid"]),
     )

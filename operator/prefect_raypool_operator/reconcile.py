@@ -1,10 +1,11 @@
 """One level-triggered reconcile of a PrefectRayPool: plan, apply, observe.
 
-- plan (pure, plan.py): the pool's body to the objects it should own, or a refusal;
-- apply (here): every check that needs the cluster, then the writes, all through
-  `ClusterIO`, the only I/O a reconcile does. All checks that can refuse the pool run
-  before the first write: nothing is half-created;
-- observe (pure, observe.py): what apply found to the pool's status.
+- `plan` (pure, plan.py): the pool's body to all it should have (owned objects, token
+  Secret, work pool), or a refusal;
+- `apply_plan` (here): every check that needs the cluster, then the writes, all through
+  `ClusterIO` (port.py), the only I/O a reconcile does. All checks that can refuse the
+  pool run before the first write: nothing is half-created;
+- `observe_status` (pure, observe.py): what apply found to the pool's status.
 
 Called the same way from every trigger (create, update, resume, the resync timer,
 an owned object changing or vanishing).
@@ -19,101 +20,26 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
 
-import kopf
-
-from prefect_raypool_operator.builders import ephemeral
-from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
+from prefect_raypool_operator.builders.ray_token import with_token
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
-from prefect_raypool_operator.observe import Found, observe
+from prefect_raypool_operator.observe import Found, observe_status
 from prefect_raypool_operator.owned import OWNED, Owned
 from prefect_raypool_operator.plan import Plan, plan
+from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj
 from prefect_raypool_operator.refusals import KUBERAY_NOT_INSTALLED, Problem, secret_not_found
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check, Transition, transitions
 from prefect_raypool_operator.urls import redact
-from prefect_raypool_operator.workpool import KUBERAY_WORK_POOL_TYPE, WORK_POOL_TYPE, Owner
-
-Obj = dict[str, Any]
-
-
-class ApplyConflict(Exception):
-    """An unforced apply found fields that other field managers hold."""
-
-    def __init__(self, managers: dict[str, str]) -> None:
-        super().__init__(f"apply conflicts: {managers}")
-        self.managers = managers  # field path (".spec.replicas") -> who holds it
-
-
-class ClusterIO(Protocol):
-    """Everything the controller reads and writes outside its own memory: the
-    Kubernetes API (reads from the watches' cache) and the Prefect API."""
-
-    def pool(self, namespace: str, name: str) -> Obj | None: ...
-
-    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None: ...
-
-    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
-        """Server-side apply: (the live object, whether this apply created it).
-        Unforced, raises ApplyConflict where another field manager holds a field."""
-        ...
-
-    def hand_over(self, manifest: Obj) -> bool:
-        """Apply (unforced) as the hand-over field manager; False when another manager
-        holds the field already or the object is gone."""
-        ...
-
-    def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool: ...
-
-    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
-        """Create unless it exists (never overwritten): (its creationTimestamp, whether
-        this call made it)."""
-        ...
-
-    def delete_pod(self, namespace: str, name: str) -> None: ...
-
-    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
-        """The referenced key as stored (base64), None when the Secret or key is missing."""
-        ...
-
-    def kuberay_installed(self, namespace: str) -> bool: ...
-
-    def flow_run_clusters(self, namespace: str, work_pool: str) -> int:
-        """RayJobs labelled with `work_pool`: an Ephemeral pool's flow-run clusters."""
-        ...
-
-    def pods(self, namespace: str, pool_name: str) -> list[Obj]:
-        """The pool's pods: the sidecar's readiness and containers' failure reasons."""
-        ...
-
-    def ensure_work_pool(
-        self,
-        api_url: str,
-        name: str,
-        concurrency_limit: int | None,
-        owner: Owner,
-        api_key: str | None,
-        work_pool_type: str = WORK_POOL_TYPE,
-        base_job_template: Obj | None = None,
-    ) -> Check: ...
-
-    def release_work_pool(
-        self, api_url: str, name: str, owner: Owner, api_key: str | None
-    ) -> Check:
-        """On deletion: delete the work pool `owner` created, release one it adopted."""
-        ...
-
-    def write_status(self, namespace: str, name: str, status: Obj) -> None: ...
-
-    def post_event(self, owner: Obj, type: str, reason: str, message: str) -> None: ...
 
 
 @dataclass
-class Outcome:
+class ReconcileResult:
+    """What one reconcile leaves the controller to do: write the status, post Events."""
+
     status: Obj
     transitions: list[Transition]
     problem: Problem | None = None  # why the pool is not fully reconciled
@@ -123,16 +49,18 @@ class Outcome:
 
 def reconcile(
     body: Obj, io: ClusterIO, memory: PoolMemory, previous: Obj, repair: bool = True
-) -> Outcome:
+) -> ReconcileResult:
     """Reconcile one pool against its `previous` status. `repair=False` only observes
     objects that exist (an owned object's status changed); a missing one is created."""
     desired = plan(body)
-    found = apply(desired, io, memory, repair)
-    status = observe(desired, found, previous)
+    found = apply_plan(desired, io, memory, repair)
+    status = observe_status(desired, found, previous)
     problem = desired.refusal or found.refusal
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
         problem = Problem(found.work_pool.reason, found.work_pool.message, permanent=False)
-    return Outcome(status, transitions(previous, status), problem, found.created, found.overrides)
+    return ReconcileResult(
+        status, transitions(previous, status), problem, found.created, found.overrides
+    )
 
 
 class SecretValueInvalid(ValueError):
@@ -188,9 +116,9 @@ def not_allowed(api_url: str) -> Problem:
     )
 
 
-def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
-    """Check what only the cluster knows, then make it so, step by step; return what
-    was found. `repair=False` applies only what is missing."""
+def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
+    """Check what only the cluster knows, then make the plan so, step by step; return
+    what was found. `repair=False` applies only what is missing."""
     if desired.spec is None or desired.refusal is not None:
         return Found()
     if not CONFIG.prefect_api_allowed(desired.spec.prefect.apiUrl):
@@ -200,12 +128,13 @@ def apply(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Fou
     if refusal is not None:
         return Found(refusal=refusal)
     found = Found()
-    if desired.makes_ray_token:
-        _ensure_ray_token(desired, io, memory, found)
+    if desired.ray_token_secret is not None:
+        _ensure_ray_token(desired.ray_token_secret, io, memory, found)
     _apply_owned(desired, io, memory, repair, found)
     found.pods = io.pods(desired.namespace, desired.pool_name)
     _restart_pods_with_a_replaced_token(desired, io, memory, found)
-    found.work_pool = _work_pool(desired, io, memory, values)
+    assert desired.work_pool is not None
+    found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
     if desired.ephemeral:
         found.flow_run_clusters = io.flow_run_clusters(desired.namespace, desired.work_pool_name)
     return found
@@ -221,14 +150,12 @@ def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Pro
     return None
 
 
-def _ensure_ray_token(desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
-    """The Secret `<pool>-ray-token` exists; remember since when."""
+def _ensure_ray_token(secret: Obj, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
+    """The planned Secret `<pool>-ray-token` exists (with a new random token if made
+    now); remember since when."""
     if recent(memory.ray_token_seen_at) and memory.ray_token_created:
         return
-    token = secrets.token_urlsafe(32)
-    secret = build_ray_token_secret(desired.pool_name, desired.namespace, token)
-    kopf.adopt(secret, owner=kopf.Body(cast(Any, desired.body)))
-    created_at, made = io.ensure_secret(secret)
+    created_at, made = io.ensure_secret(with_token(secret, secrets.token_urlsafe(32)))
     if made:
         found.created.append(f"Secret/{secret['metadata']['name']}")
     memory.ray_token_created = created_at
@@ -241,7 +168,7 @@ def _restart_pods_with_a_replaced_token(
     """Pods made before the token Secret (deleted, then made anew) started with the old
     token, which no restarted Ray process can use to join them: restart them all, so
     every pod of the cluster holds the new one (KubeRay and the Deployment make new)."""
-    since = memory.ray_token_created if desired.makes_ray_token else None
+    since = memory.ray_token_created if desired.ray_token_secret is not None else None
     if not since:
         return
     for pod in found.pods:
@@ -290,9 +217,9 @@ def _apply_one(
     them); the live object the API server answers."""
     handing_over = owned.hand_over(manifest, live)
     if handing_over is not None:
-        io.hand_over(handing_over)
+        io.apply_handover(handing_over)
     if owned.overridden is None:
-        applied, created = io.apply(manifest)
+        applied, created = io.apply_manifest(manifest)
     else:
         applied, created = _apply_contestable(owned, manifest, live, io, memory, found)
     if created:
@@ -349,7 +276,7 @@ def _apply_contestable(
     lags behind; restoring it is up to the pool's contest (replicas.py)."""
     assert owned.overridden is not None
     try:
-        return io.apply(manifest, force=False)
+        return io.apply_manifest(manifest, force=False)
     except ApplyConflict as conflict:
         theirs = owned.overridden(manifest, live, conflict.managers)
     if theirs is not None:
@@ -357,40 +284,28 @@ def _apply_contestable(
             found.overrides.append(theirs)
         else:
             manifest = theirs.leave(manifest)  # backing off: theirs stands for now
-    return io.apply(manifest)
+    return io.apply_manifest(manifest)
 
 
-def owner_of(body: Obj) -> Owner:
-    meta = body["metadata"]
-    return Owner(meta["namespace"], meta["name"], meta["uid"])
-
-
-def _work_pool(desired: Plan, io: ClusterIO, memory: PoolMemory, values: _SecretValues) -> Check:
-    assert desired.spec is not None
-    prefect = desired.spec.prefect
+def _apply_work_pool(
+    want: DesiredWorkPool, io: ClusterIO, memory: PoolMemory, values: _SecretValues
+) -> Check:
+    """Make the planned work pool so; not asked again for a while once it matched."""
     try:
-        api_key = values.api_key(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+        api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
     except SecretValueInvalid as exc:
         return Check(False, "SecretValueInvalid", str(exc))
-    limit = prefect.workPool.concurrencyLimit
-    name = desired.work_pool_name
-    template = (
-        ephemeral.base_job_template(desired.namespace, desired.spec) if desired.ephemeral else None
-    )
-    pool_type = KUBERAY_WORK_POOL_TYPE if desired.ephemeral else WORK_POOL_TYPE
     key = (
-        prefect.apiUrl,
-        name,
-        limit,
+        want.api_url,
+        want.name,
+        want.concurrency_limit,
         hashlib.sha256((api_key or "").encode()).hexdigest(),
-        pool_type,
-        json.dumps(template, sort_keys=True),
+        want.type,
+        json.dumps(want.base_job_template, sort_keys=True),
     )
     if recent(memory.work_pool_checked_at.get(key, NEVER)):
-        return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
-    check = io.ensure_work_pool(
-        prefect.apiUrl, name, limit, owner_of(desired.body), api_key, pool_type, template
-    )
+        return Check(True, "WorkPoolInSync", f"work pool {want.name!r} matches the spec")
+    check = io.ensure_work_pool(want, api_key)
     if check.ok:
         memory.work_pool_checked_at[key] = time.monotonic()
     else:
@@ -402,15 +317,12 @@ def release(body: Obj, io: ClusterIO) -> Check | None:
     """A deleted pool's work pool: deleted if the operator created it for this pool,
     released if adopted. None when the operator never sent this pool's spec anywhere
     (refused, or its URL not allowed)."""
-    desired = plan(body)
-    if desired.spec is None or desired.refusal is not None:
-        return None
-    prefect = desired.spec.prefect
-    if not CONFIG.prefect_api_allowed(prefect.apiUrl):
+    want = plan(body).work_pool
+    if want is None or not CONFIG.prefect_api_allowed(want.api_url):
         return None
     try:
-        values = _SecretValues(io, desired.namespace)
-        api_key = values.api_key(prefect.apiKey.secretKeyRef) if prefect.apiKey else None
+        values = _SecretValues(io, body["metadata"]["namespace"])
+        api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
     except SecretValueInvalid as exc:
         return Check(False, "SecretValueInvalid", str(exc))
-    return io.release_work_pool(prefect.apiUrl, desired.work_pool_name, owner_of(body), api_key)
+    return io.release_work_pool(want, api_key)

@@ -25,11 +25,10 @@ from urllib.parse import quote
 
 import httpx
 
+from prefect_raypool_operator.port import WORK_POOL_TYPE, Owner
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.urls import redact
 
-WORK_POOL_TYPE = "process"  # the Prefect worker type that polls it (ZeroCapacity, HeadSidecar)
-KUBERAY_WORK_POOL_TYPE = "kuberay"  # an Ephemeral pool's: builders/ephemeral.py
 CLAIM_KEY = "prefectray.io/owner"
 CREATED, ADOPTED = "created", "adopted"
 _CLAIM = re.compile(
@@ -38,23 +37,6 @@ _CLAIM = re.compile(
     re.MULTILINE,
 )
 _SHOWN_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")  # a type worth quoting back
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The PrefectRayPool holding a work pool."""
-
-    namespace: str
-    name: str
-    uid: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}/{self.uid}"
-
-    def same_pool(self, other: Owner) -> bool:
-        """One namespace and name is one pool: a pool deleted and created again (a new
-        uid) takes over what its predecessor held."""
-        return (self.namespace, self.name) == (other.namespace, other.name)
 
 
 @dataclass(frozen=True)

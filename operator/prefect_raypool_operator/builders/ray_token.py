@@ -8,7 +8,9 @@ from prefect_raypool_operator.builders.common import Obj, object_metadata
 COMPONENT = "ray-token"
 
 
-def build_ray_token_secret(pool_name: str, namespace: str, token: str) -> Obj:
+def build_ray_token_secret(pool_name: str, namespace: str) -> Obj:
+    """The Secret as planned, without its token: a random one is drawn only when the
+    Secret is created (`with_token`), never in the pure plan."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -16,5 +18,8 @@ def build_ray_token_secret(pool_name: str, namespace: str, token: str) -> Obj:
         "metadata": object_metadata(
             naming.ray_token_secret(pool_name), namespace, pool_name, COMPONENT
         ),
-        "stringData": {naming.RAY_TOKEN_KEY: token},
     }
+
+
+def with_token(secret: Obj, token: str) -> Obj:
+    return {**secret, "stringData": {naming.RAY_TOKEN_KEY: token}}

@@ -49,15 +49,15 @@ def test_a_lease_is_free_when_released_ours_or_not_renewed_for_its_duration() ->
         )
 
     held = spec(t1)
-    seen = leader.observe(None, held, now=100.0)
+    seen = leader.observe_lease(None, held, now=100.0)
     assert not leader.may_take(seen, "b", now=114.9)
     assert leader.may_take(seen, "a", now=100.0)
     assert leader.may_take(seen, "b", now=115.0)
     # A renewal restarts the clock, judged on the observer's clock only.
-    renewed = leader.observe(seen, spec(t2), now=110.0)
+    renewed = leader.observe_lease(seen, spec(t2), now=110.0)
     assert renewed.at == 110.0 and not leader.may_take(renewed, "b", now=124.0)
-    assert leader.observe(seen, held, now=110.0).at == 100.0  # unchanged record: same clock
-    free = leader.observe(seen, client.V1LeaseSpec(lease_duration_seconds=1), now=111.0)
+    assert leader.observe_lease(seen, held, now=110.0).at == 100.0  # unchanged record: same clock
+    free = leader.observe_lease(seen, client.V1LeaseSpec(lease_duration_seconds=1), now=111.0)
     assert leader.may_take(free, "b", now=111.0)
 
 

@@ -350,8 +350,9 @@ def test_switching_placement_moves_the_worker_into_the_head_pod(env: PoolDriver)
 
 
 def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) -> None:
-    """kube.apply hands back what the server stored (the reconciler reads status from it)
-    and whether this apply created it (the reconciler posts a Created Event then)."""
+    """kube.server_side_apply hands back what the server stored (the reconciler reads
+    status from it) and whether this apply created it (the reconciler posts a Created
+    Event then)."""
     from prefect_raypool_operator import kube
     from prefect_raypool_operator.builders import build_manifests
     from prefect_raypool_operator.spec import PrefectRayPoolSpec
@@ -359,10 +360,10 @@ def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) ->
     api = kube_cluster.api_client()
     pool = PrefectRayPoolSpec.model_validate({"prefect": {"apiUrl": "http://p:4200/api"}})
     for manifest in build_manifests("direct", namespace, pool):
-        live, created = kube.apply(api, manifest)
+        live, created = kube.server_side_apply(api, manifest)
         assert created and live["metadata"]["uid"] and live["metadata"]["generation"] == 1
         assert live["kind"] == manifest["kind"]
-        again, created = kube.apply(api, manifest)  # idempotent: no new generation
+        again, created = kube.server_side_apply(api, manifest)  # idempotent: no new generation
         assert not created and again["metadata"]["generation"] == 1
 
 

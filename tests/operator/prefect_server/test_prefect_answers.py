@@ -12,12 +12,8 @@ import uuid
 import httpx
 import pytest
 
-from prefect_raypool_operator.workpool import (
-    Owner,
-    ensure_work_pool,
-    parse_claim,
-    release_work_pool,
-)
+from prefect_raypool_operator.port import Owner
+from prefect_raypool_operator.workpool import ensure_work_pool, parse_claim, release_work_pool
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from tests.operator.stub_http import stub_server

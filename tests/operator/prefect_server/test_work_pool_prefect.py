@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_raypool_operator.workpool import Owner, ensure_work_pool
+from prefect_raypool_operator.port import Owner
+from prefect_raypool_operator.workpool import ensure_work_pool
 from testbed.prefect_server import PrefectServer, api_request
 from testbed.processes import free_port
 

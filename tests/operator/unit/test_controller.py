@@ -25,9 +25,9 @@ from prefect_raypool_operator.owned import (
     RAY_CLUSTER,
     Owned,
 )
+from prefect_raypool_operator.port import DesiredWorkPool
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
-from prefect_raypool_operator.workpool import Owner
 
 pytestmark = pytest.mark.unit
 Obj = dict[str, Any]
@@ -77,7 +77,7 @@ class FakeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.objects.get((owned.kind.kind, owned.object_name(pool_name)))
 
-    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+    def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         key = (manifest["kind"], manifest["metadata"]["name"])
         self.calls.append(("apply", *key))
         live = self.objects.get(key)
@@ -94,7 +94,7 @@ class FakeIO:
             live["metadata"]["generation"] += 1
         return copy.deepcopy(live), False
 
-    def hand_over(self, manifest: Obj) -> bool:
+    def apply_handover(self, manifest: Obj) -> bool:
         self.calls.append(("hand over", manifest["kind"], manifest["metadata"]["name"]))
         return True
 
@@ -135,24 +135,13 @@ class FakeIO:
     def pods(self, namespace: str, pool_name: str) -> list[Obj]:
         return ([self.head] if self.head else []) + self.extra_pods
 
-    def ensure_work_pool(
-        self,
-        api_url: str,
-        name: str,
-        concurrency_limit: int | None,
-        owner: Owner,
-        api_key: str | None,
-        work_pool_type: str = "process",
-        base_job_template: Obj | None = None,
-    ) -> Check:
-        self.calls.append(("work pool", name))
-        self.work_pool_types.append((work_pool_type, base_job_template))
+    def ensure_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
+        self.calls.append(("work pool", work_pool.name))
+        self.work_pool_types.append((work_pool.type, work_pool.base_job_template))
         return self.work_pool
 
-    def release_work_pool(
-        self, api_url: str, name: str, owner: Owner, api_key: str | None
-    ) -> Check:
-        self.calls.append(("release work pool", name))
+    def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
+        self.calls.append(("release work pool", work_pool.name))
         return self.work_pool
 
     def write_status(self, namespace: str, name: str, status: Obj) -> None:
@@ -313,14 +302,14 @@ def test_an_unreachable_api_server_is_one_log_line_and_a_bug_keeps_its_traceback
     caplog.set_level(logging.ERROR, logger=LOG.name)
     io.add_pool({})
     io.add_pool({}, name="other")
-    applies = io.apply
+    applies = io.apply_manifest
 
-    def apply(manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+    def apply_manifest(manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         if manifest["metadata"]["name"] == "other":
             raise ValueError("a bug")
         raise _refused()
 
-    io.apply = apply  # type: ignore[method-assign]
+    io.apply_manifest = apply_manifest  # type: ignore[method-assign]
     controller.on_resync(NS, POOL, LOG, {})
     controller.on_resync(NS, "other", LOG, {})
     unreachable, bug = caplog.records
@@ -331,7 +320,7 @@ def test_an_unreachable_api_server_is_one_log_line_and_a_bug_keeps_its_traceback
     assert _conditions(io)["Ready"] == ("False", "ReconcileError")  # and the status says so
 
     # The status write itself unreachable: kopf's retry, one line, and written next time.
-    io.apply = applies  # type: ignore[method-assign]
+    io.apply_manifest = applies  # type: ignore[method-assign]
     io.add_pool({}, name="third")
     writes = io.write_status
 

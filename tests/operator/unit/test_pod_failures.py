@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from prefect_raypool_operator.observe import Found, observe
+from prefect_raypool_operator.observe import Found, observe_status
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER
 from prefect_raypool_operator.plan import plan
 from prefect_raypool_operator.podstatus import pod_failure
@@ -42,7 +42,7 @@ def _status(pods: list[dict[str, Any]], cluster: dict[str, Any] | None = READY_C
     live = {PREFECT_WORKER_DEPLOYMENT: NOT_READY_DEPLOYMENT}
     if cluster:
         live[RAY_CLUSTER] = cluster
-    return observe(plan(POOL), Found(live=live, pods=pods), {})
+    return observe_status(plan(POOL), Found(live=live, pods=pods), {})
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class RefusingIO(FakeIO):
         self.refuse = True
         self.applies = 0
 
-    def apply(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
+    def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         self.applies += 1
         if self.refuse and manifest["kind"] == "RayCluster":
             exc = client.ApiException(status=422, reason="Unprocessable Entity")
@@ -40,7 +40,7 @@ class RefusingIO(FakeIO):
                 }
             )
             raise exc
-        return super().apply(manifest, force)
+        return super().apply_manifest(manifest, force)
 
 
 class Clock:
