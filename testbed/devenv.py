@@ -322,6 +322,9 @@ def _print_ready(
         link.symlink_to(tool)
     (state / "prefect-api-url").write_text(api_url + "\n")
     rel = os.path.relpath(state)
+    bin_path = f"$PWD/{rel}/bin"
+    if rel.startswith(".."):  # a state directory elsewhere (DEV_STATE): say where
+        rel, bin_path = str(state), str(state / "bin")
     print(
         f"""
 Local Kubernetes {cp.server} is up: etcd, kube-apiserver, controller-manager,
@@ -330,7 +333,7 @@ a Prefect server (SQLite) at {api_url};
 {operator}, with {_examples_line(pools)}
 Kubeconfig: {cp.kubeconfig}
 
-  export KUBECONFIG={rel}/kubeconfig PATH=$PWD/{rel}/bin:$PATH PREFECT_API_URL={api_url}
+  export KUBECONFIG={rel}/kubeconfig PATH={bin_path}:$PATH PREFECT_API_URL={api_url}
   kubectl get nodes
   kubectl get prp
   kubectl get rayclusters,deployments,pods
@@ -348,7 +351,7 @@ def _examples_line(pools: fit.Choice) -> str:
     if pools.left_out:
         left = ", ".join(p.name for p, _ in pools.left_out)
         text += (
-            f";\nleft out, for want of room on the node: {left} (`kubectl apply -f "
-            f"examples/pools/` adds them where there is room)"
+            f";\nleft out, for want of room on the node: {left} (`kubectl apply -f` its "
+            f"file in examples/pools/ once there is room)"
         )
     return text + f".\nFree on the node: {pools.free_after}; `make demo` needs {pools.reserve}."
