@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from prefect_raypool_kuberay.contract import FLOW_RUN_ID_LABEL, label_value
@@ -13,6 +14,17 @@ Obj = dict[str, Any]
 #: KubeRay refuses longer RayJob names (its RayCluster gets a 6-character suffix).
 MAX_NAME = 47
 API_KEY_ENV = "PREFECT_API_KEY"
+#: Prefect's secret settings: in the RayJob only ever as a secretKeyRef. A literal (the
+#: worker's own settings, which Prefect copies into every flow run's env) is dropped.
+SECRET_SETTINGS = frozenset({API_KEY_ENV, "PREFECT_API_AUTH_STRING"})
+#: Labels under Prefect's prefix are the worker's (its own and those Prefect's workers
+#: set): a user's label there is dropped, so no RayJob can pose as another flow run's.
+RESERVED_LABEL_PREFIX = "prefect.io/"
+
+
+def user_labels(labels: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's labels (the `labels` variable) the worker keeps."""
+    return {k: v for k, v in labels.items() if not k.startswith(RESERVED_LABEL_PREFIX)}
 
 
 class ManifestError(ValueError):
@@ -26,13 +38,17 @@ def rayjob_name(base: str, suffix: str) -> str:
     return f"{slug or 'flow-run'}-{suffix}"
 
 
-def _env_list(env: dict[str, str | None], api_key_ref: Obj | None) -> list[Obj]:
-    # The key is only ever a reference: a literal one (e.g. the worker's own settings)
-    # is dropped rather than written into the RayJob.
-    plain = {k: v for k, v in env.items() if v is not None and k != API_KEY_ENV}
+def _env_list(env: dict[str, str | None], refs: Mapping[str, tuple[str, str]]) -> list[Obj]:
+    """Plain values, except what the pool gives by reference: the API key always (when
+    it has one), another setting where `env` holds its literal (the worker's own value,
+    read from the Secret); a secret setting without a reference is dropped."""
+    plain = {
+        k: v for k, v in env.items() if v is not None and k not in SECRET_SETTINGS and k not in refs
+    }
     out: list[Obj] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
-    if api_key_ref is not None:
-        out.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": api_key_ref}})
+    for k, (secret, key) in sorted(refs.items()):
+        if k == API_KEY_ENV or k in env:
+            out.append({"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return out
 
 
@@ -60,11 +76,13 @@ def build_rayjob(
     env: dict[str, str | None],
     labels: dict[str, str],
     api_key_secret: tuple[str, str] | None,
+    secret_env: Mapping[str, tuple[str, str]] | None = None,
 ) -> Obj:
     """The RayJob to create: the templated manifest plus what ties it to the flow run.
 
     `env` goes onto every Ray container, so the driver (on the head) and the task
-    runner's Ray workers all reach the Prefect API; the key only as a secretKeyRef.
+    runner's Ray workers all reach the Prefect API; the key, and every name in
+    `secret_env` (env name to Secret and key, the pool's), only as a secretKeyRef.
     """
     job = copy.deepcopy(manifest)
     if job.get("kind") != "RayJob" or not str(job.get("apiVersion", "")).startswith("ray.io/"):
@@ -86,18 +104,21 @@ def build_rayjob(
             ".spec.containers is empty: the Ray head container must be container 0"
         )
     for c in containers:
-        if API_KEY_ENV in {e.get("name") for e in _env_of(c)}:
-            raise ManifestError(
-                f"{API_KEY_ENV} in the RayJob manifest's env: set the job variable "
-                "api_key_secret_name (a Secret reference) instead"
-            )
+        for e in _env_of(c):
+            if e.get("name") in SECRET_SETTINGS and "valueFrom" not in e:
+                raise ManifestError(
+                    f"{e['name']} in the RayJob manifest's env as a literal: give the pool "
+                    "a Secret reference instead (spec.prefect.apiKey, spec.prefect.env; "
+                    "api_key_secret_name for a work pool made by hand)"
+                )
 
     meta = job.setdefault("metadata", {})
     meta.pop("generateName", None)
     meta["name"] = name
     meta["namespace"] = namespace
-    # The template's labels may still be the unfilled `{{ labels }}` placeholder.
-    own = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+    # The template's labels (the user's `labels` variable) may still be the unfilled
+    # `{{ labels }}` placeholder; `labels`, the worker's, win.
+    own = user_labels(meta["labels"]) if isinstance(meta.get("labels"), dict) else {}
     meta["labels"] = {k: label_value(str(v)) for k, v in {**own, **labels}.items()}
 
     spec["entrypoint"] = command
@@ -108,8 +129,10 @@ def build_rayjob(
         head_params.setdefault("dashboard-host", "0.0.0.0")
     if not spec.get("submissionMode"):
         spec["submissionMode"] = "K8sJobMode"
-    ref = {"name": api_key_secret[0], "key": api_key_secret[1]} if api_key_secret else None
-    env_list = _env_list(env, ref)
+    refs = dict(secret_env or {})
+    if api_key_secret:
+        refs[API_KEY_ENV] = api_key_secret
+    env_list = _env_list(env, refs)
     for c in containers:
         names = {e["name"] for e in env_list}
         c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + env_list

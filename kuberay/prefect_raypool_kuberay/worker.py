@@ -1,13 +1,15 @@
 """The `kuberay` Prefect worker: one KubeRay RayJob (its own Ray cluster) per flow run.
 
 The I/O shell around the pure parts: `job_template.py` declares the template's fields,
-`rayjob.py` builds the manifest, `failures.py` reads the verdict. Kubernetes calls use
+`rayjob.py` builds the manifest, `policy.py` bounds it, `failures.py` reads the verdict.
+Kubernetes calls use
 the sync client in a thread. The `prefect.collections` entry point imports this module,
 which registers the worker type.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import time
@@ -20,6 +22,7 @@ import anyio
 import anyio.abc
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
@@ -27,14 +30,18 @@ from prefect.client.schemas.filters import (
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.exceptions import InfrastructureNotFound, ObjectNotFound
+from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import Abort, InfrastructureNotFound, ObjectNotFound
+from prefect.states import Failed
+from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
     BaseVariables,
     BaseWorker,
     BaseWorkerResult,
 )
+from pydantic import PrivateAttr
 
 from prefect_raypool_kuberay.contract import (
     FLOW_RUN_ID_LABEL,
@@ -47,7 +54,14 @@ from prefect_raypool_kuberay.contract import (
 )
 from prefect_raypool_kuberay.failures import RayJobOutcome, crash_reason, last_lines, unschedulable
 from prefect_raypool_kuberay.job_template import RayJobFields, RayJobVariables
-from prefect_raypool_kuberay.rayjob import build_rayjob, rayjob_name
+from prefect_raypool_kuberay.policy import (
+    POLICY_ENV,
+    POOL_ONLY,
+    JobPolicy,
+    check,
+    pool_only_overrides,
+)
+from prefect_raypool_kuberay.rayjob import build_rayjob, rayjob_name, user_labels
 
 GROUP, VERSION, PLURAL = RAYJOB_GROUP, RAYJOB_VERSION, RAYJOB_PLURAL
 #: How long a RayJob may outlive its finished flow run before it counts as an orphan.
@@ -56,10 +70,62 @@ SWEEP_INTERVAL_SECONDS = 15.0
 DRIVER_LOG_LINES = 100
 
 
+class JobRefused(RuntimeError):
+    """The pool's policy refused the flow run's RayJob; nothing was created."""
+
+
+class RayJobNotCreated(RuntimeError):
+    """The Kubernetes API refused the RayJob: its status and reason only, as the API
+    server's message can echo the manifest's values."""
+
+
 # Prefect's base last: pydantic lists the last base's fields first, as Prefect's
 # schema and template have always had them.
 class KubeRayJobConfiguration(RayJobFields, BaseJobConfiguration):
     """What the worker needs for one flow run, after the template is filled in."""
+
+    # The pool-only variables (policy.POOL_ONLY) a deployment or flow run set anyway.
+    _pool_only_overrides: list[str] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    async def resolve_for_flow_run(
+        cls,
+        flow_run: FlowRun,
+        *,
+        client: PrefectClient,
+        work_pool: WorkPool,
+        worker_name: str,
+        worker_id: UUID | None = None,
+        deployment: DeploymentResponse | None = None,
+    ) -> KubeRayJobConfiguration:
+        """Prefect's, remembering which pool-only variables the deployment or the flow
+        run set to another value than the work pool's: run() refuses those."""
+        if deployment is None and flow_run.deployment_id:
+            deployment = await client.read_deployment(flow_run.deployment_id)
+        configuration = await super().resolve_for_flow_run(
+            flow_run,
+            client=client,
+            work_pool=work_pool,
+            worker_name=worker_name,
+            worker_id=worker_id,
+            deployment=deployment,
+        )
+        set_here = {
+            **((deployment.job_variables if deployment else None) or {}),
+            **(flow_run.job_variables or {}),
+        }
+        props = (work_pool.base_job_template.get("variables") or {}).get("properties") or {}
+        pool = {name: (props.get(name) or {}).get("default") for name in POOL_ONLY}
+        configuration._pool_only_overrides = pool_only_overrides(set_here, pool)
+        return configuration
+
+    def prepare_for_flow_run(self, flow_run: FlowRun, *args: Any, **kwargs: Any) -> None:
+        """Prefect's, except that the worker's own labels (prefect.io/flow-run-id, the
+        work pool's, ...) beat the user's: Prefect lets the `labels` variable win."""
+        user, self.labels = dict(self.labels or {}), {}
+        super().prepare_for_flow_run(flow_run, *args, **kwargs)
+        own = self.labels
+        self.labels = {**user_labels(user), **own}
 
 
 class KubeRayVariables(RayJobVariables, BaseVariables):
@@ -86,9 +152,19 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         "Runs each flow run as a KubeRay RayJob: its own Ray cluster, torn down afterwards."
     )
 
-    def __init__(self, *args: Any, kube_api_client: k8s.ApiClient | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        kube_api_client: k8s.ApiClient | None = None,
+        job_policy: JobPolicy | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self._api_client = kube_api_client
+        # The pool's bounds on job variables, from the operator (policy.py); a worker
+        # started by hand without POLICY_ENV has none beyond the template.
+        policy_json = os.environ.get(POLICY_ENV)
+        self._policy = job_policy or (JobPolicy.from_json(policy_json) if policy_json else None)
         self._watched: set[str] = set()  # RayJobs a run() of this process watches
         self._namespaces: set[str] = set()
         self._forbidden: set[str] = set()  # namespaces already warned about
@@ -166,11 +242,14 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             env=configuration.env,
             labels=configuration.labels,
             api_key_secret=(secret, configuration.api_key_secret_key) if secret else None,
+            secret_env=self._policy.secret_env if self._policy else None,
         )
-        api = k8s.CustomObjectsApi(self._api)
-        await self._kube(
-            api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, manifest
+        refusals = configuration._pool_only_overrides + (
+            check(manifest, self._policy) if self._policy else []
         )
+        if refusals:
+            return await self._refuse(flow_run, refusals, task_status)
+        await self._create(namespace, name, manifest)
         self._namespaces.add(namespace)
         self._watched.add(name)
         logger = self.get_flow_run_logger(flow_run)
@@ -182,6 +261,43 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         finally:
             self._watched.discard(name)
         return KubeRayWorkerResult(identifier=name, status_code=code)
+
+    async def _refuse(
+        self,
+        flow_run: FlowRun,
+        refusals: list[str],
+        task_status: anyio.abc.TaskStatus[str] | None,
+    ) -> KubeRayWorkerResult:
+        """Fail the flow run with the refusals; nothing is created. Failed, not Crashed:
+        the deployment's job variables are wrong, retrying the same will not help."""
+        message = "; ".join(refusals)
+        self.get_flow_run_logger(flow_run).error(f"No RayJob created: {message}")
+        try:
+            await propose_state(self.client, Failed(message=message), flow_run_id=flow_run.id)
+        except Abort:
+            pass  # already final
+        if task_status is not None:
+            task_status.started(JobRefused(message))  # type: ignore[arg-type]  # not started
+        return KubeRayWorkerResult(identifier="", status_code=1)
+
+    async def _create(self, namespace: str, name: str, manifest: dict[str, Any]) -> None:
+        """Create the RayJob. The API server's refusal text goes to the worker's log
+        only: it can quote the manifest, and the flow run's state and logs are read by
+        everyone who may see the deployment."""
+        api = k8s.CustomObjectsApi(self._api)
+        try:
+            await self._kube(
+                api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, manifest
+            )
+        except k8s.ApiException as e:
+            self._logger.error(
+                f"The Kubernetes API refused RayJob {namespace}/{name}: HTTP {e.status} "
+                f"{e.reason}: {e.body}"
+            )
+            raise RayJobNotCreated(
+                f"the Kubernetes API refused RayJob {namespace}/{name}: HTTP {e.status} "
+                f"{e.reason}; its message is in the log of worker {self.name!r}"
+            ) from None
 
     async def _watch(
         self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, name: str

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from prefect_raypool_kuberay.contract import DEFAULT_RAY_VERSION
+from prefect_raypool_kuberay.policy import POLICY_ENV
 from prefect_raypool_operator import syntax
 
 DNS_LABEL = syntax.DNS_LABEL
@@ -459,10 +460,11 @@ OPERATOR_ENV = {
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "prefect.resultStorage.persistByDefault",
     "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "prefect.resultStorage.storageBlock",
     "PREFECT_RESULTS_LOCAL_STORAGE_PATH": "prefect.resultStorage.localStoragePath",
+    POLICY_ENV: "jobVariables",
 }
 OPERATOR_ENV_MESSAGE = (
     "names the operator sets (PREFECT_API_URL, PREFECT_API_KEY, RAY_ADDRESS, RAY_AUTH_*, "
-    "PREFECT_RAYPOOL_TASK_*, PREFECT_RESULTS_*) come from their spec fields: "
+    f"PREFECT_RAYPOOL_TASK_*, PREFECT_RESULTS_*, {POLICY_ENV}) come from their spec fields: "
     "remove them from env"
 )
 
@@ -606,6 +608,65 @@ class PodSettings(_Model):
     annotations: QualifiedNameMap = Field(default_factory=dict, description="Added to every pod.")
 
 
+ImageRepository = Annotated[
+    str,
+    Field(min_length=1, max_length=512, json_schema_extra=_pattern(syntax.IMAGE_REPOSITORY)),
+    _check(
+        syntax.IMAGE_REPOSITORY,
+        "must be an image repository without tag or digest ([registry[:port]/]path), or a "
+        "registry path ending in '/'",
+    ),
+]
+
+
+class JobVariables(_Model):
+    """Ephemeral: how far a deployment's (or a flow run's) job variables reach into its
+    RayJob. Every bound defaults to the pool's own values; the `kuberay` worker checks
+    each final RayJob against them and fails a run that exceeds one, creating nothing.
+    The namespace, the Ray pods' service account and the Secrets are always the pool's."""
+
+    imageRepositories: list[ImageRepository] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Images deployments may use besides spec.ray.image's repository (any "
+        "tag or digest of it): 'registry.example/team/flows' allows that repository, "
+        "'registry.example/team/' every repository under that path.",
+    )
+    maxWorkerReplicas: Int32 | None = Field(
+        default=None,
+        description="Most Ray worker pods a run may ask for; defaults to the first worker "
+        "group's maxReplicas, else replicas.",
+    )
+    maxCpu: CPU | None = Field(
+        default=None,
+        description="Most CPU per Ray pod; defaults to the largest of the head's and the "
+        "worker groups'.",
+    )
+    maxMemory: Memory | None = Field(
+        default=None,
+        description="Most memory per Ray pod; defaults to the largest of the head's and "
+        "the worker groups'.",
+    )
+    maxGpu: Int32 | None = Field(
+        default=None,
+        description="Most GPUs (nvidia.com/gpu) per Ray pod; defaults to the largest of the "
+        "head's and the worker groups'.",
+    )
+    nodeSelector: Annotated[
+        dict[str, Annotated[list[LabelValue], Field(min_length=1, max_length=64)]],
+        *_QUALIFIED_KEY_RULES,
+    ] = Field(
+        default_factory=dict,
+        description="Node labels deployments may select, each with its allowed values, "
+        "besides spec.pod.nodeSelector's own.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tolerations deployments may add, besides spec.pod.tolerations.",
+    )
+
+
 class NetworkPolicySpec(_Model):
     enabled: bool = Field(
         default=True,
@@ -656,6 +717,11 @@ class PrefectRayPoolSpec(_Model):
     )
     networkPolicy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, description="Who may reach the Ray head."
+    )
+    jobVariables: JobVariables = Field(
+        default_factory=JobVariables,
+        description="Ephemeral: what deployments' job variables may change in each flow "
+        "run's RayJob; by default nothing beyond the pool's own values.",
     )
 
     @model_validator(mode="after")

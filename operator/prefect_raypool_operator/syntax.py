@@ -50,6 +50,9 @@ IMAGE = (
     r"(?::[\w][\w.-]{0,127})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
+#: An image repository ([host[:port]/]path, no tag or digest), or a registry path
+#: ending in '/' (every repository under it): spec.jobVariables.imageRepositories.
+IMAGE_REPOSITORY = rf"^(?:(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*/?|{_DOMAIN}/)$"
 #: No whitespace (CEL's isURL() takes a space in the path).
 URL_SHAPE = r"^https?://\S+$"
 #: An http(s) URL with a host and, if any, a port in 1-65535 (CEL's url library).

@@ -9,7 +9,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import anyio
 import pytest
 
 from prefect_raypool_kuberay import contract
@@ -44,10 +46,12 @@ def test_the_template_built_without_prefect_is_the_workers() -> None:
 
 
 def test_the_contract_and_the_template_import_no_prefect_or_ray() -> None:
-    """What the operator imports of the worker's package; the contract is stdlib only."""
+    """What the operator imports of the worker's package (the policy too); the contract
+    is stdlib only."""
     code = (
         "import sys\n"
         "import prefect_raypool_kuberay.contract, prefect_raypool_kuberay.job_template\n"
+        "import prefect_raypool_kuberay.policy\n"
         "assert not {'prefect', 'ray', 'kopf'} & set(sys.modules), sorted(sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -280,3 +284,81 @@ def test_the_entry_point_is_found_and_does_not_import_ray() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_secret_setting_stays_a_secret_reference() -> None:
+    """The worker's env (PREFECT_API_AUTH_STRING read from a Secret) is copied into every
+    flow run's by Prefect: the pool's reference replaces the literal."""
+    refs = {"PREFECT_API_AUTH_STRING": ("prefect-auth", "auth"), "UNUSED": ("other", "k")}
+    env = {"PREFECT_API_AUTH_STRING": "admin:hunter2", "PREFECT_API_URL": "u"}
+    job = build_rayjob(
+        manifest=_configuration().rayjob_manifest,
+        name="my-flow-abcde",
+        namespace="default",
+        command="prefect flow-run execute",
+        env=env,
+        labels={},
+        api_key_secret=None,
+        secret_env=refs,
+    )
+    assert "hunter2" not in repr(job)
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    by_name = {e["name"]: e for e in head["env"]}
+    assert by_name["PREFECT_API_AUTH_STRING"] == {
+        "name": "PREFECT_API_AUTH_STRING",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-auth", "key": "auth"}},
+    }
+    assert "UNUSED" not in by_name  # the pool's other Secrets stay with the worker
+    # Without a reference the literal is dropped, never copied.
+    bare = _build(_configuration(), env=env)
+    assert "hunter2" not in repr(bare)
+
+
+def test_user_labels_cannot_overwrite_the_workers_own() -> None:
+    from prefect.client.schemas.objects import FlowRun
+
+    run = FlowRun(flow_id=uuid4(), name="happy-cat")
+    cfg = _configuration(
+        labels={"prefect.io/flow-run-id": "someone-else", "prefect.io/x": "y", "team": "a"}
+    )
+    cfg.prepare_for_flow_run(run)
+    assert cfg.labels["prefect.io/flow-run-id"] == str(run.id)
+    assert cfg.labels["team"] == "a"
+    assert "prefect.io/x" not in cfg.labels
+    job = build_rayjob(
+        manifest=cfg.rayjob_manifest,  # its labels: the user's variable, as given
+        name="my-flow-abcde",
+        namespace="default",
+        command="prefect flow-run execute",
+        env={},
+        labels=cfg.labels,
+        api_key_secret=None,
+    )
+    labels = job["metadata"]["labels"]
+    assert labels["prefect.io/flow-run-id"] == str(run.id) and labels["team"] == "a"
+    assert "prefect.io/x" not in labels
+
+
+def test_the_api_servers_refusal_text_stays_in_the_workers_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It can quote the manifest; the flow run gets the status and a pointer."""
+    from kubernetes.client import ApiException
+
+    from prefect_raypool_kuberay.worker import RayJobNotCreated
+
+    worker = KubeRayWorker(work_pool_name="pool", kube_api_client=object())  # type: ignore[arg-type]
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        e = ApiException(status=422, reason="Unprocessable Entity")
+        e.body = '{"message": "env[0].value: Invalid value: \\"pnu_planted\\""}'
+        raise e
+
+    worker._kube = refuse  # type: ignore[method-assign]
+    with pytest.raises(RayJobNotCreated) as raised, caplog.at_level("ERROR"):
+        anyio.run(worker._create, "ns", "rj-abcde", {})
+    message = str(raised.value)
+    assert "HTTP 422 Unprocessable Entity" in message and "log of worker" in message
+    assert "pnu_planted" not in message
+    assert raised.value.__suppress_context__  # no chained ApiException in tracebacks
+    assert "pnu_planted" in caplog.text

@@ -25,6 +25,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling, Completed, Running
 
 from prefect_raypool_kuberay.job_template import base_job_template
+from prefect_raypool_kuberay.policy import JobPolicy
 from prefect_raypool_kuberay.rayjob import build_rayjob
 from prefect_raypool_kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
 from testbed.cluster import Cluster
@@ -43,10 +44,12 @@ async def _aeventually(what: str, probe: Callable[[], Any], timeout: float = 30)
 
 
 def _pool_template(namespace: str) -> dict[str, Any]:
-    """The default template with the test's namespace and a fast watch."""
+    """The default template with the test's namespace, an API key Secret (the pool's
+    to name, not a deployment's) and a fast watch."""
     template = KubeRayWorker.get_default_base_job_template()
     props = template["variables"]["properties"]
     props["namespace"]["default"] = namespace
+    props["api_key_secret_name"]["default"] = "prefect-api"
     props["watch_interval_seconds"]["default"] = 0.3
     return template
 
@@ -88,9 +91,14 @@ async def _flow_run(pool: str, job_variables: dict[str, Any] | None = None) -> u
 
 
 @asynccontextmanager
-async def _worker(pool: str, cluster: Cluster) -> AsyncIterator[KubeRayWorker]:
+async def _worker(
+    pool: str, cluster: Cluster, policy: JobPolicy | None = None
+) -> AsyncIterator[KubeRayWorker]:
     async with KubeRayWorker(
-        work_pool_name=pool, kube_api_client=cluster.api_client(), prefetch_seconds=10
+        work_pool_name=pool,
+        kube_api_client=cluster.api_client(),
+        prefetch_seconds=10,
+        job_policy=policy,
     ) as worker:
         yield worker
 
@@ -150,7 +158,6 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
             {
                 "image": "flows:1",
                 "worker_replicas": 2,
-                "api_key_secret_name": "prefect-api",
                 "active_deadline_seconds": 600,
                 "env": {"PREFECT_API_KEY": "pnu_never_in_the_rayjob", "MY_SETTING": "x"},
             },
@@ -203,6 +210,51 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
         assert f"Driver output of RayJob {namespace}/{name}" in logs
         assert "ValueError: boom" in logs
         assert cluster_name
+
+    anyio.run(scenario)
+
+
+def test_job_variables_beyond_the_pools_bounds_fail_the_run_and_create_nothing(
+    kube_cluster: Cluster, namespace: str, pool: str
+) -> None:
+    """The escalations a deployment author could try, each refused with the variable
+    and the bound named; no RayJob (nor anything else) is created."""
+    defaults = _pool_template(namespace)["variables"]["properties"]
+    policy = JobPolicy(
+        namespace=namespace,
+        service_account_name=None,
+        image_repositories=("prefect-raypool-ray",),
+        max_worker_replicas=defaults["worker_replicas"]["default"],
+        max_cpu="1",
+        max_memory="2Gi",
+        max_gpu=0,
+    )
+    attempts = [
+        (
+            {"worker_replicas": 50},
+            "job variable worker_replicas=50 is above the pool's maximum 1 "
+            "(spec.jobVariables.maxWorkerReplicas)",
+        ),
+        ({"service_account_name": f"kr-{pool}-kuberay-worker"}, "service_account_name"),
+        ({"api_key_secret_name": "someone-elses"}, "api_key_secret_name"),
+        (
+            {"node_selector": {"node-role.kubernetes.io/control-plane": ""}},
+            "node-role.kubernetes.io/control-plane= is not allowed",
+        ),
+        ({"image": "elsewhere.example/x:1"}, "spec.jobVariables.imageRepositories"),
+    ]
+
+    async def scenario() -> None:
+        runs = [(await _flow_run(pool, variables), expected) for variables, expected in attempts]
+        async with _worker(pool, kube_cluster, policy) as worker:
+            await worker.get_and_submit_flow_runs()
+            for run_id, expected in runs:
+                run = await _final_state(run_id)
+                assert run.state.type == StateType.FAILED, run.state
+                assert expected in run.state.message, run.state.message
+        assert _rayjobs(kube_cluster, namespace) == []
+        core = k8s.CoreV1Api(kube_cluster.api_client())
+        assert core.list_namespaced_pod(namespace).items == []
 
     anyio.run(scenario)
 

@@ -6,6 +6,12 @@ defaults come from the pool's Ray spec (`base_job_template`). The worker runs as
 own ServiceAccount, bound to a namespaced Role holding exactly the calls the worker
 makes (its contract's WORKER_RULES); nothing cluster-wide. The template itself is the
 worker's own (prefect_raypool_kuberay.job_template), which imports no Prefect.
+
+The pool's bounds on job variables (`job_policy`, from spec.jobVariables) reach the
+worker as JSON in an environment variable of its Deployment: a change rolls the worker,
+so none runs with a stale policy; no object more to own, watch or grant; and only who
+may edit the Deployment in this namespace can change it, where anyone who may write the
+work pool in Prefect can edit its template.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import copy
 
 from prefect_raypool_kuberay.contract import WORKER_RULES, WORKER_TYPE
 from prefect_raypool_kuberay.job_template import base_job_template as default_template
+from prefect_raypool_kuberay.policy import POLICY_ENV, JobPolicy, image_repository, quantity
 from prefect_raypool_operator import kinds, naming
 from prefect_raypool_operator.builders import entrypoint
 from prefect_raypool_operator.builders.common import (
@@ -50,11 +57,65 @@ def health_probes() -> Obj:
     }
 
 
-def worker_env(spec: PrefectRayPoolSpec) -> list[Obj]:
-    """The worker's own env: where Prefect is, the API key by reference, the user's."""
+def _largest(amounts: list[int | str]) -> str:
+    return str(max(amounts, key=lambda a: quantity(a)))
+
+
+def job_policy(namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
+    """spec.jobVariables with every default filled in from the pool's own values."""
+    bounds = spec.jobVariables
+    first = spec.ray.workerGroups[0]
+    pods = [spec.ray.head.resources] + [g.resources for g in spec.ray.workerGroups]
+    secrets = {
+        e.name: (e.valueFrom.secretKeyRef.name, e.valueFrom.secretKeyRef.key)
+        for e in spec.prefect.env
+        if e.valueFrom is not None and e.valueFrom.secretKeyRef is not None
+    }
+    if spec.prefect.apiKey:
+        ref = spec.prefect.apiKey.secretKeyRef
+        secrets["PREFECT_API_KEY"] = (ref.name, ref.key)
+    node_selector: dict[str, list[str]] = {k: list(v) for k, v in bounds.nodeSelector.items()}
+    for key, value in spec.pod.nodeSelector.items():
+        node_selector.setdefault(key, [])
+        if value not in node_selector[key]:
+            node_selector[key].append(value)
+    tolerations = [t.model_dump(exclude_none=True) for t in spec.pod.tolerations]
+    tolerations += [
+        t
+        for t in (t.model_dump(exclude_none=True) for t in bounds.tolerations)
+        if t not in tolerations
+    ]
+    pool_repository = image_repository(ray_image(spec))
+    return JobPolicy(
+        namespace=namespace,
+        service_account_name=spec.pod.serviceAccountName,
+        secret_env=secrets,
+        image_repositories=(
+            pool_repository,
+            *[r for r in bounds.imageRepositories if r != pool_repository],
+        ),
+        max_worker_replicas=(
+            bounds.maxWorkerReplicas
+            if bounds.maxWorkerReplicas is not None
+            else max(first.replicas, first.maxReplicas or 0)
+        ),
+        max_cpu=str(bounds.maxCpu)
+        if bounds.maxCpu is not None
+        else _largest([p.cpu for p in pods]),
+        max_memory=bounds.maxMemory or _largest([p.memory for p in pods]),
+        max_gpu=bounds.maxGpu if bounds.maxGpu is not None else max(p.gpu for p in pods),
+        node_selector={k: tuple(v) for k, v in node_selector.items()},
+        tolerations=tuple(tolerations),
+    )
+
+
+def worker_env(namespace: str, spec: PrefectRayPoolSpec) -> list[Obj]:
+    """The worker's own env: where Prefect is, the API key by reference, the pool's
+    bounds on job variables, the user's."""
     env: list[Obj] = [{"name": "PREFECT_API_URL", "value": spec.prefect.apiUrl}]
     if spec.prefect.apiKey:
         env.append(secret_env("PREFECT_API_KEY", spec.prefect.apiKey.secretKeyRef))
+    env.append({"name": POLICY_ENV, "value": job_policy(namespace, spec).to_json()})
     return env + [user_env(e) for e in spec.prefect.env]
 
 
@@ -72,7 +133,7 @@ def build_kuberay_worker_deployment(
             # Prefect's health endpoint: up once the worker type has loaded, failing
             # when the worker stops polling its work pool.
             "command": [*command, "--with-healthcheck"],
-            "env": worker_env(spec),
+            "env": worker_env(namespace, spec),
             "resources": resources(spec.prefect.resources),
             "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
             **health_probes(),

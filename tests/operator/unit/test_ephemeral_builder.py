@@ -6,9 +6,14 @@ from typing import Any
 
 import pytest
 
+from prefect_raypool_kuberay.policy import POLICY_ENV, JobPolicy, check
 from prefect_raypool_kuberay.worker import KubeRayWorker
 from prefect_raypool_operator.builders import build_manifests
-from prefect_raypool_operator.builders.ephemeral import base_job_template, template_defaults
+from prefect_raypool_operator.builders.ephemeral import (
+    base_job_template,
+    job_policy,
+    template_defaults,
+)
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 pytestmark = pytest.mark.unit
@@ -158,3 +163,79 @@ def test_without_an_api_key_the_template_names_no_secret() -> None:
     spec.prefect.apiKey = None
     properties = base_job_template(NS, spec)["variables"]["properties"]
     assert properties["api_key_secret_name"]["default"] is None
+
+
+def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
+    policy = job_policy(NS, _spec())
+    assert policy == JobPolicy(
+        namespace=NS,
+        service_account_name="ray-pods",
+        secret_env={"PREFECT_API_KEY": ("prefect-key", "api-key"), "TOKEN": ("t", "k")},
+        image_repositories=("registry.example/flows",),
+        max_worker_replicas=3,  # the first worker group's, as the template's default
+        max_cpu="2",  # the largest pod: head 1500m, groups 2 and 1
+        max_memory="4Gi",
+        max_gpu=1,
+        node_selector={"pool": ("gpu",)},
+        tolerations=({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    )
+
+
+def test_spec_job_variables_widen_the_bounds() -> None:
+    bounds = {
+        "imageRepositories": ["registry.example/team-a/", "registry.example/flows"],
+        "maxWorkerReplicas": 10,
+        "maxCpu": "8",
+        "maxMemory": "32Gi",
+        "maxGpu": 4,
+        "nodeSelector": {"pool": ["cpu"], "zone": ["a", "b"]},
+        "tolerations": [{"key": "spot", "operator": "Exists"}],
+    }
+    policy = job_policy(NS, _spec(jobVariables=bounds))
+    assert policy.image_repositories == ("registry.example/flows", "registry.example/team-a/")
+    assert (policy.max_worker_replicas, policy.max_cpu, policy.max_memory, policy.max_gpu) == (
+        10,
+        "8",
+        "32Gi",
+        4,
+    )
+    assert policy.node_selector == {"pool": ("cpu", "gpu"), "zone": ("a", "b")}
+    assert {"key": "spot", "operator": "Exists"} in policy.tolerations
+
+
+def test_the_worker_gets_the_policy_in_its_env() -> None:
+    [container] = _by_kind(_spec())["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert JobPolicy.from_json(env[POLICY_ENV]["value"]) == job_policy(NS, _spec())
+
+
+def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() -> None:
+    """The work pool's defaults, filled in as Prefect fills them, make a RayJob the
+    pool's own bounds allow; one variable above them is refused."""
+    from prefect.utilities.templating import apply_values
+
+    from prefect_raypool_kuberay.rayjob import build_rayjob
+    from prefect_raypool_kuberay.worker import KubeRayJobConfiguration
+
+    template = base_job_template(NS, _spec())
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+
+    def rayjob(**variables: Any) -> dict[str, Any]:
+        values = {k: v for k, v in {**defaults, **variables}.items() if v is not None}
+        cfg = KubeRayJobConfiguration(**apply_values(template["job_configuration"], values))
+        return build_rayjob(
+            manifest=cfg.rayjob_manifest,
+            name="run-abcde",
+            namespace=cfg.namespace,
+            command="prefect flow-run execute",
+            env=dict(cfg.env),
+            labels={},
+            api_key_secret=(cfg.api_key_secret_name or "", cfg.api_key_secret_key),
+        )
+
+    policy = job_policy(NS, _spec())
+    assert check(rayjob(), policy) == []
+    assert check(rayjob(worker_replicas=4), policy) == [
+        "job variable worker_replicas=4 is above the pool's maximum 3 "
+        "(spec.jobVariables.maxWorkerReplicas)"
+    ]
