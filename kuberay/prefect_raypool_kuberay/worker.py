@@ -246,9 +246,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         timeout) is retried, backing off; each round reads everything afresh."""
         logger = self.get_flow_run_logger(flow_run)
         while True:
-            interval = configuration.watch_interval_seconds
-            backoff = interval * 2 ** min(watching.failures, 16)
-            await anyio.sleep(min(backoff, max(interval, WATCH_BACKOFF_MAX_SECONDS)))
+            await anyio.sleep(watch_delay(configuration.watch_interval_seconds, watching.failures))
             try:
                 code = await self._watch_round(flow_run, configuration, watching)
             except Exception as e:
@@ -561,6 +559,12 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             return configuration.namespace
         except ObjectNotFound:
             return self._pool_namespace()
+
+
+def watch_delay(interval: float, failures: int) -> float:
+    """The pause before a watch round: the interval, doubled per failed round in a row,
+    up to WATCH_BACKOFF_MAX_SECONDS (or the interval, where that is longer)."""
+    return min(interval * 2 ** min(failures, 16), max(interval, WATCH_BACKOFF_MAX_SECONDS))
 
 
 def _short_error(e: Exception) -> str:
