@@ -298,6 +298,9 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         # this attempt says nothing about the next one.
         rescheduled = state is not None and state.type == StateType.SCHEDULED
         rayjob = await self._get_rayjob(namespace, name)
+        labels = ((rayjob or {}).get("metadata") or {}).get("labels") or {}
+        if rayjob is not None and self._own_labels().items() - labels.items():
+            rayjob = None  # another's RayJob under this name: ours is gone
         if rayjob is None:
             if final:
                 return 0 if state is not None and state.is_completed() else 1
