@@ -7,6 +7,7 @@ cannot drift between them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import re
 from typing import Any
@@ -31,6 +32,19 @@ GPU_RESOURCE = "nvidia.com/gpu"
 #: pool's RayJobs by the work pool's.
 FLOW_RUN_ID_LABEL = "prefect.io/flow-run-id"
 WORK_POOL_LABEL = "prefect.io/work-pool-name"
+
+
+#: The worker's own labels on each RayJob, which its sweep and watch select on: the work
+#: pool's id (a UUID, already a valid label value, where two names can clean up to the
+#: same value: `etl` and `etl.`, or two long ones cut at 63 characters) and the Prefect
+#: server's (two servers, e.g. one restored from the other's database, share ids).
+WORK_POOL_ID_LABEL = "prefectray.io/work-pool-id"
+PREFECT_SERVER_LABEL = "prefectray.io/prefect-server"
+
+
+def server_label(api_url: str) -> str:
+    """A short hash of the Prefect API URL: a label value, and no URL on the object."""
+    return hashlib.sha256(api_url.rstrip("/").encode()).hexdigest()[:16]
 
 
 def label_value(value: str) -> str:

@@ -159,6 +159,7 @@ class RayJobFields(BaseModel):
     api_key_secret_key: str = Field(default="key")
     watch_interval_seconds: float = Field(default=5.0)
     pod_schedule_timeout_seconds: float = Field(default=300.0)
+    cluster_start_timeout_seconds: float = Field(default=600.0)
 
 
 class PrefectVariables(BaseModel):
@@ -266,6 +267,14 @@ class RayJobVariables(BaseModel):
         description=(
             "How long a Ray pod may wait for a node (a cluster autoscaler adding one) "
             "before the flow run crashes as Unschedulable."
+        ),
+    )
+    cluster_start_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "How long after the RayJob is created its Ray head pod may not exist yet "
+            "(a quota or an admission webhook refusing it) before the flow run crashes."
         ),
     )
 

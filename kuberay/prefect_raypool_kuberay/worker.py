@@ -14,6 +14,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -28,11 +29,16 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkPoolFilter,
-    WorkPoolFilterName,
+    WorkPoolFilterId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType, WorkPool
 from prefect.client.schemas.responses import DeploymentResponse
-from prefect.exceptions import Abort, InfrastructureNotFound, ObjectNotFound
+from prefect.exceptions import (
+    Abort,
+    InfrastructureNotAvailable,
+    InfrastructureNotFound,
+    ObjectNotFound,
+)
 from prefect.states import Failed
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
@@ -48,12 +54,29 @@ from prefect_raypool_kuberay.contract import (
     RAYJOB_GROUP,
     RAYJOB_PLURAL,
     RAYJOB_VERSION,
-    WORK_POOL_LABEL,
     WORKER_TYPE,
-    label_value,
 )
-from prefect_raypool_kuberay.failures import RayJobOutcome, crash_reason, last_lines, unschedulable
+from prefect_raypool_kuberay.failures import (
+    RayJobOutcome,
+    crash_reason,
+    last_lines,
+    role,
+    unschedulable,
+    worker_pod_problems,
+)
 from prefect_raypool_kuberay.job_template import RayJobFields, RayJobVariables
+from prefect_raypool_kuberay.ownership import (
+    RunIs,
+    SweptRayJob,
+    TwiceSeen,
+    infrastructure_id,
+    pool_labels,
+    read_rayjob,
+    selector,
+    split_infrastructure_id,
+    superseded,
+    sweep_action,
+)
 from prefect_raypool_kuberay.policy import (
     POLICY_ENV,
     POOL_ONLY,
@@ -68,6 +91,12 @@ GROUP, VERSION, PLURAL = RAYJOB_GROUP, RAYJOB_VERSION, RAYJOB_PLURAL
 FINAL_GRACE_SECONDS = 30.0
 SWEEP_INTERVAL_SECONDS = 15.0
 DRIVER_LOG_LINES = 100
+#: Every Kubernetes call: (connect, read) seconds. A hung API server must not hang a
+#: watch or a sweep for ever.
+KUBE_TIMEOUT = (10, 30)
+#: The watch retries a failed round (an API server restarting, a Prefect server
+#: timing out) after its interval, doubled per failure up to this.
+WATCH_BACKOFF_MAX_SECONDS = 60.0
 
 
 class JobRefused(RuntimeError):
@@ -133,7 +162,24 @@ class KubeRayVariables(RayJobVariables, BaseVariables):
 
 
 class KubeRayWorkerResult(BaseWorkerResult):
-    """identifier: the RayJob's name; status_code 0 when the Ray job succeeded."""
+    """identifier: `<namespace>/<RayJob>`; status_code 0 when the Ray job succeeded."""
+
+
+@dataclass
+class _Watching:
+    """One RayJob's watch, between rounds."""
+
+    namespace: str
+    name: str
+    state_id: UUID | None  # the run's Pending state when the RayJob was made
+    final_since: float | None = None
+    gone_reads: int = 0  # the flow run not found, rounds in a row
+    failures: int = 0  # rounds in a row that raised
+    told: set[str] = field(default_factory=set)  # warnings already in the run's logs
+
+    @property
+    def id(self) -> str:
+        return infrastructure_id(self.namespace, self.name)
 
 
 def _default_api_client() -> k8s.ApiClient:
@@ -165,9 +211,12 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         # started by hand without POLICY_ENV has none beyond the template.
         policy_json = os.environ.get(POLICY_ENV)
         self._policy = job_policy or (JobPolicy.from_json(policy_json) if policy_json else None)
-        self._watched: set[str] = set()  # RayJobs a run() of this process watches
+        self._watched: set[str] = set()  # infrastructure ids a run() of this process watches
         self._namespaces: set[str] = set()
         self._forbidden: set[str] = set()  # namespaces already warned about
+        self._malformed: set[str] = set()  # RayJobs with a bad label, already warned about
+        self._gone_runs: TwiceSeen[SweptRayJob] = TwiceSeen()
+        self._vanished: TwiceSeen[tuple[UUID, str, UUID | None]] = TwiceSeen()
         self._last_sweep = 0.0
 
     # ---- Kubernetes, in a thread --------------------------------------------------
@@ -179,7 +228,12 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         return self._api_client
 
     async def _kube(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", KUBE_TIMEOUT)
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    def _own_labels(self) -> dict[str, str]:
+        """This work pool's, on this Prefect server: what the sweep selects on."""
+        return pool_labels(self.work_pool.id, str(self.client.api_url))
 
     async def _get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         api = k8s.CustomObjectsApi(self._api)
@@ -217,14 +271,16 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         if cluster := (rayjob.get("status") or {}).get("rayClusterName"):
             selectors.append(f"ray.io/cluster={cluster}")
         pods: list[dict[str, Any]] = []
-        for selector in selectors:
-            found = await self._kube(core.list_namespaced_pod, namespace, label_selector=selector)
+        for pod_selector in selectors:
+            found = await self._kube(
+                core.list_namespaced_pod, namespace, label_selector=pod_selector
+            )
             pods += [self._api.sanitize_for_serialization(p) for p in found.items]
         return pods
 
     # ---- one flow run -------------------------------------------------------------
 
-    async def run(  # type: ignore[override]  # the infrastructure id is a name
+    async def run(  # type: ignore[override]  # the infrastructure id is a string
         self,
         flow_run: FlowRun,
         configuration: KubeRayJobConfiguration,
@@ -240,7 +296,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             namespace=namespace,
             command=configuration.command or "prefect flow-run execute",
             env=configuration.env,
-            labels=configuration.labels,
+            labels={**configuration.labels, **self._own_labels()},
             api_key_secret=(secret, configuration.api_key_secret_key) if secret else None,
             secret_env=self._policy.secret_env if self._policy else None,
         )
@@ -249,18 +305,22 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         )
         if refusals:
             return await self._refuse(flow_run, refusals, task_status)
+        # The Pending state this submission put the run in; a retry's is another one.
+        attempt = (await self.client.read_flow_run(flow_run.id)).state
         await self._create(namespace, name, manifest)
+        pending = attempt is not None and attempt.type == StateType.PENDING
+        watching = _Watching(namespace, name, attempt.id if attempt and pending else None)
         self._namespaces.add(namespace)
-        self._watched.add(name)
+        self._watched.add(watching.id)
         logger = self.get_flow_run_logger(flow_run)
         logger.info(f"Created RayJob {namespace}/{name}")
         if task_status is not None:
-            task_status.started(name)  # the infrastructure id
+            task_status.started(watching.id)  # the infrastructure id
         try:
-            code = await self._watch(flow_run, configuration, name)
+            code = await self._watch(flow_run, configuration, watching)
         finally:
-            self._watched.discard(name)
-        return KubeRayWorkerResult(identifier=name, status_code=code)
+            self._watched.discard(watching.id)
+        return KubeRayWorkerResult(identifier=watching.id, status_code=code)
 
     async def _refuse(
         self,
@@ -300,59 +360,118 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             ) from None
 
     async def _watch(
-        self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, name: str
+        self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, watching: _Watching
     ) -> int:
-        """Follow the RayJob until it finishes, vanishes, or the flow run is cancelled."""
-        namespace = configuration.namespace
+        """Follow the RayJob until it finishes, vanishes, the flow run moves on to another
+        attempt, or is cancelled. A round that fails (an API server restarting, a
+        timeout) is retried, backing off; each round reads everything afresh."""
         logger = self.get_flow_run_logger(flow_run)
-        final_since: float | None = None
-        told_unschedulable = False
         while True:
-            await anyio.sleep(configuration.watch_interval_seconds)
+            await anyio.sleep(watch_delay(configuration.watch_interval_seconds, watching.failures))
             try:
-                current = await self.client.read_flow_run(flow_run.id)
-            except ObjectNotFound:
-                await self._delete_rayjob(namespace, name)
-                return 1
-            state = current.state
-            if state is not None and state.type == StateType.CANCELLING:
-                await self._delete_rayjob(namespace, name)
-                logger.info(f"Flow run cancelled: deleted RayJob {namespace}/{name}")
-                await self._mark_flow_run_as_cancelled(
-                    current, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
-                )
-                return 0
-            rayjob = await self._get_rayjob(namespace, name)
-            if rayjob is None:
-                if state is not None and state.is_final():
-                    return 0 if state.is_completed() else 1
-                message = f"RayJob {namespace}/{name} was deleted before the flow run finished"
-                logger.error(message)
-                await self._propose_crashed_state(current, message)
-                return 1
-            pods = (
-                []
-                if state is not None and state.is_final()
-                else await self._pods(namespace, rayjob)
-            )
-            now = datetime.now(UTC)
-            timeout = configuration.pod_schedule_timeout_seconds
-            outcome = crash_reason(rayjob, pods, now, timeout)
-            if outcome.finished:
-                return await self._finish(current, namespace, rayjob, outcome)
-            waiting = [w for pod in pods if (w := unschedulable(pod, now))]
-            if waiting and not told_unschedulable:
-                told_unschedulable = True
+                code = await self._watch_round(flow_run, configuration, watching)
+            except Exception as e:
+                watching.failures += 1
                 logger.warning(
-                    f"{waiting[0][0]}; waiting up to {timeout:.0f}s for a node "
-                    "(job variable pod_schedule_timeout_seconds)"
+                    f"Watching RayJob {watching.id} failed ({_short_error(e)}); "
+                    f"retrying (failure {watching.failures} in a row)"
                 )
-            if state is not None and state.is_final():
-                # The driver ended the flow run but the Ray job never finished: an orphan.
-                final_since = final_since or time.monotonic()
-                if time.monotonic() - final_since > FINAL_GRACE_SECONDS:
-                    await self._delete_rayjob(namespace, name)
-                    return 0 if state.is_completed() else 1
+                continue
+            watching.failures = 0
+            if code is not None:
+                return code
+
+    async def _watch_round(
+        self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, w: _Watching
+    ) -> int | None:
+        """One look at the flow run, the RayJob and its pods: an exit code once done."""
+        namespace, name = w.namespace, w.name
+        logger = self.get_flow_run_logger(flow_run)
+        try:
+            current = await self.client.read_flow_run(flow_run.id)
+        except ObjectNotFound:
+            # Deleted, or a server being restored: believed at the second read in a row.
+            w.gone_reads += 1
+            if w.gone_reads < 2:
+                return None
+            await self._delete_rayjob(namespace, name)
+            return 1
+        w.gone_reads = 0
+        state = current.state
+        if superseded(
+            w.id,
+            w.state_id,
+            current.infrastructure_pid,
+            state.type.value if state else None,
+            state.id if state else None,
+        ):
+            logger.info(f"The flow run moved on to another attempt: no longer watching {w.id}")
+            return 0
+        if state is not None and state.type == StateType.CANCELLING:
+            await self._delete_rayjob(namespace, name)
+            logger.info(f"Flow run cancelled: deleted RayJob {namespace}/{name}")
+            await self._mark_flow_run_as_cancelled(
+                current, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
+            )
+            return 0
+        final = state is not None and state.is_final()
+        # Scheduled again (a retry, a driver that rescheduled itself): what is left of
+        # this attempt says nothing about the next one.
+        rescheduled = state is not None and state.type == StateType.SCHEDULED
+        rayjob = await self._get_rayjob(namespace, name)
+        labels = ((rayjob or {}).get("metadata") or {}).get("labels") or {}
+        if rayjob is not None and self._own_labels().items() - labels.items():
+            rayjob = None  # another's RayJob under this name: ours is gone
+        if rayjob is None:
+            if final:
+                return 0 if state is not None and state.is_completed() else 1
+            if rescheduled:
+                return 0
+            message = f"RayJob {namespace}/{name} was deleted before the flow run finished"
+            logger.error(message)
+            await self._propose_crashed_state(current, message)
+            return 1
+        pods = [] if final else await self._pods(namespace, rayjob)
+        now = datetime.now(UTC)
+        timeout = configuration.pod_schedule_timeout_seconds
+        outcome = crash_reason(
+            rayjob, pods, now, timeout, configuration.cluster_start_timeout_seconds
+        )
+        if outcome.finished:
+            if rescheduled:
+                logger.info(f"RayJob {w.id} ended; the flow run is scheduled again")
+                return 0
+            return await self._finish(current, namespace, rayjob, outcome)
+        self._warn_pods(logger, w, pods, now, timeout)
+        if final:
+            # The driver ended the flow run but the Ray job never finished: an orphan.
+            w.final_since = w.final_since or time.monotonic()
+            if time.monotonic() - w.final_since > FINAL_GRACE_SECONDS:
+                await self._delete_rayjob(namespace, name)
+                return 0 if state is not None and state.is_completed() else 1
+        return None
+
+    @staticmethod
+    def _warn_pods(
+        logger: Any, w: _Watching, pods: list[dict[str, Any]], now: datetime, timeout: float
+    ) -> None:
+        """Once each, in the run's logs: the head or submitter waiting for a node (it
+        crashes the run after `timeout`), a Ray worker pod in trouble (it does not)."""
+        waiting = [u for pod in pods if role(pod) != "worker" and (u := unschedulable(pod, now))]
+        if waiting and "unschedulable" not in w.told:
+            w.told.add("unschedulable")
+            logger.warning(
+                f"{waiting[0][0]}; waiting up to {timeout:.0f}s for a node "
+                "(job variable pod_schedule_timeout_seconds)"
+            )
+        for problem in worker_pod_problems(pods, now):
+            key = problem.split(":")[0]
+            if key not in w.told:
+                w.told.add(key)
+                logger.warning(
+                    f"Ray worker {problem}; KubeRay replaces Ray worker pods, the flow run "
+                    "goes on (its Ray tasks wait for a worker)"
+                )
 
     async def _finish(
         self, flow_run: FlowRun, namespace: str, rayjob: dict[str, Any], outcome: RayJobOutcome
@@ -405,11 +524,20 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         configuration: KubeRayJobConfiguration,
         grace_seconds: int = 30,
     ) -> None:
-        """Cancellation: delete the RayJob; KubeRay stops the Ray job and the cluster."""
-        if not await self._delete_rayjob(configuration.namespace, infrastructure_pid):
-            raise InfrastructureNotFound(
-                f"RayJob {configuration.namespace}/{infrastructure_pid} not found"
+        """Cancellation: delete the RayJob; KubeRay stops the Ray job and the cluster.
+
+        Only the run's own: an id that names another run's RayJob deletes nothing."""
+        namespace, name = split_infrastructure_id(infrastructure_pid, configuration.namespace)
+        rayjob = await self._get_rayjob(namespace, name)
+        if rayjob is None:
+            raise InfrastructureNotFound(f"RayJob {namespace}/{name} not found")
+        run_id = configuration.labels.get(FLOW_RUN_ID_LABEL)
+        if (rayjob["metadata"].get("labels") or {}).get(FLOW_RUN_ID_LABEL) != run_id:
+            raise InfrastructureNotAvailable(
+                f"RayJob {namespace}/{name} is not flow run {run_id}'s: left alone"
             )
+        if not await self._delete_rayjob(namespace, name):
+            raise InfrastructureNotFound(f"RayJob {namespace}/{name} not found")
 
     # ---- orphans, both ways -------------------------------------------------------
 
@@ -429,11 +557,14 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
 
     async def sweep_orphans(self) -> None:
         """Remove RayJobs whose flow run is over or gone; crash running flow runs whose
-        RayJob vanished. What a run() of this process watches is left to it."""
+        RayJob vanished. Only RayJobs labelled with this work pool's id and this Prefect
+        server count; what a run() of this process watches is left to it; a vanished
+        run or RayJob is acted on when two sweeps in a row found it so."""
         custom = k8s.CustomObjectsApi(self._api)
-        selector = f"{WORK_POOL_LABEL}={label_value(self.work_pool.name)}"
-        live: dict[str, str] = {}  # RayJob name -> namespace
+        own = selector(self._own_labels())
+        live: set[str] = set()  # infrastructure ids
         unreadable: set[str] = set()
+        gone: set[SweptRayJob] = set()
         for namespace in sorted({self._pool_namespace(), *self._namespaces}):
             try:
                 found = await self._kube(
@@ -442,7 +573,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                     VERSION,
                     namespace,
                     PLURAL,
-                    label_selector=selector,
+                    label_selector=own,
                 )
             except k8s.ApiException as e:
                 if e.status != 403:
@@ -451,10 +582,19 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                 self._forbidden_once(namespace)
                 continue
             for item in dict(found).get("items", []):
-                name = item["metadata"]["name"]
-                live[name] = namespace
-                if name not in self._watched:
-                    await self._sweep_rayjob(namespace, item)
+                live.add(infrastructure_id(namespace, item["metadata"]["name"]))
+                rayjob = read_rayjob(item, namespace)
+                if isinstance(rayjob, str):
+                    self._malformed_once(rayjob)
+                elif rayjob.id not in self._watched:
+                    try:
+                        await self._sweep_rayjob(rayjob, gone)
+                    except Exception as e:
+                        self._logger.warning(
+                            f"Sweeping RayJob {rayjob.id} failed ({_short_error(e)}); "
+                            "retrying next sweep"
+                        )
+        self._gone_runs.step(gone)
         await self._crash_vanished(live, unreadable)
 
     def _forbidden_once(self, namespace: str) -> None:
@@ -468,49 +608,70 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             "rayjobs.ray.io in it, or set the work pool's `namespace` to one it may use"
         )
 
-    async def _sweep_rayjob(self, namespace: str, rayjob: dict[str, Any]) -> None:
-        name = rayjob["metadata"]["name"]
-        run_id = (rayjob["metadata"].get("labels") or {}).get(FLOW_RUN_ID_LABEL)
+    def _malformed_once(self, problem: str) -> None:
+        """A RayJob whose labels someone edited is skipped, said once; the rest are swept."""
+        if problem not in self._malformed:
+            self._malformed.add(problem)
+            self._logger.warning(f"Not sweeping {problem}: fix or delete it by hand")
+
+    async def _sweep_rayjob(self, rayjob: SweptRayJob, gone: set[SweptRayJob]) -> None:
         try:
-            flow_run = await self.client.read_flow_run(UUID(run_id)) if run_id else None
+            flow_run: FlowRun | None = await self.client.read_flow_run(rayjob.flow_run_id)
         except ObjectNotFound:
             flow_run = None
         state = flow_run.state if flow_run is not None else None
         if flow_run is None:
-            why = "its flow run no longer exists"
+            run = RunIs.GONE
+            gone.add(rayjob)
         elif state is not None and state.is_final():
-            why = f"its flow run is {state.type.value}"
+            run = RunIs.FINAL
         elif state is not None and state.type == StateType.CANCELLING:
-            why = "its flow run is cancelling"
+            run = RunIs.CANCELLING
         else:
+            run = RunIs.ACTIVE
+        why = sweep_action(run, gone_before=rayjob in self._gone_runs)
+        if why is None:
             return
-        if await self._delete_rayjob(namespace, name):
-            self._logger.info(f"Deleted orphaned RayJob {namespace}/{name}: {why}")
-        if flow_run is not None and state is not None and state.type == StateType.CANCELLING:
+        if await self._delete_rayjob(rayjob.namespace, rayjob.name):
+            self._logger.info(f"Deleted orphaned RayJob {rayjob.id}: {why}")
+        if flow_run is not None and run is RunIs.CANCELLING:
             await self._mark_flow_run_as_cancelled(
-                flow_run, {"message": f"Cancelled: RayJob {namespace}/{name} deleted."}
+                flow_run, {"message": f"Cancelled: RayJob {rayjob.id} deleted."}
             )
 
-    async def _crash_vanished(self, live: dict[str, str], unreadable: set[str]) -> None:
+    async def _crash_vanished(self, live: set[str], unreadable: set[str]) -> None:
         runs = await self.client.read_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool.name])),
+            work_pool_filter=WorkPoolFilter(id=WorkPoolFilterId(any_=[self.work_pool.id])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(
                     type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
                 )
             ),
         )
+        # (flow run, infrastructure id, state): a retry's new state or RayJob starts over.
+        vanished: dict[tuple[UUID, str, UUID | None], FlowRun] = {}
         for flow_run in runs:
             pid = flow_run.infrastructure_pid
-            if not pid or pid in live or pid in self._watched:
+            if not pid or flow_run.id in self._submitting_flow_run_ids:
                 continue
-            if flow_run.id in self._submitting_flow_run_ids:
+            namespace, name = split_infrastructure_id(pid, "")
+            namespace = namespace or await self._namespace_of(flow_run)  # an older worker's
+            rid = infrastructure_id(namespace, name)
+            if rid in live or rid in self._watched or namespace in unreadable:
                 continue
-            namespace = await self._namespace_of(flow_run)
             # A RayJob the worker may not read has not vanished.
-            if namespace in unreadable or await self._get_rayjob(namespace, pid) is not None:
+            try:
+                if await self._get_rayjob(namespace, name) is not None:
+                    continue
+            except k8s.ApiException as e:
+                if e.status != 403:
+                    raise
+                self._forbidden_once(namespace)
                 continue
-            message = f"RayJob {namespace}/{pid} vanished while the flow run was not finished"
+            vanished[(flow_run.id, rid, flow_run.state.id if flow_run.state else None)] = flow_run
+        for key in self._vanished.step(vanished):
+            flow_run = vanished[key]
+            message = f"RayJob {key[1]} vanished while the flow run was not finished"
             self.get_flow_run_logger(flow_run).error(message)
             await self._propose_crashed_state(flow_run, message)
 
@@ -522,3 +683,17 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             return configuration.namespace
         except ObjectNotFound:
             return self._pool_namespace()
+
+
+def watch_delay(interval: float, failures: int) -> float:
+    """The pause before a watch round: the interval, doubled per failed round in a row,
+    up to WATCH_BACKOFF_MAX_SECONDS (or the interval, where that is longer)."""
+    return min(interval * 2 ** min(failures, 16), max(interval, WATCH_BACKOFF_MAX_SECONDS))
+
+
+def _short_error(e: Exception) -> str:
+    """An error in a line, for a log: the API server's body (which can echo a manifest)
+    left out."""
+    if isinstance(e, k8s.ApiException):
+        return f"Kubernetes API {e.status} {e.reason}"
+    return f"{type(e).__name__}: {str(e)[:200]}"

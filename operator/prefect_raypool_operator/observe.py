@@ -82,8 +82,10 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
         )
     ray = ray_cluster_check(cluster, found.now)
     # Where pods cannot run, their containers' own reasons replace the bare counts.
-    ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container)
-    prefect_failure = None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container)
+    ray_failure = None if ray.ok else pod_failure(found.pods, _is_ray_container, found.now)
+    prefect_failure = (
+        None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container, found.now)
+    )
     return build_status(
         _observed(
             desired,
@@ -101,7 +103,8 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
 
 def prefect_failure_or(found: Found, check: Check) -> Check:
     """A failing worker container's own reason, else `check`."""
-    return (None if check.ok else pod_failure(found.pods, _is_prefect_container)) or check
+    failure = None if check.ok else pod_failure(found.pods, _is_prefect_container, found.now)
+    return failure or check
 
 
 def _observed(desired: Plan, **found: Any) -> Observed:

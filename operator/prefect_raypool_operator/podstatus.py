@@ -5,11 +5,14 @@ reason: an image it cannot pull, a container that exits at once (its last log li
 are the termination message: the builders set FallbackToLogsOnError), OOMKilled, a
 pod no node can take, an eviction. The first such reason found becomes the failing
 condition's reason and message, as Prefect's Kubernetes observer does for flow runs.
+A past OOMKilled counts only while it is current or recent: a container that was
+killed once and has run since is not a pool Degraded for ever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_raypool_operator.status import Check
@@ -31,11 +34,17 @@ STUCK_WAITING = frozenset(
 )
 #: At most this much of a container's own message goes into the status.
 MESSAGE_CHARS = 300
+#: How long a running container's last OOMKilled still counts.
+OOM_RECENT = timedelta(minutes=10)
 
 
-def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check | None:
+def pod_failure(
+    pods: Iterable[Obj], container: Callable[[str], bool], now: datetime | None = None
+) -> Check | None:
     """The first reason found why a container that `container(name)` selects cannot
-    run, as a failing Check; None when no selected container is stuck."""
+    run, as a failing Check; None when no selected container is stuck. `now` (the
+    clock's, unless given) dates a restarted container's last OOMKilled."""
+    now = now or datetime.now(UTC)
     for pod in pods:
         name = pod.get("metadata", {}).get("name", "?")
         status = pod.get("status") or {}
@@ -51,7 +60,7 @@ def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check 
         for c in statuses:
             if not container(c.get("name", "")):
                 continue
-            found = _container_failure(c)
+            found = _container_failure(c, now)
             if found:
                 reason, detail = found
                 message = f"pod {name}, container {c['name']}: {detail}"
@@ -59,10 +68,10 @@ def pod_failure(pods: Iterable[Obj], container: Callable[[str], bool]) -> Check 
     return None
 
 
-def _container_failure(c: Obj) -> tuple[str, str] | None:
+def _container_failure(c: Obj, now: datetime) -> tuple[str, str] | None:
     state, last = c.get("state") or {}, c.get("lastState") or {}
     terminated = state.get("terminated") or last.get("terminated") or {}
-    if terminated.get("reason") == "OOMKilled":
+    if terminated.get("reason") == "OOMKilled" and _oom_counts(state, terminated, now):
         return "OOMKilled", "killed for running out of memory (OOMKilled): raise its memory"
     waiting = state.get("waiting") or {}
     if waiting.get("reason") not in STUCK_WAITING:
@@ -73,6 +82,17 @@ def _container_failure(c: Obj) -> tuple[str, str] | None:
         said = _short(terminated.get("message")) or terminated.get("reason", "")
         detail += f"; it last exited with code {code}: {said}"
     return waiting["reason"], detail
+
+
+def _oom_counts(state: Obj, terminated: Obj, now: datetime) -> bool:
+    """An OOMKilled counts while the container is not running again (terminated now,
+    or waiting to restart), or ran out of memory within OOM_RECENT."""
+    if "running" not in state:
+        return True
+    finished = terminated.get("finishedAt")
+    if not finished:
+        return False
+    return now - datetime.fromisoformat(str(finished).replace("Z", "+00:00")) < OOM_RECENT
 
 
 def _short(text: str | None) -> str:

@@ -31,7 +31,7 @@ def test_flow_run_completes_in_its_own_ray_cluster(pools: PoolDriver) -> None:
     assert state.type.value == "COMPLETED", f"{state}\n{explain()}"
     # The worker recorded the RayJob as the run's infrastructure, and KubeRay ran the
     # Ray job (the flow run) to success.
-    assert run.flow_run.infrastructure_pid == name
+    assert run.flow_run.infrastructure_pid == f"{pools.namespace}/{name}"
     assert run.rayjob["spec"]["submissionMode"] == "K8sJobMode"
     assert len(run.task_runs) == COUNT
     assert {t.state.type.value for t in run.task_runs} == {"COMPLETED"}

@@ -15,7 +15,13 @@ import anyio
 import pytest
 
 from prefect_raypool_kuberay import contract
-from prefect_raypool_kuberay.failures import crash_reason, last_lines, pod_failure
+from prefect_raypool_kuberay.failures import (
+    crash_reason,
+    last_lines,
+    never_started,
+    pod_failure,
+    worker_pod_problems,
+)
 from prefect_raypool_kuberay.job_template import base_job_template
 from prefect_raypool_kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
 from prefect_raypool_kuberay.worker import KubeRayJobConfiguration, KubeRayWorker
@@ -173,8 +179,15 @@ def _rayjob(**status: Any) -> dict[str, Any]:
     return {"metadata": {"name": "rj"}, "status": status}
 
 
-def _pod(status: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": "rj-head-x"}, "status": status}
+HEAD = {"ray.io/node-type": "head", "ray.io/cluster": "rj-c"}
+WORKER = {"ray.io/node-type": "worker", "ray.io/cluster": "rj-c"}
+SUBMITTER = {"batch.kubernetes.io/job-name": "rj"}
+
+
+def _pod(
+    status: dict[str, Any], labels: dict[str, str] = HEAD, name: str = "rj-head-x"
+) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}, "status": status}
 
 
 @pytest.mark.parametrize(
@@ -226,6 +239,16 @@ def test_kuberay_verdicts(status: dict[str, Any], expected: str | None) -> None:
                              "message": "0/1 nodes: Insufficient cpu"}]},
             "pod rj-head-x Unschedulable: 0/1 nodes: Insufficient cpu (for 0s)",
         ),
+        (
+            {"containerStatuses": [{"name": "ray-head", "state": {"waiting": {
+                "reason": "ErrImageNeverPull", "message": "flows:1 not present"}}}]},
+            "pod rj-head-x container ray-head ErrImageNeverPull: flows:1 not present",
+        ),
+        (
+            {"containerStatuses": [{"name": "ray-head", "state": {"waiting": {
+                "reason": "RunContainerError", "message": "exec: no such file"}}}]},
+            "pod rj-head-x container ray-head RunContainerError: exec: no such file",
+        ),
         ({"phase": "Pending", "containerStatuses": [{"name": "c", "state": {"waiting": {
             "reason": "ContainerCreating"}}}]}, None),
     ],
@@ -254,6 +277,64 @@ def test_an_unschedulable_pod_is_given_time_for_a_node() -> None:
         "Ray cluster of RayJob rj cannot run: pod rj-head-x Unschedulable: "
         "0/3 nodes: Insufficient nvidia.com/gpu (for 301s)"
     )
+
+
+OOM_ONCE = {"containerStatuses": [{"name": "ray-worker", "state": {"running": {}},
+             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}  # fmt: skip
+PULL = {"containerStatuses": [{"name": "c", "state": {"waiting": {"reason": "ErrImagePull"}}}]}
+
+
+def test_only_the_head_or_the_submitter_crashes_the_run() -> None:
+    """A Ray worker pod KubeRay replaces (OOMKilled once, evicted, an image it cannot
+    pull) is a warning; the same on the submitter or the head is a crash."""
+    job = _rayjob(jobDeploymentStatus="Running")
+    workers = [
+        _pod(OOM_ONCE, WORKER, "rj-worker-a"),
+        _pod({"phase": "Failed", "reason": "Evicted"}, WORKER, "rj-worker-b"),
+        _pod(PULL, {}, "unlabelled"),  # not known to be the head or the submitter
+    ]
+    assert not crash_reason(job, workers).finished
+    assert pod_failure(workers) is None
+    assert worker_pod_problems(workers) == [
+        "pod rj-worker-a container ray-worker OOMKilled (exit code 137)",
+        "pod rj-worker-b Evicted",
+        "pod unlabelled container c ErrImagePull",
+    ]
+    submitter = _pod(PULL, SUBMITTER, "rj-submit")
+    outcome = crash_reason(job, [*workers, submitter])
+    assert outcome.finished and "pod rj-submit container c ErrImagePull" in outcome.reason
+    head = _pod(OOM_ONCE, HEAD)
+    assert crash_reason(job, [*workers, head]).finished
+
+
+CREATED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _created(deployment: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "rj", "creationTimestamp": "2026-01-01T12:00:00Z"},
+        "status": {"jobDeploymentStatus": deployment},
+    }
+
+
+def test_a_cluster_whose_head_pod_is_never_created_crashes_after_the_deadline() -> None:
+    """A quota or a webhook refusing the pods: nothing to wait for, only a deadline."""
+    job, late = _created("Initializing"), CREATED + timedelta(seconds=601)
+    assert never_started(job, [], CREATED + timedelta(seconds=599), 600) is None
+    outcome = crash_reason(job, [], late, start_timeout_s=600)
+    assert outcome.finished and not outcome.succeeded
+    assert outcome.reason == (
+        "Ray cluster of RayJob rj cannot run: no Ray head pod 601s after the RayJob was "
+        "created (job variable cluster_start_timeout_seconds): see the RayJob's and its "
+        "RayCluster's events"
+    )
+    # A head pod (still pulling its image) is a start, however slow.
+    starting = _pod({"phase": "Pending"}, HEAD)
+    assert not crash_reason(job, [starting], late, start_timeout_s=600).finished
+    # Worker pods are no head; a RayJob KubeRay moved on is no cluster still starting.
+    assert never_started(job, [_pod({}, WORKER)], late, 600) is not None
+    assert never_started(_created("Running"), [], late, 600) is None
+    assert never_started(job, [], late, None) is None
 
 
 def test_kuberay_verdict_beats_pods() -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,16 @@ from kubernetes import client as k8s
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelling, Completed, Running
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import AwaitingRetry, Cancelling, Completed, Running
 
 from prefect_raypool_kuberay.job_template import base_job_template
+from prefect_raypool_kuberay.ownership import pool_labels
 from prefect_raypool_kuberay.policy import JobPolicy
 from prefect_raypool_kuberay.rayjob import build_rayjob
 from prefect_raypool_kuberay.worker import GROUP, PLURAL, VERSION, KubeRayWorker
 from testbed.cluster import Cluster
-from testbed.prefect_server import PrefectServer
+from testbed.prefect_server import PrefectServer, start_prefect_server
 from testbed.waiting import eventually
 from tests.kuberay.templates import configuration
 
@@ -168,6 +171,8 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
             labels = job["metadata"]["labels"]
             assert labels["prefect.io/flow-run-id"] == str(run_id)
             assert labels["prefect.io/work-pool-name"] == pool
+            # What the sweep selects on: the work pool's id and the server's.
+            assert {k: labels[k] for k in _own(pool)} == _own(pool)
             spec = job["spec"]
             assert spec["entrypoint"] == "prefect flow-run execute"
             assert spec["shutdownAfterJobFinishes"] is True
@@ -187,7 +192,8 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
                 ),
             )
             async with get_client() as c:
-                assert (await c.read_flow_run(run_id)).infrastructure_pid == name
+                pid = (await c.read_flow_run(run_id)).infrastructure_pid
+                assert pid == f"{namespace}/{name}"
             _fake_submitter_output(kube_cluster, namespace, name, "Traceback...\nValueError: boom")
             _patch_status(
                 kube_cluster,
@@ -355,6 +361,12 @@ def test_orphans_both_ways(kube_cluster: Cluster, namespace: str, pool: str) -> 
             )
         async with _worker(pool, kube_cluster) as worker:
             await worker.sweep_orphans()
+            # The finished run's RayJob goes at once; the vanished ones wait a sweep.
+            names = {j["metadata"]["name"] for j in _live_rayjobs(kube_cluster, namespace)}
+            assert names == {"gone-run"}
+            async with get_client() as c:
+                assert (await c.read_flow_run(running_id)).state.type == StateType.RUNNING
+            await worker.sweep_orphans()
         assert _rayjobs(kube_cluster, namespace) == [] or all(
             j["metadata"].get("deletionTimestamp") for j in _rayjobs(kube_cluster, namespace)
         )
@@ -406,7 +418,20 @@ def _fake_submitter_output(cluster: Cluster, namespace: str, rayjob: str, output
     )
 
 
-def _orphan(name: str, namespace: str, pool: str, run_id: uuid.UUID) -> dict[str, Any]:
+def _own(pool: str, server: str | None = None) -> dict[str, str]:
+    """The labels the worker of `pool` on `server` (PREFECT_API_URL's) gives its RayJobs."""
+    url = server or PREFECT_API_URL.value()
+    work_pool = httpx.get(f"{url}/work_pools/{pool}", timeout=10).json()
+    return pool_labels(work_pool["id"], url)
+
+
+def _live_rayjobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return [j for j in _rayjobs(cluster, namespace) if not j["metadata"].get("deletionTimestamp")]
+
+
+def _orphan(
+    name: str, namespace: str, pool: str, run_id: uuid.UUID, server: str | None = None
+) -> dict[str, Any]:
     """A RayJob as another worker of the pool made it for `run_id`."""
     return build_rayjob(
         manifest=configuration(namespace=namespace, worker_replicas=0).rayjob_manifest,
@@ -414,7 +439,11 @@ def _orphan(name: str, namespace: str, pool: str, run_id: uuid.UUID) -> dict[str
         namespace=namespace,
         command="prefect flow-run execute",
         env={},
-        labels={"prefect.io/flow-run-id": str(run_id), "prefect.io/work-pool-name": pool},
+        labels={
+            "prefect.io/flow-run-id": str(run_id),
+            "prefect.io/work-pool-name": pool,
+            **_own(pool, server),
+        },
         api_key_secret=None,
     )
 
@@ -445,3 +474,106 @@ def test_a_namespace_the_worker_may_not_read_is_skipped_not_crashed(
     warnings = [r.getMessage() for r in caplog.records if "403 Forbidden" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert f"namespace {namespace!r}" in warnings[0] and "rayjobs.ray.io" in warnings[0]
+
+
+def test_same_work_pool_name_on_two_prefect_servers_touch_not_each_others_rayjobs(
+    kube_cluster: Cluster, namespace: str, pool: str, tmp_path: Path
+) -> None:
+    """Two Ephemeral work pools named alike, on two Prefect servers, one namespace: the
+    second's worker sweeps (its own orphan goes) and leaves the first's running RayJob
+    alone, which it used to take for an orphan of a flow run that does not exist."""
+
+    async def scenario() -> None:
+        other = await anyio.to_thread.run_sync(start_prefect_server, tmp_path / "other")
+        try:
+            httpx.post(
+                f"{other.api_url}/work_pools/",
+                json={
+                    "name": pool,
+                    "type": "kuberay",
+                    "base_job_template": _pool_template(namespace),
+                },
+                timeout=10,
+            ).raise_for_status()
+            run_id = await _flow_run(pool)
+            async with _worker(pool, kube_cluster) as worker:
+                name = await _submit(worker, kube_cluster, namespace)
+                async with get_client() as c:
+                    await c.set_flow_run_state(run_id, Running(), force=True)
+                api = k8s.CustomObjectsApi(kube_cluster.api_client())
+                orphan = _orphan("other-gone", namespace, pool, uuid.uuid4(), other.api_url)
+                api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, orphan)
+                with temporary_settings({PREFECT_API_URL: other.api_url}):
+                    async with _worker(pool, kube_cluster) as on_other:
+                        for _ in range(3):
+                            await on_other.sweep_orphans()
+                names = {j["metadata"]["name"] for j in _live_rayjobs(kube_cluster, namespace)}
+                assert names == {name}
+                await worker.sweep_orphans()
+                await worker.sweep_orphans()
+                assert {j["metadata"]["name"] for j in _live_rayjobs(kube_cluster, namespace)} == {
+                    name
+                }
+                async with get_client() as c:
+                    assert (await c.read_flow_run(run_id)).state.type == StateType.RUNNING
+                    await c.set_flow_run_state(run_id, Cancelling(), force=True)
+                run = await _final_state(run_id)
+            assert run.state.type == StateType.CANCELLED
+        finally:
+            other.stop()
+
+    anyio.run(scenario)
+
+
+def test_a_retry_on_another_worker_replica_is_not_crashed_by_the_old_rayjob(
+    kube_cluster: Cluster, namespace: str, pool: str
+) -> None:
+    """Two replicas of the pool's worker. The run's driver reschedules it (AwaitingRetry,
+    as on SIGTERM) while its first RayJob is still up; the second replica submits the
+    retry; then KubeRay fails the first RayJob. The first replica's watch must see that
+    the run moved on and crash nothing; the sweeps of both leave the new RayJob be."""
+
+    async def scenario() -> None:
+        run_id = await _flow_run(pool)
+        async with _worker(pool, kube_cluster) as first, _worker(pool, kube_cluster) as second:
+            old = await _submit(first, kube_cluster, namespace)
+            async with get_client() as c:
+                await c.set_flow_run_state(run_id, Running(), force=True)
+                await c.set_flow_run_state(
+                    run_id, AwaitingRetry(scheduled_time=datetime.now(UTC)), force=True
+                )
+            await second.get_and_submit_flow_runs()
+
+            def new_rayjob() -> str | None:
+                names = {j["metadata"]["name"] for j in _rayjobs(kube_cluster, namespace)}
+                return next(iter(names - {old}), None)
+
+            new = await _aeventually("the retry's RayJob", new_rayjob)
+            async with get_client() as c:  # the second replica records the retry's id
+                for _ in range(50):
+                    pid = (await c.read_flow_run(run_id)).infrastructure_pid
+                    if pid == f"{namespace}/{new}":
+                        break
+                    await anyio.sleep(0.2)
+            assert pid == f"{namespace}/{new}"
+            _patch_status(
+                kube_cluster,
+                namespace,
+                old,
+                {"jobDeploymentStatus": "Failed", "reason": "AppFailed", "message": "SIGTERM"},
+            )
+            await anyio.sleep(3)  # ten watch rounds of the first replica
+            for worker in (first, second, first, second):
+                await worker.sweep_orphans()
+            async with get_client() as c:
+                run = await c.read_flow_run(run_id)
+            assert run.state.type == StateType.PENDING, run.state
+            names = {j["metadata"]["name"] for j in _live_rayjobs(kube_cluster, namespace)}
+            assert new in names
+            assert f"no longer watching {namespace}/{old}" in await _log_text(run_id)
+            async with get_client() as c:
+                await c.set_flow_run_state(run_id, Cancelling(), force=True)
+            run = await _final_state(run_id)
+        assert run.state.type == StateType.CANCELLED
+
+    anyio.run(scenario)

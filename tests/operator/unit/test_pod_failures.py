@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -103,6 +104,45 @@ def test_oom_killed_and_unschedulable_are_named() -> None:
         and found.reason == "Unschedulable"
         and "Insufficient cpu" in found.message
     )
+
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _oom_once(finished: str, state: dict[str, Any]) -> dict[str, Any]:
+    last = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": finished}}
+    return _pod("p-worker-x", "ray-worker", state=state, lastState=last)
+
+
+RUNNING = {"running": {"startedAt": "2026-01-01T10:00:00Z"}}
+
+
+@pytest.mark.parametrize(
+    ("finished", "state", "counts"),
+    [
+        ("2026-01-01T11:55:00Z", RUNNING, True),  # five minutes ago: still news
+        ("2026-01-01T11:00:00Z", RUNNING, False),  # an hour ago, and running since
+        ("2026-01-01T11:00:00Z", {"waiting": {"reason": "CrashLoopBackOff"}}, True),
+        ("2026-01-01T11:00:00Z", {"waiting": {"reason": "ContainerCreating"}}, True),
+    ],
+)
+def test_an_oom_killed_restart_counts_while_current_or_recent(
+    finished: str, state: dict[str, Any], counts: bool
+) -> None:
+    found = pod_failure([_oom_once(finished, state)], lambda name: True, NOW)
+    assert (found is not None and found.reason == "OOMKilled") is counts
+
+
+def test_one_oom_killed_restart_does_not_leave_the_pool_degraded_for_ever() -> None:
+    """A Ray worker killed once, an hour ago, and running since: a cluster not ready
+    for another reason is not blamed on it."""
+    stale = _oom_once("2026-01-01T11:00:00Z", RUNNING)
+    live = {PREFECT_WORKER_DEPLOYMENT: NOT_READY_DEPLOYMENT, RAY_CLUSTER: {"status": {"state": ""}}}
+    status = observe_status(plan(POOL), Found(live=live, pods=[stale], now=NOW), {})
+    assert _condition(status, "RayClusterReady")["reason"] != "OOMKilled"
+    recent = _oom_once("2026-01-01T11:58:00Z", RUNNING)
+    status = observe_status(plan(POOL), Found(live=live, pods=[recent], now=NOW), {})
+    assert _condition(status, "RayClusterReady")["reason"] == "OOMKilled"
 
 
 def test_starting_containers_are_not_failures() -> None:
