@@ -387,8 +387,8 @@ class ControlPlane:
 
     # ---- helpers ---------------------------------------------------------------
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        return cluster_tool(self.binaries.kubectl, self.kubeconfig)(*args, stdin=stdin)
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return cluster_tool(self.binaries.kubectl, self.kubeconfig)(*args, stdin=stdin, check=check)
 
     def _crds_established(self) -> bool:
         names = ["rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io"]

@@ -40,8 +40,8 @@ class RealStack:
     def kubeconfig(self) -> Path:
         return self.control_plane.kubeconfig
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        return self.control_plane.kubectl(*args, stdin=stdin)
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return self.control_plane.kubectl(*args, stdin=stdin, check=check)
 
     def helm(self, *args: str) -> str:
         return cluster_tool(self.control_plane.binaries.helm, self.kubeconfig)(*args)
