@@ -177,12 +177,12 @@ def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -
 
 def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Problem | None:
     """The first of what only the cluster knows that stops the pool, if any."""
+    api_key = desired.work_pool.api_key_ref if desired.work_pool else None
+    if api_key is not None and values.secret_type(api_key) == SERVICE_ACCOUNT_TOKEN:
+        return api_key_is_service_account_token(api_key.name)  # whatever keys it has
     for where, ref in desired.secret_refs:
         if not values.exists(ref):
             return secret_not_found(where, ref, desired.namespace)
-    api_key = desired.work_pool.api_key_ref if desired.work_pool else None
-    if api_key is not None and values.secret_type(api_key) == SERVICE_ACCOUNT_TOKEN:
-        return api_key_is_service_account_token(api_key.name)
     if not io.kuberay_installed(desired.namespace):
         return KUBERAY_NOT_INSTALLED
     return None
