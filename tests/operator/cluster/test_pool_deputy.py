@@ -408,10 +408,13 @@ def test_a_deployment_of_the_workers_name_is_left_untouched(env: PoolDriver) -> 
     assert env.raycluster("analytics") is None  # nothing of the pool half-made
 
     def untouched() -> None:
+        # Its status moves on (the Deployment controller's); the rest is as made.
         now = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
-        assert now.metadata.resource_version == made.metadata.resource_version
-        assert not now.metadata.owner_references
+        assert now.metadata.generation == made.metadata.generation
+        assert now.metadata.labels == {"app": "billing"} and not now.metadata.owner_references
         assert now.spec.template.spec.containers[0].image == "billing:1"
+        managers = {f.manager for f in now.metadata.managed_fields or []}
+        assert not any(m.startswith("prefect-raypool-operator") for m in managers), managers
 
     untouched()
     _delete(env, "analytics")
