@@ -119,6 +119,17 @@ class Config:
             reapply_seconds=_float("RAYPOOL_REAPPLY_SECONDS", 300.0),
         )
 
+    def warnings(self) -> list[str]:
+        """What the platform engineer should hear at start: settings that refuse every
+        pool."""
+        if self.prefect_api_allowlist:
+            return []
+        return [
+            "RAYPOOL_PREFECT_API_ALLOWLIST is empty: every pool is refused "
+            "(PrefectAPIURLNotAllowed); list the Prefect API URLs pools may name (chart "
+            "value prefectApiAllowlist)"
+        ]
+
     def prefect_api_allowed(self, url: str) -> bool:
         """Whether a pool's spec.prefect.apiUrl is on the allow-list (before the URL map:
         the map is the operator's own route to an allowed API)."""

@@ -58,6 +58,12 @@ def test_empty_refuses_every_url() -> None:
     assert not Config().prefect_api_allowed(ALLOWED[0])
 
 
+def test_an_operator_started_without_a_list_says_so() -> None:
+    [warning] = Config().warnings()
+    assert "every pool is refused" in warning and "prefectApiAllowlist" in warning
+    assert Config(prefect_api_allowlist=ALLOWED).warnings() == []
+
+
 def test_an_empty_list_names_the_setting_to_fill(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconcile, "CONFIG", Config())
     problem = reconcile.not_allowed("http://u:secret@prefect:4200/api")
