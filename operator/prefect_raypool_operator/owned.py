@@ -61,10 +61,11 @@ def held_by_pool(meta: Obj, pool_name: str, pool_uid: str) -> bool:
     someone else's: a forced apply would take it over, and the garbage collector would
     delete it with the pool."""
     refs = meta.get("ownerReferences") or []
-    pools = [
+    pools = [  # of any version of the CRD
         ref
         for ref in refs
-        if ref.get("kind") == kinds.POOL.kind and ref.get("apiVersion") == kinds.POOL.api_version
+        if ref.get("kind") == kinds.POOL.kind
+        and str(ref.get("apiVersion")).partition("/")[0] == kinds.POOL.group
     ]
     if any(ref.get("uid") == pool_uid for ref in pools):
         return True

@@ -138,6 +138,7 @@ def test_only_the_pools_own_objects_are_held(meta: dict[str, Any]) -> None:
     [
         {"labels": OURS, "ownerReferences": [_pool_ref()]},
         {"labels": {}, "ownerReferences": [_pool_ref()]},  # labels edited away: drift
+        {"ownerReferences": [{**_pool_ref(), "apiVersion": "prefectray.io/v1beta1"}]},
         {"labels": OURS, "ownerReferences": [_pool_ref(uid="predecessor")]},
         {"labels": OURS},  # left by a pool deleted with --cascade=orphan
     ],
