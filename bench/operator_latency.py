@@ -30,7 +30,7 @@ from kubernetes import client, config, watch
 from prefect_raypool_operator import kinds
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
-from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.operator_process import OperatorProcess, allow_prefect, apply_pool_crd
 from testbed.prefect_server import start_prefect_server
 from testbed.processes import free_port, stop_recorded
 
@@ -274,7 +274,8 @@ def main() -> int:
     cp = ControlPlane(binaries=ensure_binaries(), state_dir=state)
     cp.start()
     prefect = start_prefect_server(state / "prefect")
-    op = OperatorProcess(cp.kubeconfig, state / "operator.log", free_port(), {})
+    allowed = allow_prefect(prefect.api_url)
+    op = OperatorProcess(cp.kubeconfig, state / "operator.log", free_port(), allowed)
     try:
         apply_pool_crd(cp.binaries.kubectl, cp.kubeconfig)
         op.start()

@@ -45,7 +45,7 @@ from prefect_raypool_operator.status import RAY_PODS_UP_TO_DATE, READY
 from testbed import audit
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import KWOK_NODE_ANNOTATION, NODE_NAME, ControlPlane
-from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.operator_process import OperatorProcess, allow_prefect, apply_pool_crd
 from testbed.prefect_server import start_prefect_server
 from testbed.processes import free_port, stop_recorded
 
@@ -194,7 +194,7 @@ class Bench:
             self.cp.user_kubeconfig(OPERATOR_USER),
             self.state / log,
             free_port(),
-            {},
+            allow_prefect(self.prefect.api_url),
             extra_args=extra_args,
         )
         op.start(timeout=300)

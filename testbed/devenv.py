@@ -24,7 +24,13 @@ from prefect_raypool_operator.podstatus import STUCK_WAITING
 from testbed import REPO, fit, netns
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane, stop_control_plane
-from testbed.operator_process import apply_pool_crd, operator_argv, operator_env
+from testbed.operator_process import (
+    EXAMPLES_PREFECT_URL,
+    allow_prefect,
+    apply_pool_crd,
+    operator_argv,
+    operator_env,
+)
 from testbed.prefect_server import start_prefect_server
 from testbed.processes import (
     PROCESSES_FILE,
@@ -34,10 +40,6 @@ from testbed.processes import (
     http_ok,
     log,
 )
-
-#: The examples name the in-cluster Prefect service; the operator runs on the host,
-#: so RAYPOOL_PREFECT_URL_MAP points that URL at the local server.
-EXAMPLES_PREFECT_URL = "http://prefect-server.prefect.svc:4200/api"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +129,12 @@ def start_operator(
     examples that fit (in `default`); return which once every one is Ready."""
     apply_pool_crd(kubectl_bin, kubeconfig)
     health = f"http://127.0.0.1:{free_port()}/healthz"
+    # The examples name the in-cluster Prefect Service; the operator runs on the host,
+    # so RAYPOOL_PREFECT_URL_MAP points that URL at the local server. Pools may name
+    # either (the allow-list is checked before the map).
     url_map = f"{EXAMPLES_PREFECT_URL}={prefect_api_url.rstrip('/')}"
-    env = operator_env(kubeconfig, {"RAYPOOL_PREFECT_URL_MAP": url_map})
+    allowed = allow_prefect(EXAMPLES_PREFECT_URL, prefect_api_url)
+    env = operator_env(kubeconfig, {"RAYPOOL_PREFECT_URL_MAP": url_map, **allowed})
     sup.spawn("prefect-raypool-operator", operator_argv(health, scope), env=env)
     sup.wait("prefect-raypool operator", lambda: http_ok(health), 120)
     return apply_examples(sup, cluster_tool(kubectl_bin, kubeconfig), timeout=120)

@@ -1,7 +1,9 @@
 """The prefect-raypool operator as a local process, and its CRD, for tests and `make up`.
 
 In a cluster the operator runs from its image through the chart; here it runs from
-the source checkout with the same command line (`operator_argv`).
+the source checkout with the same command line (`operator_argv`). Every operator is
+told which Prefect APIs its pools may name (`allow_prefect`): an operator without an
+allow-list refuses every pool.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from testbed.processes import http_ok, spawn_logged
 from testbed.waiting import eventually
 
 CRD_NAME = f"{kinds.PLURAL}.{kinds.GROUP}"
+
+#: The examples name the in-cluster Prefect Service that Prefect's own chart installs
+#: (the operator chart's default allow-list); the test bed routes it to its server.
+EXAMPLES_PREFECT_URL = "http://prefect-server.prefect.svc:4200/api"
+
+
+def allow_prefect(*api_urls: str) -> dict[str, str]:
+    """The operator's environment that allows pools to name these Prefect APIs."""
+    return {"RAYPOOL_PREFECT_API_ALLOWLIST": ",".join(api_urls)}
 
 
 def operator_argv(health_url: str, scope: tuple[str, ...] = ("--all-namespaces",)) -> list[str]:

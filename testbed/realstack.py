@@ -17,6 +17,7 @@ from testbed import REPO
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane
 from testbed.node import DEBIAN_PACKAGES, NODE_IP, unavailable_reason
+from testbed.operator_process import EXAMPLES_PREFECT_URL
 from testbed.prefect_server import PrefectServer, start_prefect_server
 from testbed.processes import cluster_tool, log
 from testbed.waiting import eventually
@@ -83,12 +84,15 @@ def start_real_stack(state_dir: Path, purpose: str = "test", timeout: float = 30
 
 def install_operator(stack: RealStack, timeout: float, replicas: int | None = None) -> None:
     """`helm install` the operator chart (its CRD included) with the image built here;
-    `replicas` None keeps the chart's default."""
+    `replicas` None keeps the chart's default. Pools may name the test bed's Prefect
+    server as the tests' pods reach it, and as the examples name it (`make up`)."""
     extra = ["--set", f"replicaCount={replicas}"] if replicas is not None else []
+    allowed = f"prefectApiAllowlist={{{EXAMPLES_PREFECT_URL},{stack.prefect.api_url}}}"
     stack.helm(
         "install", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", "image.pullPolicy=Never",  # loaded into the node, never pulled
+        "--set", allowed,
         *extra,
     )  # fmt: skip
     try:

@@ -23,6 +23,13 @@ def _float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+def _bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw not in ("", "true", "false"):
+        raise ValueError(f"{name}={raw!r}: expected true or false")
+    return raw == "true"
+
+
 def _url_map(raw: str) -> list[tuple[str, str]]:
     pairs = []
     for item in filter(None, (p.strip() for p in raw.split(","))):
@@ -70,8 +77,13 @@ class Config:
     # admit the operator's pods there. None outside a cluster: no such rule.
     operator_namespace: str | None = None
     # The Prefect API URL prefixes pools may name (chart value prefectApiAllowlist);
-    # empty: any. The operator sends a pool's API key, and reads its answers, only there.
+    # empty: none, every pool is refused. The operator sends a pool's API key, and reads
+    # its answers, only there.
     prefect_api_allowlist: tuple[str, ...] = ()
+    # Whether a pool may take a Prefect work pool it did not create, one nobody claims
+    # (chart value adoptExistingWorkPools). Off: a pool author cannot take over (and
+    # reconfigure) a work pool someone made by hand by naming it.
+    adopt_work_pools: bool = False
     # On pool deletion, tries to delete or release its work pool before letting go
     # (a Warning Event then): an unreachable Prefect must not keep a pool forever.
     work_pool_release_tries: int = 5
@@ -100,11 +112,23 @@ class Config:
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
+            adopt_work_pools=_bool("RAYPOOL_ADOPT_WORK_POOLS"),
             work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
             work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),
             kuberay_grace_seconds=_float("RAYPOOL_KUBERAY_GRACE_SECONDS", 60.0),
             reapply_seconds=_float("RAYPOOL_REAPPLY_SECONDS", 300.0),
         )
+
+    def warnings(self) -> list[str]:
+        """What the platform engineer should hear at start: settings that refuse every
+        pool."""
+        if self.prefect_api_allowlist:
+            return []
+        return [
+            "RAYPOOL_PREFECT_API_ALLOWLIST is empty: every pool is refused "
+            "(PrefectAPIURLNotAllowed); list the Prefect API URLs pools may name (chart "
+            "value prefectApiAllowlist)"
+        ]
 
     def prefect_api_allowed(self, url: str) -> bool:
         """Whether a pool's spec.prefect.apiUrl is on the allow-list (before the URL map:

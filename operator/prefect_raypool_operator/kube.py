@@ -21,7 +21,7 @@ from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
 from prefect_raypool_operator.memory import recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
-from prefect_raypool_operator.port import ApplyConflict, DesiredWorkPool
+from prefect_raypool_operator.port import ApplyConflict, DesiredWorkPool, SecretKey
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.watchcache import Reads
@@ -190,10 +190,10 @@ def count_rayjobs(api: client.ApiClient, namespace: str, work_pool: str) -> int:
     return len(found.get("items") or [])
 
 
-def read_secret_data(api: client.ApiClient, namespace: str, ref: KeyRef) -> str | None:
-    """The referenced key of a Secret as stored (base64), or None when the Secret or
-    key is missing. Nothing else of the Secret is kept, nothing is decoded here:
-    whoever sends a value decodes it (reconcile._SecretValues)."""
+def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> SecretKey | None:
+    """The referenced key of a Secret as stored (base64) and the Secret's type, or None
+    when the Secret is missing. Nothing else of the Secret is kept, nothing is decoded
+    here: whoever sends a value decodes it (reconcile._SecretValues)."""
     try:
         response: Any = client.CoreV1Api(api).read_namespaced_secret(
             ref.name, namespace, _request_timeout=_timeout(), _preload_content=False
@@ -202,32 +202,58 @@ def read_secret_data(api: client.ApiClient, namespace: str, ref: KeyRef) -> str 
         if not_found(exc):
             return None
         raise
-    value = (_json(response).get("data") or {}).get(ref.key)
-    return value if isinstance(value, str) else None
+    secret = _json(response)
+    value = (secret.get("data") or {}).get(ref.key)
+    return SecretKey(str(secret.get("type") or "Opaque"), value if isinstance(value, str) else None)
 
 
 #: Read a Secret as metadata only: its data never reaches the operator.
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
-def ensure_secret(api: client.ApiClient, manifest: Obj) -> tuple[str, bool]:
-    """Create a Secret unless it exists: (its creationTimestamp, whether made now).
-    Created, never applied: a token is not rotated behind running Ray nodes' backs."""
+def read_metadata(api: client.ApiClient, kind: kinds.Kind, namespace: str, name: str) -> Obj | None:
+    """The metadata of an object by name, whoever made it, or None when there is none.
+    A list by name, not a GET: the operator lists and watches its kinds already, and
+    needs no other right to see what a first apply would take over."""
+    group, version, plural = kind.resource
+    list_args = (namespace,) if not group else (group, version, namespace, plural)
+    response: Any = _objects(api, group, "list", plural)(
+        *list_args,
+        field_selector=f"metadata.name={name}",
+        _headers={"Accept": METADATA_LIST},
+        _request_timeout=_timeout(),
+        _preload_content=False,
+    )
+    items = _json(response).get("items") or []
+    return cast(Obj, items[0].get("metadata") or {}) if items else None
+
+
+def _secret_metadata(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
+    try:
+        found = client.CoreV1Api(api).read_namespaced_secret(
+            name,
+            namespace,
+            _headers={"Accept": METADATA_ONLY},
+            _request_timeout=_timeout(),
+            _preload_content=False,
+        )
+    except client.ApiException as exc:
+        if not_found(exc):
+            return None
+        raise
+    return cast(Obj, _json(found)["metadata"])
+
+
+def ensure_secret(api: client.ApiClient, manifest: Obj) -> tuple[Obj, bool]:
+    """Create a Secret unless it exists: (its metadata, whether made now). Created,
+    never applied: a token is not rotated behind running Ray nodes' backs."""
     meta = manifest["metadata"]
     core = client.CoreV1Api(api)
     for _ in range(2):  # a create answered 409 (made meanwhile) reads once more
-        try:
-            found = core.read_namespaced_secret(
-                meta["name"],
-                meta["namespace"],
-                _headers={"Accept": METADATA_ONLY},
-                _request_timeout=_timeout(),
-                _preload_content=False,
-            )
-            return str(_json(found)["metadata"]["creationTimestamp"]), False
-        except client.ApiException as exc:
-            if not not_found(exc):
-                raise
+        found = _secret_metadata(api, meta["namespace"], meta["name"])
+        if found is not None:
+            return found, False
         try:
             made = core.create_namespaced_secret(
                 meta["namespace"],
@@ -235,7 +261,7 @@ def ensure_secret(api: client.ApiClient, manifest: Obj) -> tuple[str, bool]:
                 _request_timeout=_timeout(),
                 _preload_content=False,
             )
-            return str(_json(made)["metadata"]["creationTimestamp"]), True
+            return cast(Obj, _json(made)["metadata"]), True
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -284,6 +310,9 @@ class KubeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.reads.owned(owned, namespace, pool_name)
 
+    def metadata(self, kind: kinds.Kind, namespace: str, name: str) -> Obj | None:
+        return read_metadata(self.api, kind, namespace, name)
+
     def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         return server_side_apply(self.api, manifest, force=force)
 
@@ -293,7 +322,7 @@ class KubeIO:
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool:
         return delete(self.api, owned, namespace, pool_name)
 
-    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
+    def ensure_secret(self, manifest: Obj) -> tuple[Obj, bool]:
         return ensure_secret(self.api, manifest)
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -302,8 +331,8 @@ class KubeIO:
     def flow_run_clusters(self, namespace: str, work_pool: str) -> int:
         return count_rayjobs(self.api, namespace, work_pool)
 
-    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
-        return read_secret_data(self.api, namespace, ref)
+    def secret_key(self, namespace: str, ref: KeyRef) -> SecretKey | None:
+        return read_secret_key(self.api, namespace, ref)
 
     def kuberay_installed(self, namespace: str) -> bool:
         return kuberay_installed(self.api, namespace)
@@ -321,6 +350,7 @@ class KubeIO:
             timeout=CONFIG.prefect_timeout,
             work_pool_type=work_pool.type,
             base_job_template=work_pool.base_job_template,
+            adopt=CONFIG.adopt_work_pools,
         )
 
     def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:

@@ -35,6 +35,8 @@ kopf_log.soften_storage_initializing_retries()
 @kopf.on.startup()
 def on_startup(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
     config.configure_kopf(settings)
+    for warning in config.CONFIG.warnings():
+        logger.warning(warning)
     api = api_client()  # fail at start, not at the first pool, when there is no cluster config
     startup.wait_until_served(lambda namespace: kube.pools_served(api, namespace), logger.info)
 

@@ -53,6 +53,31 @@ class Owned:
     hand_over: Callable[[Obj, Obj | None], Obj | None] = _none
 
 
+def held_by_pool(meta: Obj, pool_name: str, pool_uid: str) -> bool:
+    """Whether an existing object of a generated name is the pool's to apply: owned by
+    this pool (its uid; labels edited away are drift, put back), or carrying the
+    operator's labels for a pool of this name and no owner but a PrefectRayPool of this
+    name (its predecessor, or one deleted with `--cascade=orphan`). Anything else is
+    someone else's: a forced apply would take it over, and the garbage collector would
+    delete it with the pool."""
+    refs = meta.get("ownerReferences") or []
+    pools = [  # of any version of the CRD
+        ref
+        for ref in refs
+        if ref.get("kind") == kinds.POOL.kind
+        and str(ref.get("apiVersion")).partition("/")[0] == kinds.POOL.group
+    ]
+    if any(ref.get("uid") == pool_uid for ref in pools):
+        return True
+    labels = meta.get("labels") or {}
+    return (
+        labels.get(naming.MANAGED_BY_LABEL) == naming.MANAGED_BY
+        and labels.get(naming.POOL_LABEL) == pool_name
+        and len(pools) == len(refs)
+        and all(ref.get("name") == pool_name for ref in pools)
+    )
+
+
 RAY_CLUSTER = Owned(
     kinds.RAY_CLUSTER, "raycluster_index", naming.ray_cluster, keep_autoscaled_replicas
 )

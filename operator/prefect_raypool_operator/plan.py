@@ -56,6 +56,11 @@ class Plan:
     work_pool: DesiredWorkPool | None = None  # None when refused
 
     @property
+    def uid(self) -> str:
+        """The pool's uid: what its objects' owner references name."""
+        return str(self.body["metadata"].get("uid") or "")
+
+    @property
     def sidecar(self) -> bool:
         """The Prefect worker runs in the Ray head pod (not in its own Deployment)."""
         return self.spec is not None and self.spec.placement == Placement.HEAD_SIDECAR
@@ -75,7 +80,7 @@ def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) 
     except Refused as refused:
         return Plan(body, pool_name, namespace, generation, pool_name, refusal=refused.problem)
     work_pool_name = naming.work_pool_name(pool_name, spec)
-    problems = spec_problems(spec)
+    problems = spec_problems(spec, pool_name)
     if problems:
         return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
     owner = kopf.Body(cast(Any, body))

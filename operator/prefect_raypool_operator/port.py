@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prefect_raypool_kuberay.contract import WORKER_TYPE
 
 if TYPE_CHECKING:
+    from prefect_raypool_operator.kinds import Kind
     from prefect_raypool_operator.owned import Owned
     from prefect_raypool_operator.spec import KeyRef
     from prefect_raypool_operator.status import Check
@@ -52,6 +53,15 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class SecretKey:
+    """One key of a Secret as stored, and the Secret's type: a ServiceAccount's token
+    (kubernetes.io/service-account-token) is never sent as a Prefect API key."""
+
+    type: str
+    value: str | None  # base64 as stored; None when the Secret has no such key
+
+
+@dataclass(frozen=True)
 class DesiredWorkPool:
     """The Prefect work pool a pool wants, all decided from its spec (plan.py). Only
     the API key's value is read when it is sent: the plan names its Secret key."""
@@ -71,7 +81,14 @@ class ClusterIO(Protocol):
 
     def pool(self, namespace: str, name: str) -> Obj | None: ...
 
-    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None: ...
+    def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
+        """The pool's object of this kind as the watch shows it (ours by label only)."""
+        ...
+
+    def metadata(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        """The metadata of whatever object of this kind and name exists, ours or not
+        (the API server, not the watch): what a first apply would take over."""
+        ...
 
     def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         """Server-side apply: (the live object, whether this apply created it).
@@ -85,15 +102,16 @@ class ClusterIO(Protocol):
 
     def delete(self, owned: Owned, namespace: str, pool_name: str) -> bool: ...
 
-    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
-        """Create unless it exists (never overwritten): (its creationTimestamp, whether
-        this call made it)."""
+    def ensure_secret(self, manifest: Obj) -> tuple[Obj, bool]:
+        """Create unless it exists (never overwritten): (its metadata, whether this call
+        made it)."""
         ...
 
     def delete_pod(self, namespace: str, name: str) -> None: ...
 
-    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
-        """The referenced key as stored (base64), None when the Secret or key is missing."""
+    def secret_key(self, namespace: str, ref: KeyRef) -> SecretKey | None:
+        """The referenced key as stored and the Secret's type; None when the Secret is
+        missing."""
         ...
 
     def kuberay_installed(self, namespace: str) -> bool: ...

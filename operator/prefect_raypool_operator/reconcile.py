@@ -25,11 +25,19 @@ from prefect_raypool_operator.builders.ray_token import with_token
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
+from prefect_raypool_operator.naming import POOL_LABEL
 from prefect_raypool_operator.observe import Found, observe_status
-from prefect_raypool_operator.owned import OWNED, Owned
+from prefect_raypool_operator.owned import OWNED, Owned, held_by_pool
 from prefect_raypool_operator.plan import Plan, plan
-from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj
-from prefect_raypool_operator.refusals import KUBERAY_NOT_INSTALLED, Problem, secret_not_found
+from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj, SecretKey
+from prefect_raypool_operator.refusals import (
+    KUBERAY_NOT_INSTALLED,
+    SERVICE_ACCOUNT_TOKEN,
+    Problem,
+    api_key_is_service_account_token,
+    name_conflict,
+    secret_not_found,
+)
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check, Transition, transitions
@@ -74,16 +82,25 @@ class _SecretValues:
 
     def __init__(self, io: ClusterIO, namespace: str) -> None:
         self._io, self._namespace = io, namespace
-        self._values: dict[tuple[str, str], str | None] = {}
+        self._values: dict[tuple[str, str], SecretKey | None] = {}
 
     def exists(self, ref: KeyRef) -> bool:
-        return self._stored(ref) is not None
+        found = self._read(ref)
+        return found is not None and found.value is not None
 
-    def _stored(self, ref: KeyRef) -> str | None:
+    def secret_type(self, ref: KeyRef) -> str | None:
+        found = self._read(ref)
+        return found.type if found else None
+
+    def _read(self, ref: KeyRef) -> SecretKey | None:
         key = (ref.name, ref.key)
         if key not in self._values:
-            self._values[key] = self._io.secret_data(self._namespace, ref)
+            self._values[key] = self._io.secret_key(self._namespace, ref)
         return self._values[key]
+
+    def _stored(self, ref: KeyRef) -> str | None:
+        found = self._read(ref)
+        return found.value if found else None
 
     def api_key(self, ref: KeyRef) -> str | None:
         """The Prefect API key as text for an HTTP header; None when missing."""
@@ -106,7 +123,19 @@ class _SecretValues:
 
 
 def not_allowed(api_url: str) -> Problem:
-    allowed = ", ".join(redact(p) for p in CONFIG.prefect_api_allowlist)
+    """The refusal of a URL off the allow-list; an empty list refuses every URL, and
+    says which setting the operator's installer must fill."""
+    entries = CONFIG.prefect_api_allowlist
+    if not entries:
+        return Problem(
+            "PrefectAPIURLNotAllowed",
+            f"spec.prefect.apiUrl {redact(api_url)} is refused: this operator's allow-list "
+            "of Prefect API URLs is empty, so it sends no pool's API key anywhere: ask whoever "
+            "installed the operator to list the Prefect API (chart value prefectApiAllowlist, "
+            "environment variable RAYPOOL_PREFECT_API_ALLOWLIST)",
+            permanent=True,
+        )
+    allowed = ", ".join(redact(p) for p in entries)
     return Problem(
         "PrefectAPIURLNotAllowed",
         f"spec.prefect.apiUrl {redact(api_url)} is not on this operator's allow-list of "
@@ -127,10 +156,16 @@ def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -
     refusal = _cluster_refusal(desired, io, values)
     if refusal is not None:
         return Found(refusal=refusal)
+    before = {owned: io.live(owned, desired.namespace, desired.pool_name) for owned in OWNED}
+    refusal = _name_conflict(desired, io, before)
+    if refusal is not None:
+        return Found(refusal=refusal)
     found = Found()
     if desired.ray_token_secret is not None:
-        _ensure_ray_token(desired.ray_token_secret, io, memory, found)
-    _apply_owned(desired, io, memory, repair, found)
+        refusal = _ensure_ray_token(desired.ray_token_secret, io, memory, found)
+        if refusal is not None:
+            return Found(refusal=refusal)
+    _apply_owned(desired, io, memory, repair, found, before)
     found.pods = io.pods(desired.namespace, desired.pool_name)
     _restart_pods_with_a_replaced_token(desired, io, memory, found)
     assert desired.work_pool is not None
@@ -142,6 +177,9 @@ def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -
 
 def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Problem | None:
     """The first of what only the cluster knows that stops the pool, if any."""
+    api_key = desired.work_pool.api_key_ref if desired.work_pool else None
+    if api_key is not None and values.secret_type(api_key) == SERVICE_ACCOUNT_TOKEN:
+        return api_key_is_service_account_token(api_key.name)  # whatever keys it has
     for where, ref in desired.secret_refs:
         if not values.exists(ref):
             return secret_not_found(where, ref, desired.namespace)
@@ -150,16 +188,38 @@ def _cluster_refusal(desired: Plan, io: ClusterIO, values: _SecretValues) -> Pro
     return None
 
 
-def _ensure_ray_token(secret: Obj, io: ClusterIO, memory: PoolMemory, found: Found) -> None:
+def _name_conflict(desired: Plan, io: ClusterIO, before: dict[Owned, Obj | None]) -> Problem | None:
+    """An object the plan would apply that exists and is not the pool's (owned.py's
+    `held_by_pool`), if any. The watch shows only objects with the operator's label;
+    the API server is asked only for what the watch does not show (a first apply)."""
+    namespace, pool_name = desired.namespace, desired.pool_name
+    for owned, manifest in desired.desired.items():
+        name = manifest["metadata"]["name"]
+        live = before[owned]
+        meta = live["metadata"] if live is not None else io.metadata(owned.kind, namespace, name)
+        if meta is not None and not held_by_pool(meta, pool_name, desired.uid):
+            return name_conflict(owned.kind.kind, name, namespace)
+    return None
+
+
+def _ensure_ray_token(
+    secret: Obj, io: ClusterIO, memory: PoolMemory, found: Found
+) -> Problem | None:
     """The planned Secret `<pool>-ray-token` exists (with a new random token if made
-    now); remember since when."""
+    now) and is the pool's; remember since when. A Secret of that name that is not the
+    pool's is neither used nor touched."""
     if recent(memory.ray_token_seen_at) and memory.ray_token_created:
-        return
-    created_at, made = io.ensure_secret(with_token(secret, secrets.token_urlsafe(32)))
+        return None
+    meta, made = io.ensure_secret(with_token(secret, secrets.token_urlsafe(32)))
+    want = secret["metadata"]
+    [owner] = want["ownerReferences"]
+    if not made and not held_by_pool(meta, want["labels"][POOL_LABEL], owner["uid"]):
+        return name_conflict("Secret", want["name"], want["namespace"])
     if made:
-        found.created.append(f"Secret/{secret['metadata']['name']}")
-    memory.ray_token_created = created_at
+        found.created.append(f"Secret/{want['name']}")
+    memory.ray_token_created = str(meta.get("creationTimestamp") or "")
     memory.ray_token_seen_at = time.monotonic()
+    return None
 
 
 def _restart_pods_with_a_replaced_token(
@@ -180,13 +240,17 @@ def _restart_pods_with_a_replaced_token(
 
 
 def _apply_owned(
-    desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, found: Found
+    desired: Plan,
+    io: ClusterIO,
+    memory: PoolMemory,
+    repair: bool,
+    found: Found,
+    before: dict[Owned, Obj | None],
 ) -> None:
     """Apply each desired object (only when missing unless repairing, and not when the
-    watch shows it as last applied: `in_sync`), delete the owned ones the plan no
-    longer wants, remember each one's generation."""
+    watch shows it as last applied: `in_sync`), delete the pool's objects the plan no
+    longer wants, remember each one's generation. `before`: the watch's objects."""
     namespace, pool_name = desired.namespace, desired.pool_name
-    before = {owned: io.live(owned, namespace, pool_name) for owned in OWNED}
     memory.replicas_contest.start(desired.generation, time.monotonic(), CONFIG.resync_seconds)
     for owned, manifest in desired.desired.items():
         live = before[owned]
@@ -205,7 +269,12 @@ def _apply_owned(
         memory.generations[key] = live["metadata"].get("generation")
         found.live[owned] = live
     for owned in OWNED:
-        if owned not in desired.desired and before[owned] is not None:
+        gone = before[owned]
+        if (
+            owned not in desired.desired
+            and gone is not None
+            and held_by_pool(gone["metadata"], pool_name, desired.uid)
+        ):
             io.delete(owned, namespace, pool_name)
     found.contested = memory.replicas_contest.contested()
 

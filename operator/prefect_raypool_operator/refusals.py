@@ -109,9 +109,12 @@ def image_ray_version(image: str) -> str | None:
     return match.group(1) if match else None
 
 
-def spec_problems(spec: PrefectRayPoolSpec) -> list[Problem]:
-    """What the CRD schema cannot check, from the spec alone."""
+def spec_problems(spec: PrefectRayPoolSpec, pool_name: str) -> list[Problem]:
+    """What the CRD schema cannot check, from the pool's name and spec alone."""
     problems = []
+    refused_key = api_key_is_ray_token(spec, pool_name)
+    if refused_key is not None:
+        problems.append(refused_key)
     if not spec.ray.image and spec.ray.version != DEFAULT_RAY_VERSION:
         problems.append(
             Problem(
@@ -150,6 +153,53 @@ def secret_refs(spec: PrefectRayPoolSpec) -> list[tuple[str, KeyRef]]:
         if env.valueFrom and env.valueFrom.secretKeyRef:
             refs.append((f"spec.prefect.env[{i}]", env.valueFrom.secretKeyRef))
     return refs
+
+
+API_KEY_FIELD = "spec.prefect.apiKey.secretKeyRef"
+API_KEY_REFUSED = "APIKeySecretRefused"
+SERVICE_ACCOUNT_TOKEN = "kubernetes.io/service-account-token"
+
+
+def api_key_is_ray_token(spec: PrefectRayPoolSpec, pool_name: str) -> Problem | None:
+    """The pool's own Ray token named as its Prefect API key: the operator would send
+    the token that guards the pool's Ray cluster to the Prefect API."""
+    if spec.prefect.apiKey is None:
+        return None
+    name = spec.prefect.apiKey.secretKeyRef.name
+    token = spec.ray.auth.secretKeyRef
+    if name not in (naming.ray_token_secret(pool_name), token.name if token else None):
+        return None
+    return Problem(
+        API_KEY_REFUSED,
+        f"{API_KEY_FIELD}: Secret {name!r} holds this pool's Ray token, which the operator "
+        "never sends as a Prefect API key: store the Prefect API key in a Secret of its "
+        "own and name that one",
+        permanent=True,
+    )
+
+
+def api_key_is_service_account_token(name: str) -> Problem:
+    return Problem(
+        API_KEY_REFUSED,
+        f"{API_KEY_FIELD}: Secret {name!r} is a ServiceAccount token (type "
+        f"{SERVICE_ACCOUNT_TOKEN}), which the operator never sends as a Prefect API key: "
+        "store the Prefect API key in a Secret of its own (type Opaque) and name that one",
+        permanent=False,
+    )
+
+
+def name_conflict(kind: str, name: str, namespace: str) -> Problem:
+    """An object of a name the pool would give its own exists and is not the pool's:
+    it is not touched (a forced apply would take it over, and the garbage collector
+    would delete it with the pool)."""
+    return Problem(
+        "NameConflict",
+        f"{kind} {name!r} in namespace {namespace!r} exists and was not made by the "
+        "operator for this pool: it is left untouched and nothing of the pool is created; "
+        f"rename the pool (the operator names its objects after metadata.name), or delete "
+        f"that {kind} if it is not needed",
+        permanent=False,
+    )
 
 
 def secret_not_found(field: str, ref: KeyRef, namespace: str) -> Problem:

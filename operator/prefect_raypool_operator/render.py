@@ -22,7 +22,7 @@ def render_documents(docs: list[Any]) -> Iterator[Manifest]:
         if not doc:
             continue
         name, namespace, spec = parse_pool(doc)
-        problems = spec_problems(spec)
+        problems = spec_problems(spec, name)
         if problems:
             message = "; ".join(p.message for p in problems)
             raise Refused(Problem(problems[0].reason, message, problems[0].permanent))

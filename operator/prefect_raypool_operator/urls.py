@@ -4,7 +4,9 @@
 pool's URL may carry `user:password@` (or a token in its query), which the pool's
 readers must not learn from the operator. `allowed` matches a URL against the
 install-time allow-list (config.py) by its parts, not as a string: a plain prefix
-test would let `http://prefect.svc@evil.example/` pass for `http://prefect.svc`.
+test would let `http://prefect.svc@evil.example/` pass for `http://prefect.svc`. An
+empty allow-list allows nothing: the operator sends a pool's API key only where the
+platform engineer said it may.
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ def check_prefix(entry: str) -> str | None:
 
 def allowed(url: str, prefixes: tuple[str, ...]) -> bool:
     """Whether `url` is under one of `prefixes` (scheme, host and port equal, path
-    under the prefix's path at a segment boundary). No prefixes: any URL."""
-    if not prefixes:
-        return True
+    under the prefix's path at a segment boundary). No prefixes: no URL."""
     try:
         parts = urlsplit(url)
         origin = _origin(parts)

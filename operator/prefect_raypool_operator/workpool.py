@@ -7,17 +7,26 @@ operator uses carries a claim, one line of its description:
     prefectray.io/owner=<namespace>/<pool>/<uid>;adopted   (it existed before)
 
 A pool whose work pool is claimed by another PrefectRayPool is refused
-(WorkPoolClaimed, naming the holder) and never touches it. On deletion, a created work
-pool is deleted, an adopted one only loses the claim (`release_work_pool`).
+(WorkPoolClaimed, naming the holder) and never touches it. A work pool nobody claims
+(made by hand, say) is adopted only where the operator's installer allows it
+(`adopt`, chart value adoptExistingWorkPools); otherwise the pool is refused
+(WorkPoolExists) and it is left as it is. On deletion, a created work pool is
+deleted, an adopted one only loses the claim (`release_work_pool`).
 
-What a pool author names here (the URL) is not trusted: messages carry the URL
-redacted, HTTP status codes and fixed explanations, never an answer's body, an
-exception's text or the API key. Failures come back as a `Check`, never an exception.
+What a pool author names here (the URL) is not trusted, and the pool's status is what
+its author reads: a failure there is one reason and a fixed message with the URL
+redacted (whether nothing listened, nothing answered in time, or an HTTP error came
+back would map the cluster's network for them), and only a refused API key (401, 403)
+is told apart, the author's own field to fix. The operator's log, the platform
+engineer's, gets the details: the status code or the kind of failure, never an
+answer's body, an exception's text or the API key. Failures come back as a `Check`,
+never an exception.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +38,7 @@ from prefect_raypool_operator.port import WORK_POOL_TYPE, Owner
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.urls import redact
 
+LOG = logging.getLogger(__name__)
 CLAIM_KEY = "prefectray.io/owner"
 CREATED, ADOPTED = "created", "adopted"
 _CLAIM = re.compile(
@@ -80,15 +90,16 @@ def ensure_work_pool(
     timeout: float = 10.0,
     work_pool_type: str = WORK_POOL_TYPE,
     base_job_template: dict[str, Any] | None = None,
+    adopt: bool = False,
 ) -> Check:
-    """Create the work pool, or adopt one nobody claims; keep its limit (and the base
-    job template, when one is given) equal to the spec."""
+    """Create the work pool, or (`adopt`) take one nobody claims; keep its limit (and
+    the base job template, when one is given) equal to the spec."""
     base = api_url.rstrip("/")
-    wanted = _Wanted(concurrency_limit, work_pool_type, base_job_template)
+    wanted = _Wanted(concurrency_limit, work_pool_type, base_job_template, adopt)
     try:
-        return _ensure(_Api(base, api_key, timeout), name, wanted, owner)
+        return _ensure(_Api(base, api_key, timeout, owner), name, wanted, owner)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _unreachable(base, exc)
+        return _unreachable(base, exc, owner)
 
 
 def release_work_pool(
@@ -98,16 +109,16 @@ def release_work_pool(
     anyone else's alone. ok False only when Prefect could not be asked."""
     base = api_url.rstrip("/")
     try:
-        return _release(_Api(base, api_key, timeout), name, owner)
+        return _release(_Api(base, api_key, timeout, owner), name, owner)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return _unreachable(base, exc)
+        return _unreachable(base, exc, owner)
 
 
 class _Api:
     """The calls on one work pool, its name escaped in the path."""
 
-    def __init__(self, base: str, api_key: str | None, timeout: float) -> None:
-        self.base, self.http = base, _client(base, api_key, timeout)
+    def __init__(self, base: str, api_key: str | None, timeout: float, owner: Owner) -> None:
+        self.base, self.http, self.owner = base, _client(base, api_key, timeout), owner
 
     def path(self, name: str) -> str:
         return f"/work_pools/{quote(name, safe='')}"
@@ -129,6 +140,7 @@ class _Wanted:
     limit: int | None
     type: str
     base_job_template: dict[str, Any] | None  # None: Prefect's default, left as it is
+    adopt: bool = False  # take a work pool nobody claims
 
 
 def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
@@ -150,12 +162,12 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
         elif created.is_success:
             return Check(True, "WorkPoolCreated", f"created work pool {name!r}")
         else:
-            return _http_problem("create", name, api.base, created)
+            return _http_problem("create", name, api, created)
     if not response.is_success:
-        return _http_problem("read", name, api.base, response)
+        return _http_problem("read", name, api, response)
     work_pool = _work_pool(response)
     if work_pool is None:
-        return _not_a_work_pool(name, api.base)
+        return _not_a_work_pool(name, api)
     if work_pool["type"] != wanted.type:
         shown = work_pool["type"]
         shown = repr(shown) if _SHOWN_TYPE.match(shown) else "another type"
@@ -170,6 +182,8 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
     claim = parse_claim(work_pool["description"])
     if claim is not None and not claim.owner.same_pool(owner):
         return _claimed(name, claim)
+    if claim is None and not wanted.adopt:
+        return _exists(name)
     update: dict[str, Any] = {}
     if claim is None or claim.owner != owner:  # adopt it, or take over from our predecessor
         how = claim.how if claim else ADOPTED
@@ -183,7 +197,7 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
         return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
     patched = http.patch(api.path(name), json=update)
     if not patched.is_success:
-        return _http_problem("update", name, api.base, patched)
+        return _http_problem("update", name, api, patched)
     if claim is None:
         # Prefect has no compare-and-set: of two pools adopting at once, the last
         # writer holds the claim; the other sees it now (or at its next resync).
@@ -207,23 +221,23 @@ def _release(api: _Api, name: str, owner: Owner) -> Check:
     if response.status_code == 404:
         return Check(True, "WorkPoolGone", f"work pool {name!r} no longer exists")
     if not response.is_success:
-        return _http_problem("read", name, api.base, response)
+        return _http_problem("read", name, api, response)
     work_pool = _work_pool(response)
     if work_pool is None:
-        return _not_a_work_pool(name, api.base)
+        return _not_a_work_pool(name, api)
     claim = parse_claim(work_pool["description"])
     if claim is None or not claim.owner.same_pool(owner):
         return Check(True, "WorkPoolNotHeld", f"work pool {name!r} is not held by this pool")
     if claim.how == CREATED:
         deleted = api.http.delete(api.path(name))
         if not deleted.is_success and deleted.status_code != 404:
-            return _http_problem("delete", name, api.base, deleted)
+            return _http_problem("delete", name, api, deleted)
         return Check(True, "WorkPoolDeleted", f"deleted work pool {name!r}, created for this pool")
     released = api.http.patch(
         api.path(name), json={"description": with_claim(work_pool["description"], None)}
     )
     if not released.is_success:
-        return _http_problem("release", name, api.base, released)
+        return _http_problem("release", name, api, released)
     return Check(True, "WorkPoolReleased", f"released work pool {name!r} (it existed before; kept)")
 
 
@@ -263,35 +277,60 @@ def _claimed(name: str, claim: Claim) -> Check:
     )
 
 
-def _not_a_work_pool(name: str, base: str) -> Check:
+def _exists(name: str) -> Check:
     return Check(
         False,
-        "PrefectAPIError",
-        f"the Prefect API at {redact(base)} did not answer with work pool {name!r} "
-        "(expected a JSON object with name and type; its answer is not shown): check that "
-        "spec.prefect.apiUrl is a Prefect API (it ends in /api)",
+        "WorkPoolExists",
+        f"work pool {name!r} exists and was not created for this pool, which does not take "
+        "it over: set spec.prefect.workPool.name to another name, or ask whoever installed "
+        "the operator to allow adopting existing work pools (chart value "
+        "adoptExistingWorkPools, environment variable RAYPOOL_ADOPT_WORK_POOLS)",
     )
 
 
-def _http_problem(action: str, name: str, base: str, response: httpx.Response) -> Check:
+def _not_reached(base: str, owner: Owner, detail: str) -> Check:
+    """One reason and one message for whatever kept the operator from the answer it
+    needs; `detail` goes to the operator's log only."""
+    LOG.warning(
+        f"PrefectRayPool {owner.namespace}/{owner.name}: the Prefect API at "
+        f"{redact(base)}: {detail}"
+    )
+    return Check(
+        False,
+        "PrefectAPIUnreachable",
+        f"the operator got no usable answer from the Prefect API at {redact(base)} "
+        "(the operator's log says why): check spec.prefect.apiUrl (a Prefect API, ending "
+        "in /api) and that the Prefect server is up",
+    )
+
+
+def _not_a_work_pool(name: str, api: _Api) -> Check:
+    return _not_reached(
+        api.base,
+        api.owner,
+        f"did not answer with work pool {name!r} (expected a JSON object with name and "
+        "type; its answer is not shown)",
+    )
+
+
+def _http_problem(action: str, name: str, api: _Api, response: httpx.Response) -> Check:
     code = response.status_code
-    where = f"could not {action} work pool {name!r} at {redact(base)}: HTTP {code}"
     if code in (401, 403):
         return Check(
             False,
             "PrefectAPIUnauthorized",
-            f"{where}: the Prefect API refused the request: check spec.prefect.apiKey",
+            f"could not {action} work pool {name!r} at {redact(api.base)}: the Prefect API "
+            "refused the API key: check spec.prefect.apiKey",
         )
-    return Check(
-        False,
-        "PrefectAPIError",
-        f"{where} (the answer's body is not shown): check spec.prefect.apiUrl and the "
-        "Prefect server",
+    return _not_reached(
+        api.base,
+        api.owner,
+        f"could not {action} work pool {name!r}: HTTP {code} (the answer's body is not shown)",
     )
 
 
-# Fixed explanations: an exception's text may quote the URL, the request's headers or
-# bytes of whatever answered.
+# Fixed explanations, for the log: an exception's text may quote the URL, the
+# request's headers or bytes of whatever answered.
 _EXPLAINED: tuple[tuple[type[Exception], str], ...] = (
     (httpx.TimeoutException, "no answer in time"),
     (httpx.ConnectError, "cannot connect (nothing listens there, or the host is unknown)"),
@@ -302,10 +341,6 @@ _EXPLAINED: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-def _unreachable(base: str, exc: Exception) -> Check:
+def _unreachable(base: str, exc: Exception, owner: Owner) -> Check:
     why = next((text for kind, text in _EXPLAINED if isinstance(exc, kind)), "request failed")
-    return Check(
-        False,
-        "PrefectAPIUnreachable",
-        f"cannot reach the Prefect API at {redact(base)}: {why} ({type(exc).__name__})",
-    )
+    return _not_reached(base, owner, f"cannot reach it: {why} ({type(exc).__name__})")

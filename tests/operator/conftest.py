@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from testbed import operator_log
 from testbed.cluster import Cluster
-from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.operator_process import OperatorProcess, allow_prefect, apply_pool_crd
 from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
+from tests.operator.stub_http import StubServer, stub_server
 
 # Which test owned each namespace the session operator may log about.
 _NAMESPACE_OWNERS = pytest.StashKey[dict[str, tuple[str, list[str]]]]()
@@ -23,19 +25,42 @@ def pool_crd(kube_cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="session")
+def prefect_stub() -> Iterator[StubServer]:
+    """A stand-in Prefect API on the session operator's allow-list (`answering`)."""
+    with stub_server() as stub:
+        yield stub
+
+
+@pytest.fixture(scope="session")
+def dead_prefect_url() -> Iterator[str]:
+    """A Prefect API URL on the session operator's allow-list where nothing listens:
+    its port is held (bound, never listening) for the session, so connecting is
+    refused and no other process can take it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}/api"
+
+
+@pytest.fixture(scope="session")
 def raypool_operator(
     kube_cluster: Cluster,
     pool_crd: None,
     prefect_server: PrefectServer,
+    prefect_stub: StubServer,
+    dead_prefect_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """One operator for the session; its log is checked after each test that uses it."""
+    """One operator for the session; its log is checked after each test that uses it.
+    Pools may name the session's Prefect server, the stub and the dead URL."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(
         kube_cluster.kubeconfig,
         log,
         free_port(),
-        {"RAYPOOL_RESYNC_SECONDS": "3"},
+        {
+            "RAYPOOL_RESYNC_SECONDS": "3",
+            **allow_prefect(prefect_server.api_url, prefect_stub.url, dead_prefect_url),
+        },
         # Namespace scoping by pattern: the per-test namespaces only (not `default`,
         # where the `make up` test runs its own operator).
         scope=("--namespace=t-*",),

@@ -1,6 +1,8 @@
 """A tiny HTTP server on 127.0.0.1 standing in for a misbehaving Prefect API: it
 answers what the test tells it to (echoed bodies, HTML, lists) and records every
-request it got (path and headers), so a test can also prove nothing was sent."""
+request it got (path and headers), so a test can also prove nothing was sent. One
+stub may serve a whole session (an operator's allow-list names its URL): `answering`
+gives it a test's answers and a fresh record."""
 
 from __future__ import annotations
 
@@ -22,15 +24,29 @@ class Request:
 Answer = Callable[[str, str], tuple[int, str, bytes]]
 
 
+def not_found(method: str, path: str) -> tuple[int, str, bytes]:
+    return 404, "application/json", b'{"detail": "Not Found"}'
+
+
 @dataclass
 class StubServer:
     url: str  # the base URL, ending in /api
+    answer: Answer = not_found
     requests: list[Request] = field(default_factory=list)
+
+    @contextmanager
+    def answering(self, answer: Answer) -> Iterator[StubServer]:
+        """This stub answering `answer`, its record cleared; 404s again afterwards."""
+        self.answer, self.requests = answer, []
+        try:
+            yield self
+        finally:
+            self.answer = not_found
 
 
 @contextmanager
-def stub_server(answer: Answer) -> Iterator[StubServer]:
-    stub = StubServer("")
+def stub_server(answer: Answer = not_found) -> Iterator[StubServer]:
+    stub = StubServer("", answer)
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
@@ -38,7 +54,7 @@ def stub_server(answer: Answer) -> Iterator[StubServer]:
             if length:
                 self.rfile.read(length)
             stub.requests.append(Request(self.command, self.path, dict(self.headers.items())))
-            status, content_type, body = answer(self.command, self.path)
+            status, content_type, body = stub.answer(self.command, self.path)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

@@ -23,7 +23,7 @@ from testbed import REPO
 from testbed.binaries import Binaries
 from testbed.cluster import Cluster
 from testbed.operator_log import OwnOperators
-from testbed.operator_process import OperatorProcess
+from testbed.operator_process import OperatorProcess, allow_prefect
 from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -52,7 +52,11 @@ def _token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
 
 @pytest.fixture
 def chart_operator(
-    kube_cluster: Cluster, pool_crd: None, tmp_path: Path, own_operators: OwnOperators
+    kube_cluster: Cluster,
+    pool_crd: None,
+    prefect_server: PrefectServer,
+    tmp_path: Path,
+    own_operators: OwnOperators,
 ) -> Iterator[tuple[str, OperatorProcess]]:
     """The chart installed for one watched namespace, and the operator run as its SA."""
     suffix = uuid.uuid4().hex[:6]
@@ -81,6 +85,7 @@ def chart_operator(
             "RAYPOOL_LEADER_ELECTION": "true",
             "RAYPOOL_LEADER_ELECTION_NAMESPACE": system,
             "RAYPOOL_LEADER_ELECTION_NAME": account,
+            **allow_prefect(prefect_server.api_url),
         },
         scope=(f"--namespace={watched}",),
     )

@@ -23,6 +23,7 @@ from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed import operator_log
 from testbed.cluster import Cluster
 from testbed.elected import Replica, Timing
+from testbed.operator_process import allow_prefect
 from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.tcp_proxy import freezable
@@ -135,6 +136,7 @@ def ha_namespace(kube_cluster: Cluster, pool_crd: None) -> Iterator[str]:
 def replicas(
     kube_cluster: Cluster,
     ha_namespace: str,
+    prefect_server: PrefectServer,
     tmp_path: Path,
     own_operators: operator_log.OwnOperators,
 ) -> Iterator[tuple[Replica, Replica]]:
@@ -148,6 +150,7 @@ def replicas(
             lease_namespace=ha_namespace,
             scope=(f"--namespace={ha_namespace}",),
             timing=TIMING,
+            extra_env=allow_prefect(prefect_server.api_url),
         )
 
     a, b = replica("a"), replica("b")

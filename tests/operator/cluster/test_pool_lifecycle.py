@@ -23,7 +23,6 @@ from testbed.cluster import Cluster, get_or_none
 from testbed.operator_log import OwnOperators
 from testbed.operator_process import OperatorProcess
 from testbed.pooldriver import PoolDriver
-from testbed.processes import free_port
 from testbed.waiting import eventually
 
 pytestmark = pytest.mark.controlplane
@@ -241,13 +240,18 @@ def test_missing_secret_blocks_until_created(env: PoolDriver) -> None:
 # Prefect is unreachable on purpose, also when the namespace's deletion releases the work pool.
 @pytest.mark.operator_log_allows(r"PrefectAPIUnreachable")
 def test_unreachable_prefect_api_is_a_false_condition(
-    env: PoolDriver, raypool_operator: OperatorProcess
+    env: PoolDriver, raypool_operator: OperatorProcess, dead_prefect_url: str
 ) -> None:
+    """The status says only that no usable answer came (a pool author must not map the
+    cluster's network through it); the operator's log says why."""
     doc = env.example("zero-capacity.yaml")
-    doc["spec"]["prefect"]["apiUrl"] = f"http://127.0.0.1:{free_port()}/api"
+    doc["spec"]["prefect"]["apiUrl"] = dead_prefect_url
     env.apply(doc)
     cond = env.wait_condition("analytics", "WorkPoolReady", "False", "PrefectAPIUnreachable")
-    assert "cannot reach the Prefect API" in cond["message"]
+    assert "got no usable answer from the Prefect API" in cond["message"]
+    assert "connect" not in cond["message"]
+    log = raypool_operator.log.read_text(errors="replace")
+    assert f"{env.namespace}/analytics: the Prefect API at {dead_prefect_url}: cannot reach" in log
     env.wait_condition("analytics", "RayClusterReady", "True")  # the rest still reconciles
     assert env.condition("analytics", "Ready")["status"] == "False"
     assert raypool_operator.proc is not None and raypool_operator.proc.poll() is None  # no crash

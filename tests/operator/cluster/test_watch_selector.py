@@ -25,7 +25,7 @@ from testbed.binaries import ensure_binaries
 from testbed.cluster import get_or_none
 from testbed.controlplane import ControlPlane, stop_control_plane
 from testbed.operator_log import OwnOperators
-from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.operator_process import OperatorProcess, allow_prefect, apply_pool_crd
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
 from testbed.waiting import eventually
@@ -78,7 +78,7 @@ def audited(
         state / "operator.log",
         free_port(),
         # Far off: a repair within the test's wait can only come from a watch event.
-        {"RAYPOOL_RESYNC_SECONDS": "3600"},
+        {"RAYPOOL_RESYNC_SECONDS": "3600", **allow_prefect(prefect_server.api_url)},
     )
     own_operators.add(op.log)
     try:

@@ -24,7 +24,7 @@ from kubernetes import client
 
 from testbed.cluster import Cluster
 from testbed.operator_log import OwnOperators
-from testbed.operator_process import OperatorProcess
+from testbed.operator_process import OperatorProcess, allow_prefect
 from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port
@@ -68,6 +68,7 @@ def stall_env(
                 "RAYPOOL_WATCH_INACTIVITY_TIMEOUT": "6",
                 "RAYPOOL_WATCH_STALE_SECONDS": str(STALE_AFTER),
                 "RAYPOOL_KUBE_REQUEST_TIMEOUT": "5",
+                **allow_prefect(prefect_server.api_url),
             },
             scope=(f"--namespace={ns}",),
         )

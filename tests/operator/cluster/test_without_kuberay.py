@@ -15,7 +15,7 @@ from testbed.binaries import ensure_binaries
 from testbed.cluster import Cluster
 from testbed.controlplane import ControlPlane
 from testbed.operator_log import OwnOperators
-from testbed.operator_process import OperatorProcess, apply_pool_crd
+from testbed.operator_process import OperatorProcess, allow_prefect, apply_pool_crd
 from testbed.prefect_server import PrefectServer
 from testbed.processes import free_port, stop_recorded
 from testbed.waiting import eventually
@@ -38,7 +38,8 @@ def test_pool_waits_for_kuberay_then_becomes_ready(
         apply_pool_crd(bins.kubectl, bare.kubeconfig)
         op = OperatorProcess(
             bare.kubeconfig, tmp_path / "operator.log", free_port(),
-            {"RAYPOOL_RESYNC_SECONDS": "3"}, scope=("--namespace=default",),
+            {"RAYPOOL_RESYNC_SECONDS": "3", **allow_prefect(prefect_server.api_url)},
+            scope=("--namespace=default",),
         )  # fmt: skip
         own_operators.add(op.log)
         op.start()

@@ -1,12 +1,16 @@
 """What a pool author can make the operator say about a Prefect API they name, and
 how work pools are shared out, against a real Prefect server and a stand-in that
 misbehaves (tests/operator/stub_http.py): no answer's body, URL credential or API
-key in a message; answers that are not work pools are conditions, not exceptions;
-names escaped in paths; one PrefectRayPool per work pool."""
+key in a message; whatever kept the answer from the operator (nothing listening, no
+answer in time, an HTTP error, something that is not a work pool) is one reason and
+one message in the status, the details in the operator's log; names escaped in paths;
+one PrefectRayPool per work pool; a work pool made by someone else taken only where
+adoption is allowed."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -32,14 +36,16 @@ def _with_userinfo(url: str) -> str:
     return url.replace("http://", f"http://admin:{CRED}@")
 
 
-def test_an_echoed_error_body_is_not_repeated() -> None:
+def test_an_echoed_error_body_is_not_repeated(caplog: pytest.LogCaptureFixture) -> None:
     """A server answering 500 with the request (API key included) in its body: the
-    message has the status code, not the body."""
+    log has the status code, neither the log nor the message the body."""
     body = json.dumps({"detail": f"bad token Bearer {CRED}"}).encode()
     with stub_server(lambda method, path: (500, "application/json", body)) as stub:
         check = ensure_work_pool(stub.url, "wp", 1, A, api_key=CRED, timeout=5)
-    assert (check.ok, check.reason) == (False, "PrefectAPIError")
-    assert "HTTP 500" in check.message and CRED not in check.message
+    assert (check.ok, check.reason) == (False, "PrefectAPIUnreachable")
+    assert "500" not in check.message and CRED not in check.message
+    assert "team-a/analytics" in caplog.text and "HTTP 500" in caplog.text
+    assert CRED not in caplog.text
     # ... and 401 says which field to fix
     with stub_server(lambda method, path: (401, "text/plain", CRED.encode())) as stub:
         check = ensure_work_pool(stub.url, "wp", 1, A, api_key=CRED, timeout=5)
@@ -55,7 +61,34 @@ def test_url_credentials_are_redacted() -> None:
     assert "***@127.0.0.1" in check.message
     with stub_server(lambda method, path: (502, "text/html", b"<html/>")) as stub:
         check = ensure_work_pool(_with_userinfo(stub.url) + f"?token={CRED}", "wp", 1, A)
-    assert check.reason == "PrefectAPIError" and CRED not in check.message
+    assert check.reason == "PrefectAPIUnreachable" and CRED not in check.message
+
+
+def _slow(method: str, path: str) -> tuple[int, str, bytes]:
+    time.sleep(2)
+    return 200, "application/json", b"{}"
+
+
+def test_the_status_does_not_tell_what_answered(caplog: pytest.LogCaptureFixture) -> None:
+    """A pool author naming URLs one after another learns nothing of the cluster's
+    network from the status: nothing listening, no answer in time, an HTTP error and a
+    service that is not Prefect read the same. The operator's log tells them apart."""
+    messages = {}
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    messages["refused"] = ensure_work_pool(dead, "wp", 1, A, timeout=1).message.replace(dead, "U")
+    answers = {
+        "timeout": _slow,
+        "http-error": lambda m, p: (503, "text/plain", b"busy"),
+        "not-prefect": lambda m, p: (200, "text/html", b"<html/>"),
+    }
+    for kind, answer in answers.items():
+        with stub_server(answer) as stub:
+            check = ensure_work_pool(stub.url, "wp", 1, A, timeout=1)
+        assert check.reason == "PrefectAPIUnreachable", kind
+        messages[kind] = check.message.replace(stub.url, "U")
+    assert len(set(messages.values())) == 1, messages
+    for detail in ("cannot connect", "no answer in time", "HTTP 503", "did not answer with"):
+        assert detail in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -73,7 +106,7 @@ def test_an_answer_that_is_not_a_work_pool_is_a_condition(content_type: str, bod
         check = ensure_work_pool(stub.url, "wp", 1, A, timeout=5)
         released = release_work_pool(stub.url, "wp", A, timeout=5)
     for result in (check, released):
-        assert (result.ok, result.reason) == (False, "PrefectAPIError")
+        assert (result.ok, result.reason) == (False, "PrefectAPIUnreachable")
         assert "127.0.0.1" in result.message and CRED not in result.message
 
 
@@ -120,7 +153,9 @@ def test_a_work_pool_is_held_by_one_pool(prefect_server: PrefectServer) -> None:
     assert release_work_pool(url, name, again).reason == "WorkPoolGone"
 
 
-def test_a_pre_existing_work_pool_is_adopted_then_released(prefect_server: PrefectServer) -> None:
+def test_a_pre_existing_work_pool_is_left_alone_unless_adoption_is_allowed(
+    prefect_server: PrefectServer,
+) -> None:
     url = prefect_server.api_url
     name = f"mine-{uuid.uuid4().hex[:6]}"
     httpx.post(
@@ -128,14 +163,21 @@ def test_a_pre_existing_work_pool_is_adopted_then_released(prefect_server: Prefe
         json={"name": name, "type": "process", "description": "the data team's pool"},
         timeout=10,
     ).raise_for_status()
-    check = ensure_work_pool(url, name, 4, A)
+    check = ensure_work_pool(url, name, 4, A)  # the operator's default
+    assert (check.ok, check.reason) == (False, "WorkPoolExists")
+    assert repr(name) in check.message and "adoptExistingWorkPools" in check.message
+    pool = _read(prefect_server, name).json()
+    assert pool["description"] == "the data team's pool" and pool["concurrency_limit"] is None
+    assert release_work_pool(url, name, A).reason == "WorkPoolNotHeld"
+    check = ensure_work_pool(url, name, 4, A, adopt=True)
     assert (check.ok, check.reason) == (True, "WorkPoolAdopted")
     pool = _read(prefect_server, name).json()
     assert pool["description"].startswith("the data team's pool\n")
     assert parse_claim(pool["description"]) is not None
     assert parse_claim(pool["description"]).how == "adopted"  # type: ignore[union-attr]
-    assert ensure_work_pool(url, name, 9, B).reason == "WorkPoolClaimed"
+    assert ensure_work_pool(url, name, 9, B, adopt=True).reason == "WorkPoolClaimed"
+    assert ensure_work_pool(url, name, 4, A).reason == "WorkPoolInSync"  # held: no adoption
     assert release_work_pool(url, name, A).reason == "WorkPoolReleased"
     pool = _read(prefect_server, name).json()  # kept, claim gone, the description as it was
     assert pool["description"] == "the data team's pool" and pool["concurrency_limit"] == 4
-    assert ensure_work_pool(url, name, 9, B).reason == "WorkPoolAdopted"  # free again
+    assert ensure_work_pool(url, name, 9, B, adopt=True).reason == "WorkPoolAdopted"  # free again

@@ -19,13 +19,14 @@ from prefect_raypool_operator import reconcile
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.controller import Controller
+from prefect_raypool_operator.kinds import Kind
 from prefect_raypool_operator.owned import (
     NETWORK_POLICY,
     PREFECT_WORKER_DEPLOYMENT,
     RAY_CLUSTER,
     Owned,
 )
-from prefect_raypool_operator.port import DesiredWorkPool
+from prefect_raypool_operator.port import DesiredWorkPool, SecretKey
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 
@@ -44,6 +45,11 @@ class FakeIO:
         self.pools: dict[tuple[str, str], Obj] = {}
         self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> live object
         self.secrets: dict[tuple[str, str], str] = {}  # (secret, key) -> value
+        self.secret_types: dict[str, str] = {}  # secret -> type, when not Opaque
+        # (kind, name) -> metadata of objects someone else made, which the watch
+        # (filtered by the operator's label) does not show.
+        self.others: dict[tuple[str, str], Obj] = {}
+        self.reads: list[tuple[str, str]] = []  # by name, from the API server
         self.kuberay = True
         self.work_pool = Check(True, "WorkPoolCreated", "created")
         self.head: Obj | None = None
@@ -77,9 +83,15 @@ class FakeIO:
     def live(self, owned: Owned, namespace: str, pool_name: str) -> Obj | None:
         return self.objects.get((owned.kind.kind, owned.object_name(pool_name)))
 
+    def metadata(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        self.reads.append((kind.kind, name))
+        live = self.objects.get((kind.kind, name)) or {}
+        return self.others.get((kind.kind, name), live.get("metadata"))
+
     def apply_manifest(self, manifest: Obj, force: bool = True) -> tuple[Obj, bool]:
         key = (manifest["kind"], manifest["metadata"]["name"])
         self.calls.append(("apply", *key))
+        assert key not in self.others, f"{key} taken over"
         live = self.objects.get(key)
         if live is None:
             live = {**copy.deepcopy(manifest), "status": {}}
@@ -102,15 +114,18 @@ class FakeIO:
         self.calls.append(("delete", owned.kind.kind, owned.object_name(pool_name)))
         return self.objects.pop((owned.kind.kind, owned.object_name(pool_name)), None) is not None
 
-    def ensure_secret(self, manifest: Obj) -> tuple[str, bool]:
+    def ensure_secret(self, manifest: Obj) -> tuple[Obj, bool]:
         name = manifest["metadata"]["name"]
+        if ("Secret", name) in self.others:
+            return self.others[("Secret", name)], False
+        made = {**manifest["metadata"], "creationTimestamp": self.secret_made_at.get(name)}
         if name in self.secret_made_at:
-            return self.secret_made_at[name], False
+            return made, False
         self.calls.append(("create", "Secret", name))
         for key, value in manifest["stringData"].items():
             self.secrets[(name, key)] = value
         self.secret_made_at[name] = self.now
-        return self.now, True
+        return {**made, "creationTimestamp": self.now}, True
 
     def delete_secret(self, name: str) -> None:
         self.secret_made_at.pop(name)
@@ -122,9 +137,12 @@ class FakeIO:
         if self.head and self.head["metadata"]["name"] == name:
             self.head = None
 
-    def secret_data(self, namespace: str, ref: KeyRef) -> str | None:
+    def secret_key(self, namespace: str, ref: KeyRef) -> SecretKey | None:
+        if not any(name == ref.name for name, _ in self.secrets):
+            return None
         value = self.secrets.get((ref.name, ref.key))
-        return None if value is None else base64.b64encode(value.encode()).decode()
+        stored = None if value is None else base64.b64encode(value.encode()).decode()
+        return SecretKey(self.secret_types.get(ref.name, "Opaque"), stored)
 
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
@@ -254,7 +272,7 @@ def test_missing_secret_waits_and_retries_then_continues(
     io.add_pool(
         {
             "prefect": {
-                "apiUrl": "http://p/api",
+                "apiUrl": "http://prefect:4200/api",
                 "apiKey": {"secretKeyRef": {"name": "k", "key": "v"}},
             }
         }

@@ -135,9 +135,35 @@ def test_image_with_another_ray_version_is_a_permanent_problem() -> None:
     pool = PrefectRayPoolSpec.model_validate(
         {"ray": {"image": "rayproject/ray:2.59.0-py311"}, "prefect": GOOD["spec"]["prefect"]}
     )
-    [problem] = spec_problems(pool)
+    [problem] = spec_problems(pool, "analytics")
     assert problem.reason == "RayVersionMismatch" and problem.permanent
     assert "spec.ray.image" in problem.message and "2.59.0" in problem.message
+
+
+@pytest.mark.parametrize(
+    "ray",
+    [
+        {},  # the operator's own token Secret, <pool>-ray-token
+        {"auth": {"secretKeyRef": {"name": "cluster-token", "key": "other"}}},
+    ],
+)
+def test_the_pools_ray_token_is_refused_as_its_api_key(ray: dict[str, Any]) -> None:
+    """The operator would send the token guarding the pool's Ray cluster to Prefect."""
+    secret = (ray.get("auth") or {}).get("secretKeyRef", {}).get("name", "analytics-ray-token")
+    prefect = {**GOOD["spec"]["prefect"], "apiKey": {"secretKeyRef": {"name": secret, "key": "k"}}}
+    pool = PrefectRayPoolSpec.model_validate({"ray": ray, "prefect": prefect})
+    [problem] = spec_problems(pool, "analytics")
+    assert problem.reason == "APIKeySecretRefused" and problem.permanent
+    assert problem.message.startswith(f"spec.prefect.apiKey.secretKeyRef: Secret {secret!r}")
+    doc = {**GOOD, "metadata": {"name": "analytics"}, "spec": {"ray": ray, "prefect": prefect}}
+    with pytest.raises(Refused, match="holds this pool's Ray token"):
+        render_text(yaml.safe_dump(doc))
+
+
+def test_another_pools_token_secret_is_a_secret_like_any() -> None:
+    prefect = {"apiKey": {"secretKeyRef": {"name": "analytics-ray-token", "key": "k"}}}
+    pool = PrefectRayPoolSpec.model_validate({"prefect": {**GOOD["spec"]["prefect"], **prefect}})
+    assert spec_problems(pool, "reports") == []
 
 
 def test_ephemeral_placement_renders_a_kuberay_worker_and_no_ray_cluster() -> None:
