@@ -69,6 +69,9 @@ class Config:
     # The operator's own namespace (the chart sets it from the pod): pools' NetworkPolicies
     # admit the operator's pods there. None outside a cluster: no such rule.
     operator_namespace: str | None = None
+    # The `kuberay` worker's ClusterRole (the chart's `<release>-kuberay-worker`), which
+    # Ephemeral pools' RoleBindings name: the one role the operator may bind.
+    kuberay_worker_cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE
     # The Prefect API URL prefixes pools may name (chart value prefectApiAllowlist);
     # empty: any. The operator sends a pool's API key, and reads its answers, only there.
     prefect_api_allowlist: tuple[str, ...] = ()
@@ -99,6 +102,8 @@ class Config:
             watch_stale_seconds=_float("RAYPOOL_WATCH_STALE_SECONDS", 3 * server_timeout),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
+            kuberay_worker_cluster_role=os.environ.get("RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE")
+            or naming.KUBERAY_WORKER_CLUSTER_ROLE,
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
             work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
             work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from prefect_raypool_kuberay.contract import WORKER_RULES
 from prefect_raypool_operator.refusals import parse_pool
 from testbed.binaries import Binaries
 
@@ -95,8 +96,66 @@ def test_operator_chart_scoped_to_namespaces() -> None:
         "ops": "rel-prefect-raypool-operator-leader-election",
     }
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == [
-        "rel-prefect-raypool-operator-discovery"
+        "rel-prefect-raypool-operator-kuberay-worker",
+        "rel-prefect-raypool-operator-discovery",
     ]
+
+
+def _operator_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's own rules: every Role and ClusterRole but the worker's."""
+    return [
+        rule
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole") and not d["metadata"]["name"].endswith("-worker")
+        for rule in d["rules"]
+    ]
+
+
+@pytest.mark.parametrize("scope", [(), ("--set", "watchNamespaces={team-a}")])
+def test_the_chart_ships_the_kuberay_workers_rights_and_the_operator_may_only_bind_them(
+    scope: tuple[str, ...],
+) -> None:
+    """The worker's ClusterRole is its contract's WORKER_RULES, verbatim (they cannot
+    drift); the operator may bind that role by name and holds none of its rights beyond
+    listing RayJobs (the pool's count): no Role of its own to write, no RayJob to make."""
+    docs = _operator(*scope)
+    [worker] = [
+        d for d in docs if d["metadata"]["name"] == "rel-prefect-raypool-operator-kuberay-worker"
+    ]
+    assert worker["kind"] == "ClusterRole" and worker["rules"] == WORKER_RULES
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE"] == worker["metadata"]["name"]
+    rules = _operator_rules(docs)
+    binds = [r for r in rules if "bind" in r["verbs"] or "escalate" in r["verbs"]]
+    assert binds == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [worker["metadata"]["name"]],
+        }
+    ]
+    held = {
+        (g, res, v)
+        for r in rules
+        for g in r["apiGroups"]
+        for res in r["resources"]
+        for v in r["verbs"]
+    }
+    assert ("ray.io", "rayjobs", "list") in held
+    for dropped in [
+        ("ray.io", "rayjobs", "create"),
+        ("ray.io", "rayjobs", "get"),
+        ("ray.io", "rayjobs", "delete"),
+        ("", "pods/log", "get"),
+        ("rbac.authorization.k8s.io", "roles", "create"),
+        ("rbac.authorization.k8s.io", "roles", "patch"),
+    ]:
+        assert dropped not in held, dropped
 
 
 def test_pool_chart_renders_a_valid_pool() -> None:
