@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -115,6 +116,119 @@ def test_the_elections_errors_carry_their_level_as_kopfs_do() -> None:
     assert operator_log.unexpected(line, []) == [line]
     record.levelno, record.levelname = logging.WARNING, "WARNING"
     assert operator_log.unexpected(logging.Formatter(leader.LOG_FORMAT).format(record), []) == []
+
+
+# --- The stop, in order: the Lease goes only once no write is in flight.
+
+
+class _Leases:
+    """One Lease in memory, as CoordinationV1Api serves it: replace checks the
+    resourceVersion. Records each write with the holder it leaves."""
+
+    def __init__(self) -> None:
+        self.lease: client.V1Lease | None = None
+        self.writes: list[str | None] = []
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> client.V1Lease:
+        if self.lease is None:
+            raise client.ApiException(status=404)
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(
+                name=name, resource_version=self.lease.metadata.resource_version
+            ),
+            spec=client.V1LeaseSpec(**{
+                k: getattr(self.lease.spec, k) for k in self.lease.spec.attribute_map
+            }),
+        )  # fmt: skip
+
+    def _write(self, body: client.V1Lease) -> client.V1Lease:
+        version = int(self.lease.metadata.resource_version) + 1 if self.lease else 1
+        body.metadata.resource_version = str(version)
+        self.lease = body
+        self.writes.append(body.spec.holder_identity)
+        return body
+
+    def create_namespaced_lease(self, namespace: str, body: client.V1Lease, **_: Any) -> Any:
+        if self.lease is not None:
+            raise client.ApiException(status=409)
+        return self._write(body)
+
+    def replace_namespaced_lease(
+        self, name: str, namespace: str, body: client.V1Lease, **_: Any
+    ) -> Any:
+        assert self.lease is not None
+        if body.metadata.resource_version != self.lease.metadata.resource_version:
+            raise client.ApiException(status=409)
+        return self._write(body)
+
+    def holder(self) -> str | None:
+        return self.lease.spec.holder_identity if self.lease else None
+
+
+def _elected(**timing: float) -> leader.Settings:
+    return leader.Settings(
+        enabled=True,
+        namespace="ops",
+        identity="me",
+        **{"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.2, **timing},
+    )
+
+
+@pytest.mark.unit
+def test_the_lease_is_released_only_after_the_writes_in_flight_have_ended() -> None:
+    """kopf returns while a reconcile still writes in one of its threads: the leader
+    keeps renewing its Lease through the drain and empties it only afterwards."""
+    leases = _Leases()
+    seen: list[tuple[str, str | None]] = []
+    writing = threading.Event()
+
+    def operator() -> None:  # kopf: stops, leaving a reconcile running in a thread
+        seen.append(("operator", leases.holder()))
+        writing.set()
+
+    def drain(timeout: float) -> bool:
+        assert writing.is_set() and timeout == 20.0
+        renewals = len(leases.writes)
+        time.sleep(0.6)  # the reconcile's last writes
+        assert len(leases.writes) > renewals  # still renewed meanwhile
+        seen.append(("drained", leases.holder()))
+        return True
+
+    leader.run_elected(_elected(), [], operator, api=cast(Any, leases), drain=drain)
+    assert seen == [("operator", "me"), ("drained", "me")]  # held throughout
+    assert leases.writes[-1] is None and leases.holder() is None  # then released
+
+
+@pytest.mark.unit
+def test_writes_that_do_not_end_keep_the_lease_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the drain timeout the process exits (its threads with it) and leaves the
+    Lease to expire: a standby must not act while the old leader may still write."""
+    leases = _Leases()
+    exits: list[float] = []
+
+    def not_drained(timeout: float) -> None:
+        exits.append(timeout)
+        raise SystemExit(leader.NOT_DRAINED)
+
+    monkeypatch.setattr(leader, "_not_drained", not_drained)
+    with pytest.raises(SystemExit):
+        leader.run_elected(
+            _elected(drain_timeout=0.5), [], lambda: None, api=cast(Any, leases),
+            drain=lambda timeout: False,
+        )  # fmt: skip
+    assert exits == [0.5]
+    assert None not in leases.writes and leases.holder() == "me"  # never released
+
+
+@pytest.mark.unit
+def test_the_drain_timeout_is_read_and_checked() -> None:
+    env = {"RAYPOOL_LEADER_ELECTION": "true", "RAYPOOL_OPERATOR_NAMESPACE": "ops"}
+    assert leader.Settings.from_env(env).drain_timeout == 20.0
+    assert leader.Settings.from_env({**env, "RAYPOOL_DRAIN_TIMEOUT": "5"}).drain_timeout == 5.0
+    with pytest.raises(ValueError, match="RAYPOOL_DRAIN_TIMEOUT=0.0: must be more than 0 s"):
+        leader.Settings.from_env({**env, "RAYPOOL_DRAIN_TIMEOUT": "0"})
 
 
 # --- Two replicas on the real API server.

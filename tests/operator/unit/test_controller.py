@@ -626,6 +626,36 @@ def test_a_worker_binding_to_a_role_of_its_own_is_made_anew_to_the_cluster_role(
     assert ("delete", "RoleBinding", worker) not in io.writes()  # once
 
 
+def test_a_stopping_controller_waits_for_the_reconcile_in_flight_and_starts_none(
+    controller: Controller, io: FakeIO
+) -> None:
+    """What a stopping leader waits for before giving up its Lease (leader.py): kopf
+    has returned, but a reconcile still writes in its thread."""
+    io.add_pool({})
+    reading, go_on = threading.Event(), threading.Event()
+    read_pool = io.pool
+
+    def slow_pool(namespace: str, name: str) -> Obj | None:
+        reading.set()
+        go_on.wait(5)
+        return read_pool(namespace, name)
+
+    io.pool = slow_pool  # type: ignore[method-assign]
+    running = threading.Thread(target=controller.on_spec, args=(NS, POOL, LOG, {}))
+    running.start()
+    assert reading.wait(5)
+    assert controller.drain(0.2) is False  # still writing
+    go_on.set()
+    assert controller.drain(5) is True
+    running.join(5)
+    assert ("apply", RAY, POOL) in io.writes()  # the reconcile in flight finished
+    reading.clear()
+    controller.on_resync(NS, POOL, LOG, {})  # none starts once stopping
+    assert not reading.is_set() and io.writes() == []
+    with pytest.raises(kopf.TemporaryError, match="stopping"):
+        controller.on_delete(io.pools[(NS, POOL)], 0, LOG, {})  # the finalizer stays
+
+
 def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(
     controller: Controller, io: FakeIO
 ) -> None:
