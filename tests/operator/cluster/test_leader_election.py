@@ -486,3 +486,69 @@ def test_a_standby_stops_at_once_on_sigterm_and_leaves_the_lease_alone(
     assert "Stopped while standing by." in b.tail()
     _standby_wrote_nothing(b)
     assert _lease_holder(kube_cluster, ha_namespace) == a.identity()
+
+
+@pytest.mark.controlplane
+def test_two_releases_over_one_namespace_never_both_act_on_a_pool(
+    kube_cluster: Cluster,
+    ha_namespace: str,
+    tmp_path: Path,
+    own_operators: operator_log.OwnOperators,
+    prefect_server: PrefectServer,
+) -> None:
+    """Two installs (their own Leases, their own identities) both lead and both cover
+    the namespace: each pool is claimed by one of them, which alone reconciles it; the
+    other never touches it, not even after the claimant stops."""
+
+    def release(name: str) -> Replica:
+        return Replica(
+            kube_cluster.kubeconfig,
+            tmp_path / f"{name}.log",
+            lease=f"{name}-prefect-raypool-operator",
+            lease_namespace=ha_namespace,
+            scope=(f"--namespace={ha_namespace}",),
+            timing=TIMING,
+            extra_env={"RAYPOOL_OPERATOR_ID": f"ops.{name}"},
+        )
+
+    a, b = release("rel-a"), release("rel-b")
+    own_operators.add(a.log, b.log)
+    try:
+        a.start()
+        b.start()
+        a.wait_leading(timeout=START_UP)
+        b.wait_leading(timeout=START_UP)
+        env = PoolDriver.on(kube_cluster, ha_namespace, prefect_server.api_url, a)
+        env.apply(env.example("zero-capacity.yaml"))
+        env.wait_condition("analytics", "Ready", "True")
+        owner = _pool(env, "analytics")["metadata"]["labels"]["prefectray.io/operator"]
+        assert owner in ("ops.rel-a", "ops.rel-b")
+        acting, other = (a, b) if owner == "ops.rel-a" else (b, a)
+        env.wait_events(
+            "analytics",
+            lambda es: any(e.reason == "Claimed" and owner in e.message for e in es),
+            "the claim's Event",
+        )
+        before = _owned(env)
+        assert all(len(objs) == 1 for objs in before.values()), before
+
+        # The other release ran no handler of the pool (it sees its objects' events,
+        # and finds no pool of its own to reconcile for them).
+        def pool_lines(replica: Replica) -> list[str]:
+            return [
+                line
+                for line in replica.tail(1_000_000).splitlines()
+                if f"[{ha_namespace}/analytics]" in line and "on_owned_change" not in line
+            ]  # the pool's handlers (its RayCluster, also `analytics`, is watched by both)
+
+        assert not pool_lines(other) and pool_lines(acting)
+        # The claimant stops: its pool waits for it (or a relabel), the other keeps off.
+        acting.kill()
+        _change_max_replicas(env, 7)
+        time.sleep(3 * TIMING.retry + 3)  # several resyncs of the other release (3 s)
+        assert _max_replicas(env) != 7
+        assert not pool_lines(other)
+        assert _owned(env) == before
+    finally:
+        a.kill()
+        b.kill()
