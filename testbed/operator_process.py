@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect_raypool_operator import crd, kinds
+from prefect_raypool_kuberay.contract import WORKER_RULES
+from prefect_raypool_operator import crd, kinds, naming
 from testbed import REPO
 from testbed.processes import http_ok, spawn_logged
 from testbed.waiting import eventually
@@ -41,9 +42,21 @@ def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[
     return {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
+def worker_cluster_role() -> dict[str, object]:
+    """The `kuberay` worker's ClusterRole as the operator chart ships it, under the name
+    an operator run without the chart binds (naming.KUBERAY_WORKER_CLUSTER_ROLE)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": naming.KUBERAY_WORKER_CLUSTER_ROLE},
+        "rules": WORKER_RULES,
+    }
+
+
 def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -> None:
-    """Apply the committed PrefectRayPool CRD and wait until it is Established and its
-    pools can be listed.
+    """Apply what the operator chart installs cluster-wide apart from the operator: the
+    committed PrefectRayPool CRD (then wait until it is Established and its pools can be
+    listed) and the `kuberay` worker's ClusterRole, which Ephemeral pools bind.
 
     Polled from the JSON rather than by `kubectl wait` or a jsonpath filter, which
     both error out on a CRD so fresh it has no status.conditions yet. Established
@@ -52,15 +65,19 @@ def apply_pool_crd(kubectl: Path | str, kubeconfig: Path, timeout: float = 60) -
     "storage is (re)initializing") and logs an ERROR for kopf's retry.
     """
 
-    def run(*args: str) -> str:
+    def run(*args: str, stdin: str | None = None) -> str:
         out = subprocess.run(
-            [str(kubectl), f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True
+            [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=stdin,
         )
         if out.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout
 
     run("apply", "--server-side", "-f", str(REPO / "crds" / crd.CRD_FILE))
+    run("apply", "--server-side", "-f", "-", stdin=json.dumps(worker_cluster_role()))
 
     def established() -> bool:
         status = json.loads(run("get", "crd", CRD_NAME, "-o", "json")).get("status") or {}

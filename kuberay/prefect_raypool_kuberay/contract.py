@@ -81,7 +81,8 @@ SHM_MOUNT: Obj = {"name": "dshm", "mountPath": "/dev/shm"}
 #: KubeRay's RayJob, the only custom resource the worker touches.
 RAYJOB_GROUP, RAYJOB_VERSION, RAYJOB_PLURAL = "ray.io", "v1", "rayjobs"
 
-#: Exactly the calls worker.py makes, for the operator's namespaced Role: RayJobs
+#: Exactly the calls worker.py makes, for the operator chart's worker ClusterRole
+#: (templates/kuberay-worker-rbac.yaml, kept equal by a test): RayJobs
 #: created, read (get while watching, list when sweeping orphans) and deleted
 #: (cancellation, orphans); pods listed (a RayJob's pods, the submitter's) and the
 #: submitter's log read.

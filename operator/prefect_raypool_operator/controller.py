@@ -20,10 +20,11 @@ server (restart, network blip, 5xx) in one line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,10 +72,38 @@ class Controller:
         self._locks: dict[PoolKey, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._released: set[str] = set()  # uids of pools whose release ran
+        # Writes in flight (reconciles, releases), for a leader that stops: it gives up
+        # its Lease only once none runs and none can start (`drain`).
+        self._busy = threading.Condition()
+        self._in_flight = 0
+        self._stopping = False
 
     def _lock(self, key: PoolKey) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[bool]:
+        """Counts a reconcile or release in flight; yields False once stopping (it
+        must not start: the Lease may be handed over any moment)."""
+        with self._busy:
+            if self._stopping:
+                yield False
+                return
+            self._in_flight += 1
+        try:
+            yield True
+        finally:
+            with self._busy:
+                self._in_flight -= 1
+                self._busy.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Start no more writes and wait up to `timeout` s for those in flight to end:
+        True when none is left (the Lease may go), False when one still runs."""
+        with self._busy:
+            self._stopping = True
+            return self._busy.wait_for(lambda: self._in_flight == 0, timeout)
 
     def run(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool = True
@@ -91,8 +120,8 @@ class Controller:
     def _run_once(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
     ) -> ReconcileResult | None:
-        with self._lock(key):
-            return self._reconcile(key, io, logger, repair)
+        with self.writing() as may_write, self._lock(key):
+            return self._reconcile(key, io, logger, repair) if may_write else None
 
     def _reconcile(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
@@ -252,7 +281,9 @@ class Controller:
         meta = owner["metadata"]
         key = (meta["namespace"], meta["name"])
         io = self._connect(kwargs)
-        with self._lock(key):  # after any reconcile in progress; none after this
+        with self.writing() as may_write, self._lock(key):  # after any reconcile in progress
+            if not may_write:  # stopping: the finalizer stays, the next leader releases
+                raise kopf.TemporaryError("the operator is stopping", delay=RETRY_DELAY)
             self._released.add(meta["uid"])
             self.memory.forget(key)
             try:

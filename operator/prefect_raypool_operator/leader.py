@@ -11,8 +11,12 @@ holder starts kopf:
 - leading: renew every `retry_period` s; a leader that cannot renew within
   `renew_deadline` (< `lease_duration`, so before anyone else may take it) exits at once
   with status 1, so the kubelet restarts it as a standby;
-- on SIGTERM the leader stops kopf, then releases the Lease (holder emptied), so the
-  standby takes over within one `retry_period` instead of a whole `lease_duration`.
+- on SIGTERM the leader stops kopf, waits (still renewing, at most `drain_timeout` s)
+  for the reconciles kopf leaves running in its threads to end, and only then releases
+  the Lease (holder emptied), so the standby takes over within one `retry_period`
+  instead of a whole `lease_duration`, and never while the old leader still writes.
+  Writes still running after `drain_timeout`: the process exits without releasing
+  (its writes die with it) and the Lease expires after its duration.
 
 The `kubernetes.leaderelection` package of the client was not used: its leader keeps
 its `onstarted_leading` thread running after losing the Lease, it has no release on
@@ -48,9 +52,12 @@ NAMESPACE = "RAYPOOL_LEADER_ELECTION_NAMESPACE"
 LEASE_DURATION = "RAYPOOL_LEASE_DURATION"
 RENEW_DEADLINE = "RAYPOOL_RENEW_DEADLINE"
 RETRY_PERIOD = "RAYPOOL_RETRY_PERIOD"
+DRAIN_TIMEOUT = "RAYPOOL_DRAIN_TIMEOUT"
 DEFAULT_NAME = "prefect-raypool-operator"
 # Exit status of a leader that lost its Lease (the kubelet restarts it as a standby).
 LOST = 1
+# Exit status of a stopping leader whose writes did not end within the drain timeout.
+NOT_DRAINED = 3
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class Settings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # On SIGTERM, how long the leader waits for writes in flight before giving up the
+    # Lease: within the pod's termination grace period (30 s by default).
+    drain_timeout: float = 20.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -91,6 +101,7 @@ class Settings:
             lease_duration=seconds(LEASE_DURATION, 15.0),
             renew_deadline=seconds(RENEW_DEADLINE, 10.0),
             retry_period=seconds(RETRY_PERIOD, 2.0),
+            drain_timeout=seconds(DRAIN_TIMEOUT, 20.0),
         )
         if enabled:
             settings.check()
@@ -361,14 +372,30 @@ def _lost() -> None:
     os._exit(LOST)  # at once: kopf must not write one more object
 
 
+def _not_drained(timeout: float) -> None:
+    log.warning(
+        "Writes still in flight %.0f s after the operator stopped: exiting without "
+        "releasing the Lease, which expires after its duration.",
+        timeout,
+    )
+    logging.shutdown()
+    os._exit(NOT_DRAINED)  # the threads still writing end with the process
+
+
+def _nothing_in_flight(timeout: float) -> bool:
+    return True
+
+
 def run_elected(
     settings: Settings,
     argv: list[str],
     run_operator: Callable[[], None],
     api: client.CoordinationV1Api | None = None,
+    drain: Callable[[float], bool] = _nothing_in_flight,
 ) -> None:
     """Stand by until this replica holds the Lease, then run the operator while renewing
-    it; release it when the operator stops."""
+    it; when the operator stops, `drain(timeout)` (True once no write is in flight and
+    none can start), still renewing, and only then release the Lease."""
     elector = Elector(settings, api or coordination_api())
     stop = threading.Event()
     leading = False
@@ -413,8 +440,13 @@ def run_elected(
             return
         run_operator()
     finally:
+        # kopf has returned, but a reconcile in one of its executor threads may still be
+        # writing: the Lease is kept (renewed) until none is.
+        drained = drain(settings.drain_timeout)
         renewing.set()
         renewer.join(timeout=settings.renew_deadline)
+        if not drained:
+            _not_drained(settings.drain_timeout)
         elector.release()
 
 

@@ -19,6 +19,10 @@ COMPONENT_LABEL = f"{DOMAIN}/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 FINALIZER = f"{DOMAIN}/finalizer"
+#: On each pool: the identity of the operator that acts on it (claim.py).
+OPERATOR_LABEL = f"{DOMAIN}/operator"
+#: The identity of an operator run without the chart (RAYPOOL_OPERATOR_ID unset).
+DEFAULT_OPERATOR_ID = MANAGED_BY
 ANNOTATION_PREFIX = DOMAIN
 #: On a worker Deployment whose replicas an HPA or `kubectl scale` sets, not the operator.
 EXTERNAL_REPLICAS_ANNOTATION = f"{DOMAIN}/replicas-managed-externally"
@@ -68,8 +72,16 @@ def prefect_worker_deployment(pool_name: str) -> str:
 
 
 def kuberay_worker(pool_name: str) -> str:
-    """The ServiceAccount, Role and RoleBinding of an Ephemeral pool's `kuberay` worker."""
+    """The ServiceAccount and RoleBinding of an Ephemeral pool's `kuberay` worker."""
     return f"{pool_name}-kuberay-worker"
+
+
+#: The ClusterRole holding the `kuberay` worker's rights (its contract's WORKER_RULES),
+#: which each Ephemeral pool's RoleBinding grants in the pool's namespace. The operator
+#: chart installs it as `<release>-kuberay-worker` and says so in
+#: RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE; this name is for an operator run without the
+#: chart (the test bed installs it).
+KUBERAY_WORKER_CLUSTER_ROLE = "prefect-raypool-kuberay-worker"
 
 
 def ray_token_secret(pool_name: str) -> str:

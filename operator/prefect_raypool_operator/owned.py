@@ -23,6 +23,17 @@ def _none(desired: Obj, live: Obj | None) -> None:
     return None
 
 
+def _never(desired: Obj, live: Obj) -> bool:
+    return False
+
+
+def role_ref_changed(desired: Obj, live: Obj) -> bool:
+    """A RoleBinding's roleRef cannot change (the API server refuses the update): one
+    that names another role (a Role of the pool's own, before the chart shipped the
+    worker's ClusterRole) is deleted and made anew."""
+    return bool(live.get("roleRef")) and live["roleRef"] != desired["roleRef"]
+
+
 Overridden = Callable[[Obj, Obj | None, dict[str, str]], replicas.Override | None]
 
 
@@ -51,6 +62,8 @@ class Owned:
     # Fields the operator stops sending that must keep their live value: (what it will
     # apply, live) -> an apply by the hand-over field manager first, or None.
     hand_over: Callable[[Obj, Obj | None], Obj | None] = _none
+    # An immutable field differs: (desired, live) -> delete the live object, then apply.
+    replace: Callable[[Obj, Obj], bool] = _never
 
 
 def held_by_pool(meta: Obj, pool_name: str, pool_uid: str) -> bool:
@@ -90,14 +103,15 @@ PREFECT_WORKER_DEPLOYMENT = Owned(
     replicas.hand_over,
 )
 NETWORK_POLICY = Owned(kinds.NETWORK_POLICY, "networkpolicy_index", naming.network_policy)
-# An Ephemeral pool's `kuberay` worker: its account and rights (builders/ephemeral.py).
+# An Ephemeral pool's `kuberay` worker: its account, bound to the chart's worker
+# ClusterRole (builders/ephemeral.py).
 SERVICE_ACCOUNT = Owned(kinds.SERVICE_ACCOUNT, "serviceaccount_index", naming.kuberay_worker)
-ROLE = Owned(kinds.ROLE, "role_index", naming.kuberay_worker)
-ROLE_BINDING = Owned(kinds.ROLE_BINDING, "rolebinding_index", naming.kuberay_worker)
+ROLE_BINDING = Owned(
+    kinds.ROLE_BINDING, "rolebinding_index", naming.kuberay_worker, replace=role_ref_changed
+)
 OWNED = (
     RAY_CLUSTER,
     SERVICE_ACCOUNT,
-    ROLE,
     ROLE_BINDING,
     PREFECT_WORKER_DEPLOYMENT,
     NETWORK_POLICY,

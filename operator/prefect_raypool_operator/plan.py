@@ -71,7 +71,11 @@ class Plan:
         return self.spec is not None and self.spec.placement == Placement.EPHEMERAL
 
 
-def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) -> Plan:
+def plan(
+    body: Obj,
+    operator_namespace: str | None = CONFIG.operator_namespace,
+    worker_cluster_role: str = CONFIG.kuberay_worker_cluster_role,
+) -> Plan:
     meta = body["metadata"]
     pool_name, namespace = meta["name"], meta["namespace"]
     generation = meta.get("generation")
@@ -85,7 +89,8 @@ def plan(body: Obj, operator_namespace: str | None = CONFIG.operator_namespace) 
         return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
     owner = kopf.Body(cast(Any, body))
     desired = {}
-    for manifest in build_manifests(pool_name, namespace, spec, operator_namespace):
+    manifests = build_manifests(pool_name, namespace, spec, operator_namespace, worker_cluster_role)
+    for manifest in manifests:
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
     ray_token_secret = None

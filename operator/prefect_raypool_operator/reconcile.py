@@ -256,6 +256,9 @@ def _apply_owned(
         live = before[owned]
         name = manifest["metadata"]["name"]
         key = (owned.kind.kind, name)
+        if live is not None and owned.replace(manifest, live):
+            io.delete(owned, namespace, pool_name)  # an immutable field: made anew below
+            live = None
         if repair or live is None:
             manifest = owned.merge_live(manifest, live)
             digest = manifest_digest(manifest)

@@ -51,11 +51,16 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--working-dir",
-        help="uploaded as the job's working directory (default: the flow file's directory); "
-        "a remote URI (s3://...) is used as is",
+        help="uploaded as the job's working directory (default: the flow file's directory; "
+        "never a home directory or one above it); a remote URI (s3://...) is used as is",
     )
     parser.add_argument(
-        "--env", action="append", default=[], metavar="K=V", help="an environment variable"
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an environment variable (not a secret: every job on the cluster can read it; "
+        "PREFECT_API_KEY and PREFECT_API_AUTH_STRING are refused)",
     )
     parser.add_argument(
         "--no-wait", action="store_true", help="print the job id and return once submitted"

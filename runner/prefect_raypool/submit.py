@@ -6,6 +6,12 @@ address. Building the job (address, runtime_env, entrypoint) is pure; `submit_cl
 does the I/O through Ray's JobSubmissionClient: submit, stream the driver's logs,
 wait for the final status. Exit 0 only when the job SUCCEEDED.
 Its options are declared in cli.py, which parses them before importing this module.
+
+A job's runtime_env is no place for a secret: every job on the cluster and whoever
+reaches its dashboard can read it (`ray job list`). So the job carries the submitter's
+Prefect API URL and never its API key or auth string; the driver authenticates with
+what the cluster's own pods hold (docs/runner.md). And a working directory is uploaded
+to the cluster, so a home directory (keys, cloud credentials, profiles) never is.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -85,12 +91,30 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
+#: Prefect's credentials: never sent in a job's runtime_env, which every job reads.
+SECRET_SETTINGS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
+
+def _refuse_credentials(names: Iterable[str], option: str) -> None:
+    for name in names:
+        if name.upper() in SECRET_SETTINGS:
+            raise SubmitError(
+                f"{option} {name}: a Ray job's runtime_env is readable by every job on the "
+                "cluster and from its dashboard, so raypool submit sends no Prefect "
+                "credential: the driver reaches Prefect as the Ray head does (a server "
+                "the cluster reaches without a key). Drop the variable; for a Prefect "
+                "API that needs a key, deploy the flow to the pool's work pool instead "
+                "(`prefect deployment run`), whose worker holds the pool's key"
+            )
+
+
 def parse_env(items: list[str]) -> dict[str, str]:
     env = {}
     for key, value in _pairs(items, "--env"):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise SubmitError(f"--env {key!r}: not a valid environment variable name")
         env[key] = value
+    _refuse_credentials(env, "--env")
     return env
 
 
@@ -126,20 +150,39 @@ def _is_local_path(working_dir: str) -> bool:
     return "://" not in working_dir
 
 
+def _refuse_home(directory: Path, chosen: str | None, home: Path | None) -> None:
+    """A working directory is uploaded whole, for every job on the cluster to read: not
+    the file system's root, a home directory, nor a directory that holds one."""
+    too_wide = directory == Path(directory.anchor) or (
+        home is not None and home.is_relative_to(directory)
+    )
+    if too_wide:
+        given = f"--working-dir {chosen}" if chosen else f"the flow file's directory {directory}"
+        raise SubmitError(
+            f"{given} would upload {directory} (your home directory or a directory above "
+            "it, with its keys, cloud credentials and Prefect profiles) to the cluster, "
+            "where every job can read it. Put the flow in a project directory, or pass "
+            "--working-dir DIR naming a directory that holds only the flow's code"
+        )
+
+
 def build_runtime_env(
     target: FlowTarget,
     base: dict[str, Any],
     working_dir: str | None,
     env: dict[str, str],
     prefect_env: dict[str, str],
+    home: Path | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The job's runtime_env and the flow file's path inside its working directory.
 
     Precedence: --working-dir over the runtime_env's working_dir over the flow
     file's directory (uploaded); --env over the runtime_env's env_vars over the
-    submitter's Prefect settings (`prefect_env`).
+    submitter's Prefect settings (`prefect_env`). `home` (the submitter's) and every
+    directory above it are never uploaded.
     """
     runtime_env = dict(base)
+    _refuse_credentials(dict(runtime_env.get("env_vars") or {}), "--runtime-env-json env_vars")
     chosen = working_dir or runtime_env.get("working_dir")
     if chosen and not _is_local_path(str(chosen)):
         # A package already uploaded (s3://, gs://, https://...zip): the file is a
@@ -158,6 +201,7 @@ def build_runtime_env(
                 f"the flow file {target.file} is outside the working directory {chosen}: "
                 "the working directory is what gets uploaded, so it must contain the file"
             )
+        _refuse_home(directory, str(chosen) if chosen else None, home)
         runtime_env["working_dir"] = str(directory)
         entry_file = flow_file.relative_to(directory).as_posix()
     env_vars = {**prefect_env, **dict(runtime_env.get("env_vars") or {}), **env}
@@ -188,7 +232,7 @@ def plan_job(
     if not isinstance(base, dict):
         raise SubmitError('--runtime-env-json must be a JSON object, e.g. \'{"pip": ["pandas"]}\'')
     runtime_env, entry_file = build_runtime_env(
-        target, base, args.working_dir, parse_env(args.env), prefect_env
+        target, base, args.working_dir, parse_env(args.env), prefect_env, _home(environ)
     )
     if "PREFECT_API_URL" not in runtime_env.get("env_vars", {}):
         raise SubmitError(
@@ -204,15 +248,19 @@ def plan_job(
     )
 
 
-def prefect_env_of_submitter() -> dict[str, str]:
-    """The submitter's Prefect API URL and key (profiles included), for the driver."""
+def _home(environ: Mapping[str, str]) -> Path | None:
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home).resolve() if home else None
+
+
+def prefect_env_of_submitter(settings: Any = None) -> dict[str, str]:
+    """The submitter's Prefect API URL (profiles included), for the driver; never its
+    API key or auth string, which the job's runtime_env would show every job.
+    `settings`: Prefect's Settings, the current ones by default."""
     from prefect.settings import get_current_settings
 
-    api = get_current_settings().api
-    env = {"PREFECT_API_URL": api.url} if api.url else {}
-    if api.key:
-        env["PREFECT_API_KEY"] = api.key.get_secret_value()
-    return env
+    api = (settings or get_current_settings()).api
+    return {"PREFECT_API_URL": api.url} if api.url else {}
 
 
 def ray_token(environ: Mapping[str, str]) -> str | None:
@@ -247,10 +295,15 @@ def loopback_warning(plan: JobPlan) -> str | None:
     return None
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s\"]+@")
+
+
 def describe(plan: JobPlan) -> str:
-    """What is submitted, without the values of environment variables (they may be secret)."""
+    """What is submitted, without the values of environment variables (they may be
+    secret) nor the user:password of a URL (a pip index, a package URI)."""
     env_names = sorted(plan.runtime_env.get("env_vars", {}))
     shown = {k: v for k, v in plan.runtime_env.items() if k != "env_vars"}
+    shown = json.loads(_USERINFO.sub("***@", json.dumps(shown)))
     return (
         f"submitting {plan.submission_id} to {plan.address}\n"
         f"  entrypoint: {plan.entrypoint}\n"

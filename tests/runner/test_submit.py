@@ -28,15 +28,21 @@ from tests.runner.conftest import LOOPBACK_ENV, REPO, task_runs_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.prefect]
 
+PLANTED = {"PREFECT_API_KEY": "pnu_planted", "PREFECT_API_AUTH_STRING": "admin:planted"}
 FLOW_RUN_LINE = re.compile(r"raypool submit: flow run ([0-9a-f-]{36}) ended (\w+)")
 
 
 def raypool_submit(
-    cluster: RayCluster, argv: list[str], token: str | None = None, cwd: Path = REPO
+    cluster: RayCluster,
+    argv: list[str],
+    token: str | None = None,
+    cwd: Path = REPO,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`raypool submit --address <the head's job server> ...` with the cluster's token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(LOOPBACK_ENV)
+    env.update(extra_env or {})
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token or cluster.token or ""})
     assert cluster.dashboard_url
     cmd = [sys.executable, "-m", "prefect_raypool.cli", "submit"]
@@ -169,6 +175,9 @@ def test_runtime_env_reaches_the_driver_and_tasks_attach_to_the_jobs_cluster(
             json.dumps(runtime_env),
         ],
         cwd=root,
+        # The submitter's credentials (this Prefect server needs none): planted, to
+        # show they stay here.
+        extra_env=PLANTED,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT "))
@@ -190,6 +199,12 @@ def test_runtime_env_reaches_the_driver_and_tasks_attach_to_the_jobs_cluster(
     )
     job = jobs.get_job_info(submission_id_of(result))
     assert job.status.value == "SUCCEEDED"
+    # Every job on the cluster can read a job's runtime_env: no credential in it, and
+    # none printed.
+    shown = json.dumps(job.runtime_env) + result.stdout + result.stderr
+    leaks = [ln for ln in shown.splitlines() if any(v in ln for v in PLANTED.values())]
+    assert not leaks, leaks
+    assert set(job.runtime_env["env_vars"]) == {"PREFECT_API_URL", "RAYPOOL_MARK"}
     assert report["driver"]["job"] == job.job_id
     assert len(report["tasks"]) == 3
     for place in report["tasks"]:

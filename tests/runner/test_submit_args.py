@@ -20,6 +20,7 @@ from prefect_raypool.submit import (
     describe,
     loopback_warning,
     plan_job,
+    prefect_env_of_submitter,
     resolve_address,
 )
 
@@ -82,18 +83,76 @@ def test_env_and_runtime_env_json_merge_with_the_submitters_prefect_settings(
             "PREFECT_API_URL=http://reachable:4200/api",
         ],
         PREFECT_API_URL="http://localhost:4200/api",
-        PREFECT_API_KEY="pnu_secret",
     )
     assert job.runtime_env["pip"] == ["pandas"]
     assert job.runtime_env["env_vars"] == {
         "A": "from-json",
         "B": "from-flag",
         "PREFECT_API_URL": "http://reachable:4200/api",  # --env wins
-        "PREFECT_API_KEY": "pnu_secret",
     }
     # What is printed names the variables, never their values.
     shown = describe(job)
-    assert "PREFECT_API_KEY" in shown and "pnu_secret" not in shown
+    assert "env_vars: A, B, PREFECT_API_URL" in shown and "from-flag" not in shown
+
+
+def test_the_submitters_prefect_credentials_stay_on_the_submitters_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every job on the cluster can read a job's runtime_env: the submitter's API key
+    and auth string, from its environment or profile, are never put there."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.prefect.svc:4200/api")
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_planted_key")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:planted-password")
+    from prefect.settings import Settings
+
+    settings = Settings()  # from this environment
+    assert settings.api.key is not None and settings.api.auth_string is not None
+    only_the_url = {"PREFECT_API_URL": "http://prefect.prefect.svc:4200/api"}
+    assert prefect_env_of_submitter(settings) == only_the_url
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--env", "PREFECT_API_KEY=pnu_x"], "--env PREFECT_API_KEY"),
+        (["--env", "PREFECT_API_AUTH_STRING=a:b"], "--env PREFECT_API_AUTH_STRING"),
+        (
+            ["--runtime-env-json", json.dumps({"env_vars": {"PREFECT_API_KEY": "pnu_x"}})],
+            "--runtime-env-json env_vars PREFECT_API_KEY",
+        ),
+    ],
+)
+def test_a_prefect_credential_given_for_the_job_is_refused(
+    flow_dir: Path, argv: list[str], named: str
+) -> None:
+    with pytest.raises(SubmitError, match="readable by every job") as refused:
+        plan([f"{flow_dir}/flows/etl.py:etl", *argv])
+    message = str(refused.value)
+    assert message.startswith(named) and "pnu_x" not in message and "a:b" not in message
+
+
+def test_a_home_directory_is_never_uploaded(tmp_path: Path) -> None:
+    home = tmp_path / "me"
+    (home / "proj").mkdir(parents=True)
+    (home / "etl.py").write_text("# a flow file in the home directory\n")
+    (home / "proj" / "etl.py").write_text("# a flow file in a project\n")
+    environ = {"RAY_ADDRESS": "http://head:8265", "HOME": str(home)}
+    # By default the flow file's directory is uploaded: here, the home directory.
+    with pytest.raises(SubmitError, match="the flow file's directory .* would upload"):
+        plan([f"{home}/etl.py:etl"], environ)
+    for above in (home, tmp_path, Path("/")):
+        with pytest.raises(SubmitError, match=f"--working-dir {above} would upload"):
+            plan([f"{home}/proj/etl.py:etl", "--working-dir", str(above)], environ)
+    job = plan([f"{home}/proj/etl.py:etl"], environ)  # a project directory is fine
+    assert job.runtime_env["working_dir"] == str(home / "proj")
+
+
+def test_what_is_printed_hides_the_credentials_of_urls(flow_dir: Path) -> None:
+    runtime_env = {"pip": ["git+https://user:tok3n@git.example/org/lib.git"]}
+    job = plan([f"{flow_dir}/flows/etl.py:etl", "--runtime-env-json", json.dumps(runtime_env)])
+    shown = describe(job)
+    assert "tok3n" not in shown and "user:" not in shown
+    assert "git+https://***@git.example/org/lib.git" in shown
 
 
 @pytest.mark.parametrize(

@@ -31,16 +31,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
-The namespaced permissions: exactly the verbs the operator uses, nothing more.
+The operator's identity, a label value naming the release: `<namespace>.<fullname>`,
+shortened with a hash past 63 characters. Pools carry it (prefectray.io/operator), so
+two releases never act on one pool.
+*/}}
+{{- define "prp-operator.id" -}}
+{{- $id := printf "%s.%s" .Release.Namespace (include "prp-operator.fullname" .) -}}
+{{- if le (len $id) 63 -}}
+{{- $id -}}
+{{- else -}}
+{{- printf "%s-%s" ($id | trunc 52 | trimSuffix "-" | trimSuffix ".") ($id | sha256sum | trunc 10) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The kuberay worker's ClusterRole (kuberay-worker-rbac.yaml), which Ephemeral pools bind. */}}
+{{- define "prp-operator.kuberayWorkerRole" -}}
+{{- printf "%s-kuberay-worker" (include "prp-operator.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The namespaced permissions: exactly the verbs the operator uses, nothing it only
+passes on (tests/operator/cluster/test_chart_rbac.py asserts both).
 - pools: kopf lists and watches them and merge-patches its finalizer and annotations;
   the controller merge-patches the status. Owned objects carry blockOwnerDeletion
   (kopf.adopt), which OwnerReferencesPermissionEnforcement allows only to whoever may
   update the pool's finalizers.
 - owned kinds (owned.py): watched (kopf indices), server-side applied (a PATCH that
   may create), deleted when the spec no longer wants them.
-- secrets: get a referenced key, create the Ray token; never list or watch.
+- secrets: get a pool's API key (and a Secret it names), create the Ray token; never
+  list or watch.
 - pods: watched by our label for the status; deleted when they hold a Ray token the
   pool's token Secret no longer has (it was deleted and made anew); events: created.
+- An Ephemeral pool's kuberay worker: its ServiceAccount, and a RoleBinding to the
+  worker's ClusterRole, which the operator may bind (by name) but holds none of:
+  RayJobs only listed (the pool's count of flow-run clusters), no pods/log.
 */}}
 {{- define "prp-operator.namespacedRules" -}}
 - apiGroups: [prefectray.io]
@@ -67,21 +91,20 @@ The namespaced permissions: exactly the verbs the operator uses, nothing more.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, delete]
-{{- /* An Ephemeral pool's kuberay worker: its account, and a Role granting what the
-  operator must hold itself (RBAC escalation prevention): RayJobs, pods/log. */}}
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
+  resources: [rolebindings]
   verbs: [list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  verbs: [bind]
+  resourceNames: [{{ include "prp-operator.kuberayWorkerRole" . }}]
 - apiGroups: [ray.io]
   resources: [rayjobs]
-  verbs: [create, get, list, delete]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create]
+  verbs: [list]
 {{- end -}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders.ephemeral import build_ephemeral
 from prefect_raypool_operator.builders.networkpolicy import build_network_policy
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
@@ -14,16 +15,22 @@ Manifest = dict[str, Any]
 
 
 def build_manifests(
-    pool_name: str, namespace: str, spec: PrefectRayPoolSpec, operator_namespace: str | None = None
+    pool_name: str,
+    namespace: str,
+    spec: PrefectRayPoolSpec,
+    operator_namespace: str | None = None,
+    worker_cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE,
 ) -> list[Manifest]:
     """Every object a pool owns, in apply order (the RayCluster first).
 
-    `operator_namespace`: where the operator's pods run, admitted by the NetworkPolicy.
+    `operator_namespace`: where the operator's pods run, admitted by the NetworkPolicy;
+    `worker_cluster_role`: the `kuberay` worker's ClusterRole, which the operator chart
+    installs and an Ephemeral pool binds.
     """
     if spec.placement == Placement.EPHEMERAL:
         # No cluster of the pool's own (each flow run's RayJob makes one), so no head
         # to guard with a NetworkPolicy either.
-        return build_ephemeral(pool_name, namespace, spec)
+        return build_ephemeral(pool_name, namespace, spec, worker_cluster_role)
     manifests = [build_raycluster(pool_name, namespace, spec)]
     if spec.placement == Placement.ZERO_CAPACITY_NODE:
         manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))

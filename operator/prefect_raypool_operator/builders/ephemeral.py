@@ -3,9 +3,13 @@
 No RayCluster of the pool's own: the worker creates one RayJob (a Ray cluster for the
 flow run) in the pool's namespace, from the work pool's base job template, whose
 defaults come from the pool's Ray spec (`base_job_template`). The worker runs as its
-own ServiceAccount, bound to a namespaced Role holding exactly the calls the worker
-makes (its contract's WORKER_RULES); nothing cluster-wide. The template itself is the
-worker's own (prefect_raypool_kuberay.job_template), which imports no Prefect.
+own ServiceAccount, bound in the pool's namespace only (a RoleBinding) to the
+ClusterRole the operator chart ships with exactly the calls the worker makes (its
+contract's WORKER_RULES). A binding, not a Role of its own: to write a Role the
+operator would have to hold every right in it (RBAC's escalation check) in every
+namespace, while binding needs only `bind` on that one ClusterRole. The template
+itself is the worker's own (prefect_raypool_kuberay.job_template), which imports no
+Prefect.
 
 The pool's bounds on job variables (`job_policy`, from spec.jobVariables) reach the
 worker as JSON in an environment variable of its Deployment: a change rolls the worker,
@@ -16,9 +20,7 @@ work pool in Prefect can edit its template.
 
 from __future__ import annotations
 
-import copy
-
-from prefect_raypool_kuberay.contract import WORKER_RULES, WORKER_TYPE
+from prefect_raypool_kuberay.contract import WORKER_TYPE
 from prefect_raypool_kuberay.job_template import base_job_template as default_template
 from prefect_raypool_kuberay.policy import POLICY_ENV, JobPolicy, image_repository, quantity
 from prefect_raypool_operator import kinds, naming
@@ -38,7 +40,7 @@ from prefect_raypool_operator.builders.prefect_worker import COMPONENT as WORKER
 from prefect_raypool_operator.builders.prefect_worker import user_env
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
-COMPONENT = "kuberay-worker"  # its ServiceAccount, Role and RoleBinding
+COMPONENT = "kuberay-worker"  # its ServiceAccount and RoleBinding
 
 
 #: Prefect's worker webserver (PREFECT_WORKER_WEBSERVER_PORT's default).
@@ -147,7 +149,7 @@ def build_kuberay_worker_deployment(
     if spec.prefect.replicasManagedExternally:
         metadata["annotations"] = {naming.EXTERNAL_REPLICAS_ANNOTATION: "true"}
     settings = pod_settings(spec)
-    # The worker's own account (the Role's); spec.pod.serviceAccountName is the Ray pods'.
+    # The worker's own account (the binding's); spec.pod.serviceAccountName is the Ray pods'.
     settings["serviceAccountName"] = naming.kuberay_worker(pool_name)
     return {
         "apiVersion": kinds.DEPLOYMENT.api_version,
@@ -176,34 +178,34 @@ def build_service_account(pool_name: str, namespace: str) -> Obj:
     }
 
 
-def build_role(pool_name: str, namespace: str) -> Obj:
-    return {
-        "apiVersion": kinds.ROLE.api_version,
-        "kind": kinds.ROLE.kind,
-        "metadata": object_metadata(
-            naming.kuberay_worker(pool_name), namespace, pool_name, COMPONENT
-        ),
-        "rules": copy.deepcopy(WORKER_RULES),
-    }
-
-
-def build_role_binding(pool_name: str, namespace: str) -> Obj:
+def build_role_binding(
+    pool_name: str, namespace: str, cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE
+) -> Obj:
+    """The worker's account bound to the chart's worker ClusterRole, here only."""
     name = naming.kuberay_worker(pool_name)
     return {
         "apiVersion": kinds.ROLE_BINDING.api_version,
         "kind": kinds.ROLE_BINDING.kind,
         "metadata": object_metadata(name, namespace, pool_name, COMPONENT),
-        "roleRef": {"apiGroup": kinds.ROLE.group, "kind": kinds.ROLE.kind, "name": name},
+        "roleRef": {
+            "apiGroup": kinds.CLUSTER_ROLE.group,
+            "kind": kinds.CLUSTER_ROLE.kind,
+            "name": cluster_role,
+        },
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
     }
 
 
-def build_ephemeral(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> list[Obj]:
+def build_ephemeral(
+    pool_name: str,
+    namespace: str,
+    spec: PrefectRayPoolSpec,
+    cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE,
+) -> list[Obj]:
     """In apply order: the account and its rights before the worker that uses them."""
     return [
         build_service_account(pool_name, namespace),
-        build_role(pool_name, namespace),
-        build_role_binding(pool_name, namespace),
+        build_role_binding(pool_name, namespace, cluster_role),
         build_kuberay_worker_deployment(pool_name, namespace, spec),
     ]
 

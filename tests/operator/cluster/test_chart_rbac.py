@@ -19,6 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from prefect_raypool_kuberay.contract import WORKER_RULES
 from testbed import REPO
 from testbed.binaries import Binaries
 from testbed.cluster import Cluster
@@ -86,6 +87,7 @@ def chart_operator(
             "RAYPOOL_LEADER_ELECTION_NAMESPACE": system,
             "RAYPOOL_LEADER_ELECTION_NAME": account,
             **allow_prefect(prefect_server.api_url),
+            "RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE": f"{account}-kuberay-worker",
         },
         scope=(f"--namespace={watched}",),
     )
@@ -108,7 +110,8 @@ def test_operator_runs_with_only_the_charts_rbac(
     watched, op = chart_operator
     env = PoolDriver.on(kube_cluster, watched, prefect_server.api_url, op)
     examples = {"zero-capacity.yaml": "analytics", "head-sidecar.yaml": "reports"}
-    # Ephemeral: the operator grants the kuberay worker's Role, so it must hold it all.
+    # Ephemeral: the operator binds the chart's kuberay worker ClusterRole, which it
+    # may bind but holds none of.
     examples["ephemeral.yaml"] = "nightly"
     for example, name in examples.items():
         env.apply(env.example(example))
@@ -118,6 +121,14 @@ def test_operator_runs_with_only_the_charts_rbac(
     )
     networking = client.NetworkingV1Api(kube_cluster.api_client())
     assert networking.read_namespaced_network_policy("analytics-ray-head", watched)
+    rbac = client.RbacAuthorizationV1Api(kube_cluster.api_client())
+    binding = rbac.read_namespaced_role_binding("nightly-kuberay-worker", watched)
+    assert (binding.role_ref.kind, binding.role_ref.name) == (
+        "ClusterRole",
+        f"{account_of(op)}-kuberay-worker",
+    )
+    ours = "app.kubernetes.io/managed-by=prefect-raypool-operator"
+    assert not rbac.list_namespaced_role(watched, label_selector=ours).items  # no Role made
     log = op.tail(1_000_000)
     assert "Leading as" in log  # it took the Lease with the chart's Role
     log = op.tail()
@@ -144,19 +155,14 @@ NEEDED = [
     ("watch", "pods", ""),
     ("delete", "pods", ""),  # pods holding a Ray token their pool's Secret no longer has
     ("create", "events", ""),
-    # An Ephemeral pool's kuberay worker: its account, Role and RoleBinding, and what
-    # the Role grants, which the operator must hold itself to grant it.
+    # An Ephemeral pool's kuberay worker: its account and its RoleBinding to the
+    # chart's worker ClusterRole (bind, by name: a row per test, the release's name).
     *(
         (verb, kind, "")
-        for kind in (
-            "serviceaccounts",
-            "roles.rbac.authorization.k8s.io",
-            "rolebindings.rbac.authorization.k8s.io",
-        )
+        for kind in ("serviceaccounts", "rolebindings.rbac.authorization.k8s.io")
         for verb in ("list", "watch", "create", "patch", "delete")
     ),
-    *((verb, "rayjobs.ray.io", "") for verb in ("create", "get", "list", "delete")),
-    ("get", "pods", "log"),
+    ("list", "rayjobs.ray.io", ""),  # the pool's count of flow-run clusters
 ]
 # Never, in any namespace.
 DENIED = [
@@ -174,6 +180,15 @@ DENIED = [
     ("update", "rolebindings.rbac.authorization.k8s.io", ""),
     ("bind", "roles.rbac.authorization.k8s.io", ""),
     ("escalate", "roles.rbac.authorization.k8s.io", ""),
+    # What the operator held only to pass on to the kuberay worker: the worker gets
+    # them from the chart's ClusterRole, never from the operator.
+    *((verb, "roles.rbac.authorization.k8s.io", "") for verb in ("create", "patch", "delete")),
+    *((verb, "rayjobs.ray.io", "") for verb in ("create", "get", "delete", "patch")),
+    ("get", "pods", "log"),
+    # No other role to bind, and nothing to escalate.
+    ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", ""),
+    ("bind", "clusterroles.rbac.authorization.k8s.io/admin", ""),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", ""),
 ]
 # The election's Lease: in the release namespace only, and nothing else on leases.
 LEASES = "leases.coordination.k8s.io"
@@ -195,6 +210,11 @@ CLUSTER_DENIED = [
     ("impersonate", "serviceaccounts", ""),
 ]
 Check = tuple[str, str, str]
+
+
+def account_of(op: OperatorProcess) -> str:
+    """The chart's ServiceAccount (and fullname) the operator runs as."""
+    return op.extra_env["RAYPOOL_LEADER_ELECTION_NAME"]
 
 
 def _can_i(cluster: Cluster, account: str, check: Check, namespace: str | None) -> bool:
@@ -245,13 +265,24 @@ def test_the_charts_service_account_may_do_what_the_operator_does_and_nothing_mo
         )
         assert installed.returncode == 0, installed.stderr
         assert "kubectl -n <namespace> get prp -w" in installed.stdout  # NOTES.txt
-        account = f"system:serviceaccount:{system}:{release}-prefect-raypool-operator"
+        fullname = f"{release}-prefect-raypool-operator"
+        account = f"system:serviceaccount:{system}:{fullname}"
+        # The worker's ClusterRole: exactly its contract's rules; the operator may bind it.
+        rbac = client.RbacAuthorizationV1Api(kube_cluster.api_client())
+        worker_role = rbac.read_cluster_role(f"{fullname}-kuberay-worker")
+        assert kube_cluster.api_client().sanitize_for_serialization(worker_role.rules) == (
+            WORKER_RULES
+        )
+        needed = [
+            *NEEDED,
+            ("bind", f"clusterroles.rbac.authorization.k8s.io/{fullname}-kuberay-worker", ""),
+        ]
         # Where the operator works: its own namespace's pools when scoped, any otherwise.
         working = [watched] if scope == "scoped" else [watched, other, "kube-system"]
         idle = [other, "kube-system", system] if scope == "scoped" else []
         rows: list[tuple[Check, str | None]] = [
-            *((c, ns) for c in NEEDED for ns in working),
-            *((c, ns) for c in NEEDED for ns in idle),
+            *((c, ns) for c in needed for ns in working),
+            *((c, ns) for c in needed for ns in idle),
             *((c, ns) for c in DENIED for ns in (watched, other, system)),
             *((c, None) for c in CLUSTER_NEEDED + SCOPED_NEEDED + CLUSTER_DENIED),
             *((c, ns) for c in LEASE_NEEDED + LEASE_DENIED for ns in (watched, other, system)),
@@ -259,7 +290,7 @@ def test_the_charts_service_account_may_do_what_the_operator_does_and_nothing_mo
         answers = _matrix(kube_cluster, account, rows)
         cluster_needed = CLUSTER_NEEDED + (SCOPED_NEEDED if scope == "scoped" else [])
         expected = {
-            (check, ns): (check in NEEDED and ns in working)
+            (check, ns): (check in needed and ns in working)
             or check in cluster_needed
             or (check in LEASE_NEEDED and ns == system)
             for check, ns in rows

@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from prefect_raypool_kuberay.contract import WORKER_RULES
+from prefect_raypool_operator.naming import KUBERAY_WORKER_CLUSTER_ROLE
 from testbed.cluster import Cluster
 from testbed.pooldriver import PoolDriver
 from testbed.waiting import eventually
@@ -57,7 +58,7 @@ def _printed(env: PoolDriver, pool: str, column: str) -> str:
     return row[start:].split()[0]
 
 
-def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(
+def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_rights(
     env: PoolDriver, kube_cluster: Cluster
 ) -> None:
     doc = env.example("ephemeral.yaml")
@@ -108,10 +109,14 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_with_only_its_role(
     # The worker's account and exactly its rights, in this namespace only.
     api = env.api
     rbac = client.RbacAuthorizationV1Api(api)
-    role = rbac.read_namespaced_role("nightly-kuberay-worker", env.namespace)
-    assert api.sanitize_for_serialization(role.rules) == WORKER_RULES
     binding = rbac.read_namespaced_role_binding("nightly-kuberay-worker", env.namespace)
-    assert binding.role_ref.name == "nightly-kuberay-worker"
+    role_ref = (binding.role_ref.kind, binding.role_ref.name)
+    assert role_ref == (
+        "ClusterRole",
+        KUBERAY_WORKER_CLUSTER_ROLE,
+    )  # the test bed's, as the chart's
+    role = rbac.read_cluster_role(KUBERAY_WORKER_CLUSTER_ROLE)
+    assert api.sanitize_for_serialization(role.rules) == WORKER_RULES
     assert env.core.read_namespaced_service_account("nightly-kuberay-worker", env.namespace)
     deployment = env.apps.read_namespaced_deployment("nightly-prefect-worker", env.namespace)
     pod = deployment.spec.template.spec

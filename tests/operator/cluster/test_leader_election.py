@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -116,6 +117,119 @@ def test_the_elections_errors_carry_their_level_as_kopfs_do() -> None:
     assert operator_log.unexpected(line, []) == [line]
     record.levelno, record.levelname = logging.WARNING, "WARNING"
     assert operator_log.unexpected(logging.Formatter(leader.LOG_FORMAT).format(record), []) == []
+
+
+# --- The stop, in order: the Lease goes only once no write is in flight.
+
+
+class _Leases:
+    """One Lease in memory, as CoordinationV1Api serves it: replace checks the
+    resourceVersion. Records each write with the holder it leaves."""
+
+    def __init__(self) -> None:
+        self.lease: client.V1Lease | None = None
+        self.writes: list[str | None] = []
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> client.V1Lease:
+        if self.lease is None:
+            raise client.ApiException(status=404)
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(
+                name=name, resource_version=self.lease.metadata.resource_version
+            ),
+            spec=client.V1LeaseSpec(**{
+                k: getattr(self.lease.spec, k) for k in self.lease.spec.attribute_map
+            }),
+        )  # fmt: skip
+
+    def _write(self, body: client.V1Lease) -> client.V1Lease:
+        version = int(self.lease.metadata.resource_version) + 1 if self.lease else 1
+        body.metadata.resource_version = str(version)
+        self.lease = body
+        self.writes.append(body.spec.holder_identity)
+        return body
+
+    def create_namespaced_lease(self, namespace: str, body: client.V1Lease, **_: Any) -> Any:
+        if self.lease is not None:
+            raise client.ApiException(status=409)
+        return self._write(body)
+
+    def replace_namespaced_lease(
+        self, name: str, namespace: str, body: client.V1Lease, **_: Any
+    ) -> Any:
+        assert self.lease is not None
+        if body.metadata.resource_version != self.lease.metadata.resource_version:
+            raise client.ApiException(status=409)
+        return self._write(body)
+
+    def holder(self) -> str | None:
+        return self.lease.spec.holder_identity if self.lease else None
+
+
+def _elected(**timing: float) -> leader.Settings:
+    return leader.Settings(
+        enabled=True,
+        namespace="ops",
+        identity="me",
+        **{"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.2, **timing},
+    )
+
+
+@pytest.mark.unit
+def test_the_lease_is_released_only_after_the_writes_in_flight_have_ended() -> None:
+    """kopf returns while a reconcile still writes in one of its threads: the leader
+    keeps renewing its Lease through the drain and empties it only afterwards."""
+    leases = _Leases()
+    seen: list[tuple[str, str | None]] = []
+    writing = threading.Event()
+
+    def operator() -> None:  # kopf: stops, leaving a reconcile running in a thread
+        seen.append(("operator", leases.holder()))
+        writing.set()
+
+    def drain(timeout: float) -> bool:
+        assert writing.is_set() and timeout == 20.0
+        renewals = len(leases.writes)
+        time.sleep(0.6)  # the reconcile's last writes
+        assert len(leases.writes) > renewals  # still renewed meanwhile
+        seen.append(("drained", leases.holder()))
+        return True
+
+    leader.run_elected(_elected(), [], operator, api=cast(Any, leases), drain=drain)
+    assert seen == [("operator", "me"), ("drained", "me")]  # held throughout
+    assert leases.writes[-1] is None and leases.holder() is None  # then released
+
+
+@pytest.mark.unit
+def test_writes_that_do_not_end_keep_the_lease_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the drain timeout the process exits (its threads with it) and leaves the
+    Lease to expire: a standby must not act while the old leader may still write."""
+    leases = _Leases()
+    exits: list[float] = []
+
+    def not_drained(timeout: float) -> None:
+        exits.append(timeout)
+        raise SystemExit(leader.NOT_DRAINED)
+
+    monkeypatch.setattr(leader, "_not_drained", not_drained)
+    with pytest.raises(SystemExit):
+        leader.run_elected(
+            _elected(drain_timeout=0.5), [], lambda: None, api=cast(Any, leases),
+            drain=lambda timeout: False,
+        )  # fmt: skip
+    assert exits == [0.5]
+    assert None not in leases.writes and leases.holder() == "me"  # never released
+
+
+@pytest.mark.unit
+def test_the_drain_timeout_is_read_and_checked() -> None:
+    env = {"RAYPOOL_LEADER_ELECTION": "true", "RAYPOOL_OPERATOR_NAMESPACE": "ops"}
+    assert leader.Settings.from_env(env).drain_timeout == 20.0
+    assert leader.Settings.from_env({**env, "RAYPOOL_DRAIN_TIMEOUT": "5"}).drain_timeout == 5.0
+    with pytest.raises(ValueError, match="RAYPOOL_DRAIN_TIMEOUT=0.0: must be more than 0 s"):
+        leader.Settings.from_env({**env, "RAYPOOL_DRAIN_TIMEOUT": "0"})
 
 
 # --- Two replicas on the real API server.
@@ -375,3 +489,69 @@ def test_a_standby_stops_at_once_on_sigterm_and_leaves_the_lease_alone(
     assert "Stopped while standing by." in b.tail()
     _standby_wrote_nothing(b)
     assert _lease_holder(kube_cluster, ha_namespace) == a.identity()
+
+
+@pytest.mark.controlplane
+def test_two_releases_over_one_namespace_never_both_act_on_a_pool(
+    kube_cluster: Cluster,
+    ha_namespace: str,
+    tmp_path: Path,
+    own_operators: operator_log.OwnOperators,
+    prefect_server: PrefectServer,
+) -> None:
+    """Two installs (their own Leases, their own identities) both lead and both cover
+    the namespace: each pool is claimed by one of them, which alone reconciles it; the
+    other never touches it, not even after the claimant stops."""
+
+    def release(name: str) -> Replica:
+        return Replica(
+            kube_cluster.kubeconfig,
+            tmp_path / f"{name}.log",
+            lease=f"{name}-prefect-raypool-operator",
+            lease_namespace=ha_namespace,
+            scope=(f"--namespace={ha_namespace}",),
+            timing=TIMING,
+            extra_env={"RAYPOOL_OPERATOR_ID": f"ops.{name}"},
+        )
+
+    a, b = release("rel-a"), release("rel-b")
+    own_operators.add(a.log, b.log)
+    try:
+        a.start()
+        b.start()
+        a.wait_leading(timeout=START_UP)
+        b.wait_leading(timeout=START_UP)
+        env = PoolDriver.on(kube_cluster, ha_namespace, prefect_server.api_url, a)
+        env.apply(env.example("zero-capacity.yaml"))
+        env.wait_condition("analytics", "Ready", "True")
+        owner = _pool(env, "analytics")["metadata"]["labels"]["prefectray.io/operator"]
+        assert owner in ("ops.rel-a", "ops.rel-b")
+        acting, other = (a, b) if owner == "ops.rel-a" else (b, a)
+        env.wait_events(
+            "analytics",
+            lambda es: any(e.reason == "Claimed" and owner in e.message for e in es),
+            "the claim's Event",
+        )
+        before = _owned(env)
+        assert all(len(objs) == 1 for objs in before.values()), before
+
+        # The other release ran no handler of the pool (it sees its objects' events,
+        # and finds no pool of its own to reconcile for them).
+        def pool_lines(replica: Replica) -> list[str]:
+            return [
+                line
+                for line in replica.tail(1_000_000).splitlines()
+                if f"[{ha_namespace}/analytics]" in line and "on_owned_change" not in line
+            ]  # the pool's handlers (its RayCluster, also `analytics`, is watched by both)
+
+        assert not pool_lines(other) and pool_lines(acting)
+        # The claimant stops: its pool waits for it (or a relabel), the other keeps off.
+        acting.kill()
+        _change_max_replicas(env, 7)
+        time.sleep(3 * TIMING.retry + 3)  # several resyncs of the other release (3 s)
+        assert _max_replicas(env) != 7
+        assert not pool_lines(other)
+        assert _owned(env) == before
+    finally:
+        a.kill()
+        b.kill()

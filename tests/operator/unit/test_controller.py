@@ -603,8 +603,7 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_cluster
     worker = f"{POOL}-kuberay-worker"
     assert io.writes() == [
         ("apply", "ServiceAccount", worker),
-        ("apply", "Role", worker),
-        ("apply", "RoleBinding", worker),
+        ("apply", "RoleBinding", worker),  # to the chart's worker ClusterRole, no Role
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
         ("work pool", POOL),
     ]  # no ray token, no RayCluster, no NetworkPolicy
@@ -618,6 +617,61 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_cluster
     assert status["phase"] == "Ready" and status["flowRunClusters"] == 2
     assert "RayClusterReady" not in _conditions(io) and status.get("rayCluster") is None
     assert _conditions(io)["WorkerReady"] == ("True", "WorkersReady")
+
+
+def test_a_worker_binding_to_a_role_of_its_own_is_made_anew_to_the_cluster_role(
+    controller: Controller, io: FakeIO
+) -> None:
+    """An Ephemeral pool from before the chart shipped the worker's ClusterRole has a
+    binding to a Role of its own; roleRef cannot change, so it is deleted and made
+    anew (a plain apply would be refused at every reconcile)."""
+    io.add_pool({"placement": "Ephemeral"})
+    controller.on_spec(NS, POOL, LOG, {})
+    worker = f"{POOL}-kuberay-worker"
+    io.objects[("RoleBinding", worker)]["roleRef"] = {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": worker,
+    }
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    writes = io.writes()
+    assert writes.index(("delete", "RoleBinding", worker)) < writes.index(
+        ("apply", "RoleBinding", worker)
+    )
+    assert io.objects[("RoleBinding", worker)]["roleRef"]["kind"] == "ClusterRole"
+    controller.on_resync(NS, POOL, LOG, {})
+    assert ("delete", "RoleBinding", worker) not in io.writes()  # once
+
+
+def test_a_stopping_controller_waits_for_the_reconcile_in_flight_and_starts_none(
+    controller: Controller, io: FakeIO
+) -> None:
+    """What a stopping leader waits for before giving up its Lease (leader.py): kopf
+    has returned, but a reconcile still writes in its thread."""
+    io.add_pool({})
+    reading, go_on = threading.Event(), threading.Event()
+    read_pool = io.pool
+
+    def slow_pool(namespace: str, name: str) -> Obj | None:
+        reading.set()
+        go_on.wait(5)
+        return read_pool(namespace, name)
+
+    io.pool = slow_pool  # type: ignore[method-assign]
+    running = threading.Thread(target=controller.on_spec, args=(NS, POOL, LOG, {}))
+    running.start()
+    assert reading.wait(5)
+    assert controller.drain(0.2) is False  # still writing
+    go_on.set()
+    assert controller.drain(5) is True
+    running.join(5)
+    assert ("apply", RAY, POOL) in io.writes()  # the reconcile in flight finished
+    reading.clear()
+    controller.on_resync(NS, POOL, LOG, {})  # none starts once stopping
+    assert not reading.is_set() and io.writes() == []
+    with pytest.raises(kopf.TemporaryError, match="stopping"):
+        controller.on_delete(io.pools[(NS, POOL)], 0, LOG, {})  # the finalizer stays
 
 
 def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(

@@ -14,6 +14,7 @@ from prefect_raypool_operator.builders.ephemeral import (
     job_policy,
     template_defaults,
 )
+from prefect_raypool_operator.owned import ROLE_BINDING
 from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 pytestmark = pytest.mark.unit
@@ -74,7 +75,8 @@ def test_the_work_pool_template_is_the_workers_own_with_the_pools_defaults() -> 
 
 def test_an_ephemeral_pool_owns_a_worker_its_account_and_no_ray_cluster() -> None:
     objects = _by_kind(_spec())
-    assert list(objects) == ["ServiceAccount", "Role", "RoleBinding", "Deployment"]
+    # No Role of its own: the operator binds the chart's worker ClusterRole.
+    assert list(objects) == ["ServiceAccount", "RoleBinding", "Deployment"]
     for obj in objects.values():
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == (
             "prefect-raypool-operator"
@@ -82,23 +84,35 @@ def test_an_ephemeral_pool_owns_a_worker_its_account_and_no_ray_cluster() -> Non
         assert obj["metadata"]["namespace"] == NS
 
 
-def test_the_role_grants_exactly_what_the_worker_calls() -> None:
-    objects = _by_kind(_spec())
-    rayjobs = ["create", "get", "list", "delete"]
-    assert objects["Role"]["rules"] == [
-        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": rayjobs},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    ]
-    binding = objects["RoleBinding"]
+def test_the_worker_is_bound_to_the_charts_cluster_role_in_its_namespace_only() -> None:
+    binding = _by_kind(_spec())["RoleBinding"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": "nightly-kuberay-worker",
+        "kind": "ClusterRole",
+        "name": "prefect-raypool-kuberay-worker",  # an operator run without the chart
     }
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "nightly-kuberay-worker", "namespace": NS}
     ]
+    # The chart's release names the role (RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE).
+    [named] = [
+        m
+        for m in build_manifests("nightly", NS, _spec(), None, "ops-kuberay-worker")
+        if m["kind"] == "RoleBinding"
+    ]
+    assert named["roleRef"]["name"] == "ops-kuberay-worker"
+
+
+def test_a_binding_to_another_role_is_made_anew_not_updated() -> None:
+    """roleRef is immutable: a pool's binding from before the chart's ClusterRole (to
+    a Role of its own) is deleted first, or every apply would be refused."""
+    desired = _by_kind(_spec())["RoleBinding"]
+    old = {
+        **desired,
+        "roleRef": {**desired["roleRef"], "kind": "Role", "name": "nightly-kuberay-worker"},
+    }
+    assert ROLE_BINDING.replace(desired, old)
+    assert not ROLE_BINDING.replace(desired, desired)
 
 
 def test_the_worker_polls_the_work_pool_as_kuberay_under_its_own_account() -> None:

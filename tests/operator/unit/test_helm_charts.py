@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from prefect_raypool_kuberay.contract import WORKER_RULES
 from prefect_raypool_operator.refusals import parse_pool
 from testbed.binaries import Binaries
 
@@ -95,8 +97,66 @@ def test_operator_chart_scoped_to_namespaces() -> None:
         "ops": "rel-prefect-raypool-operator-leader-election",
     }
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == [
-        "rel-prefect-raypool-operator-discovery"
+        "rel-prefect-raypool-operator-kuberay-worker",
+        "rel-prefect-raypool-operator-discovery",
     ]
+
+
+def _operator_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's own rules: every Role and ClusterRole but the worker's."""
+    return [
+        rule
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole") and not d["metadata"]["name"].endswith("-worker")
+        for rule in d["rules"]
+    ]
+
+
+@pytest.mark.parametrize("scope", [(), ("--set", "watchNamespaces={team-a}")])
+def test_the_chart_ships_the_kuberay_workers_rights_and_the_operator_may_only_bind_them(
+    scope: tuple[str, ...],
+) -> None:
+    """The worker's ClusterRole is its contract's WORKER_RULES, verbatim (they cannot
+    drift); the operator may bind that role by name and holds none of its rights beyond
+    listing RayJobs (the pool's count): no Role of its own to write, no RayJob to make."""
+    docs = _operator(*scope)
+    [worker] = [
+        d for d in docs if d["metadata"]["name"] == "rel-prefect-raypool-operator-kuberay-worker"
+    ]
+    assert worker["kind"] == "ClusterRole" and worker["rules"] == WORKER_RULES
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE"] == worker["metadata"]["name"]
+    rules = _operator_rules(docs)
+    binds = [r for r in rules if "bind" in r["verbs"] or "escalate" in r["verbs"]]
+    assert binds == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [worker["metadata"]["name"]],
+        }
+    ]
+    held = {
+        (g, res, v)
+        for r in rules
+        for g in r["apiGroups"]
+        for res in r["resources"]
+        for v in r["verbs"]
+    }
+    assert ("ray.io", "rayjobs", "list") in held
+    for dropped in [
+        ("ray.io", "rayjobs", "create"),
+        ("ray.io", "rayjobs", "get"),
+        ("ray.io", "rayjobs", "delete"),
+        ("", "pods/log", "get"),
+        ("rbac.authorization.k8s.io", "roles", "create"),
+        ("rbac.authorization.k8s.io", "roles", "patch"),
+    ]:
+        assert dropped not in held, dropped
 
 
 def test_pool_chart_renders_a_valid_pool() -> None:
@@ -264,3 +324,27 @@ def test_operator_chart_single_replica_without_election_recreates() -> None:
     assert "RAYPOOL_LEADER_ELECTION_NAME" not in env
     kinds = {d["kind"] for d in docs}
     assert "PodDisruptionBudget" not in kinds and "Role" not in kinds
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_each_release_has_its_own_identity_a_label_value() -> None:
+    """Pools carry the identity of the release acting on them (claim.py): two releases
+    never share one, and a long release name still gives a valid label value."""
+    assert _operator_env(_operator())["RAYPOOL_OPERATOR_ID"] == "ops.rel-prefect-raypool-operator"
+    long = "r" * 40
+    rendered = subprocess.run(
+        [str(HELM), "template", long, str(CHARTS / "prefect-raypool-operator"), "-n", "n" * 40]
+        + ["--kube-version", "1.34.4"],
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    identity = _operator_env(_docs(rendered.stdout))["RAYPOOL_OPERATOR_ID"]
+    assert len(identity) == 63 and identity.startswith("n" * 40 + ".rrr")
+    assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", identity)
+    assert _operator_env(_operator())["RAYPOOL_DRAIN_TIMEOUT"] == "20"
