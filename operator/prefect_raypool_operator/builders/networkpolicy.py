@@ -1,16 +1,17 @@
-"""The NetworkPolicy `<pool>-ray-head`: who may reach the pool's Ray head.
+"""The NetworkPolicy `<pool>-ray-head`: who may reach the pool's pods.
 
-The pool's own pods (Ray workers, Prefect workers, the head itself) reach every port:
-Ray nodes talk to the head's raylet and object manager as well as to GCS. The
+It selects every pod of the pool: the Ray head, the Ray workers (whose raylets and
+object managers take connections from every other node) and the Prefect workers
+(zero-capacity Ray nodes). The pool's own pods reach each other on every port. The
 operator's pods reach GCS, the Ray client and the dashboard. Nothing else does,
-whatever the cluster's default; other policies can add to this one.
+whatever the cluster's default; other policies can add to this one. (The name is the
+one it had when it selected the head only: renaming would delete and re-create it.)
 """
 
 from __future__ import annotations
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders.common import Obj, object_metadata
-from prefect_raypool_operator.builders.raycluster import HEAD_COMPONENT
 
 COMPONENT = "network-policy"
 OPERATOR_PORTS = (naming.GCS_PORT, naming.CLIENT_PORT, naming.DASHBOARD_PORT)
@@ -40,7 +41,7 @@ def build_network_policy(pool_name: str, namespace: str, operator_namespace: str
             naming.network_policy(pool_name), namespace, pool_name, COMPONENT
         ),
         "spec": {
-            "podSelector": {"matchLabels": naming.selector(pool_name, HEAD_COMPONENT)},
+            "podSelector": {"matchLabels": pool_pods(pool_name)},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
         },

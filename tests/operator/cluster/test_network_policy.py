@@ -27,7 +27,7 @@ def test_network_policy_is_admitted_and_switching_it_off_deletes_it(env: PoolDri
     env.apply(doc)
     policy = eventually(lambda: _policy(env, name), what="the pool's NetworkPolicy")
     assert policy.metadata.owner_references[0].name == name
-    assert policy.spec.pod_selector.match_labels == naming.selector(name, "ray-head")
+    assert policy.spec.pod_selector.match_labels == {naming.POOL_LABEL: name}
     assert policy.spec.ingress[0]._from[0].pod_selector.match_labels == {naming.POOL_LABEL: name}
     # The real head pod KubeRay made is the one the policy selects.
     head = env.head_pod(name)

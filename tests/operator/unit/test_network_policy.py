@@ -30,16 +30,19 @@ def _matches(selector: Obj, labels: dict[str, str]) -> bool:
 
 
 @pytest.mark.unit
-def test_the_head_admits_the_pools_pods_on_every_port_and_the_operator_on_three() -> None:
+def test_the_pools_pods_admit_each_other_on_every_port_and_the_operator_on_three() -> None:
     name, namespace, spec = parse_pool(_pool(placement="ZeroCapacityNode"))
     policy = build_network_policy(name, namespace, "raypool-system")
     rule_pool, rule_operator = policy["spec"]["ingress"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    # The policy's pod selector picks the head pod and no other pod of the pool.
+    # The policy's pod selector picks every pod of the pool (the Ray workers' raylets
+    # take connections too), and no pod of another pool.
     labels = {c: pod_metadata(name, spec, c)["labels"] for c in ("ray-head", "ray-worker")}
     worker = pod_metadata(name, spec, "prefect-worker")["labels"]
-    assert _matches(policy["spec"]["podSelector"], labels["ray-head"])
-    assert not _matches(policy["spec"]["podSelector"], labels["ray-worker"])
+    for pod_labels in (*labels.values(), worker):
+        assert _matches(policy["spec"]["podSelector"], pod_labels)
+    other = pod_metadata("other", spec, "ray-worker")["labels"]
+    assert not _matches(policy["spec"]["podSelector"], other)
     # Every pod of the pool reaches the head, on every port (raylet, object manager...).
     [peer] = rule_pool["from"]
     assert "ports" not in rule_pool and "namespaceSelector" not in peer
