@@ -111,6 +111,18 @@ class JobPolicy:
     #: node label -> the values a pod may select.
     node_selector: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tolerations: tuple[Obj, ...] = ()
+    #: RAY_AUTH_MODE on every pod of the run's cluster, the submitter included ("token":
+    #: secret_env holds RAY_AUTH_TOKEN, the pool's token): a flow run's cluster is
+    #: reached only by who holds the token.
+    ray_auth_mode: str = "disabled"
+    #: Labels on every pod of the run's cluster: the pool's, which its NetworkPolicy
+    #: selects and admits.
+    pod_labels: dict[str, str] = field(default_factory=dict)
+
+    def run_env(self, env: Mapping[str, str | None]) -> dict[str, str | None]:
+        """A flow run's env with the pool's Ray auth mode last: a deployment's `env`
+        cannot turn its cluster's token auth off (the token itself is a reference)."""
+        return {**env, "RAY_AUTH_MODE": self.ray_auth_mode}
 
     def to_json(self) -> str:
         return json.dumps(
@@ -127,6 +139,8 @@ class JobPolicy:
                 "maxGpu": self.max_gpu,
                 "nodeSelector": {k: list(v) for k, v in sorted(self.node_selector.items())},
                 "tolerations": list(self.tolerations),
+                "rayAuthMode": self.ray_auth_mode,
+                "podLabels": dict(sorted(self.pod_labels.items())),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -153,6 +167,8 @@ class JobPolicy:
                     for k, v in (raw.get("nodeSelector") or {}).items()
                 },
                 tolerations=tuple(dict(t) for t in raw.get("tolerations") or ()),
+                ray_auth_mode=str(raw.get("rayAuthMode") or "disabled"),
+                pod_labels={str(k): str(v) for k, v in (raw.get("podLabels") or {}).items()},
             )
             quantity(policy.max_cpu), quantity(policy.max_memory)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -261,6 +277,19 @@ def _secrets(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
         for s in filter(None, sources):
             name = s.get("secretName") or s.get("name")
             yield f"RayJob {pod.where} volume {v.get('name')!r} mounts Secret {name!r}: {why}"
+
+
+def _ray_auth(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
+    if policy.ray_auth_mode != "token":
+        return
+    for c in pod.spec.get("containers") or []:
+        modes = [e.get("value") for e in c.get("env") or [] if e.get("name") == "RAY_AUTH_MODE"]
+        if modes[-1:] != ["token"]:
+            yield (
+                f"RayJob {pod.where} container {c.get('name')!r} runs without Ray token "
+                f"auth (RAY_AUTH_MODE={modes[-1] if modes else 'unset'}): the pool's flow-run "
+                "clusters take only its token (spec.ray.auth.mode); remove the override"
+            )
 
 
 def _images(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
@@ -428,6 +457,7 @@ def check(job: Obj, policy: JobPolicy) -> list[str]:
             _placement(pod, policy),
             _service_account(pod, policy),
             _secrets(pod, policy),
+            _ray_auth(pod, policy),
         ):
             refusals += [r for r in found if r not in refusals]
     return refusals

@@ -17,6 +17,8 @@ API_KEY_ENV = "PREFECT_API_KEY"
 #: Prefect's secret settings: in the RayJob only ever as a secretKeyRef. A literal (the
 #: worker's own settings, which Prefect copies into every flow run's env) is dropped.
 SECRET_SETTINGS = frozenset({API_KEY_ENV, "PREFECT_API_AUTH_STRING"})
+#: What Ray token auth takes on every pod of a flow run's cluster (the pool's token).
+RAY_AUTH_ENV = frozenset({"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"})
 #: Labels under Prefect's prefix are the worker's (its own and those Prefect's workers
 #: set): a user's label there is dropped, so no RayJob can pose as another flow run's.
 RESERVED_LABEL_PREFIX = "prefect.io/"
@@ -47,7 +49,7 @@ def _env_list(env: dict[str, str | None], refs: Mapping[str, tuple[str, str]]) -
     }
     out: list[Obj] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     for k, (secret, key) in sorted(refs.items()):
-        if k == API_KEY_ENV or k in env:
+        if k == API_KEY_ENV or k in env or k in RAY_AUTH_ENV:
             out.append({"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return out
 
@@ -77,6 +79,7 @@ def build_rayjob(
     labels: dict[str, str],
     api_key_secret: tuple[str, str] | None,
     secret_env: Mapping[str, tuple[str, str]] | None = None,
+    pod_labels: Mapping[str, str] | None = None,
 ) -> Obj:
     """The RayJob to create: the templated manifest plus what ties it to the flow run.
 
@@ -136,9 +139,30 @@ def build_rayjob(
     for c in containers:
         names = {e["name"] for e in env_list}
         c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + env_list
-    # Pod labels tie every pod to the flow run as well (`kubectl get pods -l ...`).
-    pod_labels = {FLOW_RUN_ID_LABEL: meta["labels"].get(FLOW_RUN_ID_LABEL, "")}
-    for group in [cluster.get("headGroupSpec", {}), *cluster.get("workerGroupSpecs", [])]:
-        tmeta = group.setdefault("template", {}).setdefault("metadata", {})
-        tmeta["labels"] = {**(tmeta.get("labels") or {}), **pod_labels}
+    # The submitter reaches the head's dashboard: with Ray token auth on, it needs the
+    # same Ray auth settings as the Ray containers.
+    ray_auth = [e for e in env_list if e["name"] in RAY_AUTH_ENV]
+    submitter = spec.get("submitterPodTemplate")
+    for c in _submitter_containers(submitter):
+        names = {e["name"] for e in ray_auth}
+        c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + ray_auth
+    # Pod labels tie every pod to the flow run as well (`kubectl get pods -l ...`), and
+    # to the pool (its NetworkPolicy selects them).
+    labels_of_pods = {
+        **(pod_labels or {}),
+        FLOW_RUN_ID_LABEL: meta["labels"].get(FLOW_RUN_ID_LABEL, ""),
+    }
+    groups = [cluster.get("headGroupSpec", {}), *cluster.get("workerGroupSpecs", [])]
+    templates = [g.setdefault("template", {}) for g in groups]
+    if isinstance(submitter, dict):
+        templates.append(submitter)
+    for template in templates:
+        tmeta = template.setdefault("metadata", {})
+        tmeta["labels"] = {**(tmeta.get("labels") or {}), **labels_of_pods}
     return job
+
+
+def _submitter_containers(template: Any) -> list[Obj]:
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    return [c for c in containers or [] if isinstance(c, dict)]

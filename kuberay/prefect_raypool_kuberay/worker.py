@@ -295,10 +295,11 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             name=name,
             namespace=namespace,
             command=configuration.command or "prefect flow-run execute",
-            env=configuration.env,
+            env=self._policy.run_env(configuration.env) if self._policy else configuration.env,
             labels={**configuration.labels, **self._own_labels()},
             api_key_secret=(secret, configuration.api_key_secret_key) if secret else None,
             secret_env=self._policy.secret_env if self._policy else None,
+            pod_labels=self._policy.pod_labels if self._policy else None,
         )
         refusals = configuration._pool_only_overrides + (
             check(manifest, self._policy) if self._policy else []

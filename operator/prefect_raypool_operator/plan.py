@@ -94,12 +94,8 @@ def plan(
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
     ray_token_secret = None
-    # An Ephemeral pool has no long-lived cluster to guard with a token.
-    if (
-        spec.placement != Placement.EPHEMERAL
-        and spec.ray.auth.mode == RayAuthMode.TOKEN
-        and not spec.ray.auth.secretKeyRef
-    ):
+    # Ephemeral pools too: each flow run's cluster takes the pool's token.
+    if spec.ray.auth.mode == RayAuthMode.TOKEN and not spec.ray.auth.secretKeyRef:
         ray_token_secret = build_ray_token_secret(pool_name, namespace)
         kopf.adopt(ray_token_secret, owner=owner)
     return Plan(

@@ -28,10 +28,11 @@ def build_manifests(
     installs and an Ephemeral pool binds.
     """
     if spec.placement == Placement.EPHEMERAL:
-        # No cluster of the pool's own (each flow run's RayJob makes one), so no head
-        # to guard with a NetworkPolicy either.
-        return build_ephemeral(pool_name, namespace, spec, worker_cluster_role)
-    manifests = [build_raycluster(pool_name, namespace, spec)]
+        # No cluster of the pool's own: each flow run's RayJob makes one, whose pods
+        # carry the pool's label (the worker adds it), so the same policy guards them.
+        manifests = build_ephemeral(pool_name, namespace, spec, worker_cluster_role)
+    else:
+        manifests = [build_raycluster(pool_name, namespace, spec)]
     if spec.placement == Placement.ZERO_CAPACITY_NODE:
         manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))
     if spec.networkPolicy.enabled:

@@ -33,12 +33,13 @@ from prefect_raypool_operator.builders.common import (
     pod_settings,
     prefect_worker_image,
     ray_image,
+    ray_token_ref,
     resources,
     secret_env,
 )
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as WORKER_COMPONENT
 from prefect_raypool_operator.builders.prefect_worker import user_env
-from prefect_raypool_operator.spec import PrefectRayPoolSpec
+from prefect_raypool_operator.spec import PrefectRayPoolSpec, RayAuthMode
 
 COMPONENT = "kuberay-worker"  # its ServiceAccount and RoleBinding
 
@@ -63,8 +64,9 @@ def _largest(amounts: list[int | str]) -> str:
     return str(max(amounts, key=lambda a: quantity(a)))
 
 
-def job_policy(namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
-    """spec.jobVariables with every default filled in from the pool's own values."""
+def job_policy(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
+    """spec.jobVariables with every default filled in from the pool's own values; the
+    pool's Ray auth (its token, by reference) and its label for every flow run's pods."""
     bounds = spec.jobVariables
     first = spec.ray.workerGroups[0]
     pods = [spec.ray.head.resources] + [g.resources for g in spec.ray.workerGroups]
@@ -76,6 +78,9 @@ def job_policy(namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
     if spec.prefect.apiKey:
         ref = spec.prefect.apiKey.secretKeyRef
         secrets["PREFECT_API_KEY"] = (ref.name, ref.key)
+    if spec.ray.auth.mode == RayAuthMode.TOKEN:
+        token = ray_token_ref(pool_name, spec)
+        secrets["RAY_AUTH_TOKEN"] = (token.name, token.key)
     node_selector: dict[str, list[str]] = {k: list(v) for k, v in bounds.nodeSelector.items()}
     for key, value in spec.pod.nodeSelector.items():
         node_selector.setdefault(key, [])
@@ -108,16 +113,18 @@ def job_policy(namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
         max_gpu=bounds.maxGpu if bounds.maxGpu is not None else max(p.gpu for p in pods),
         node_selector={k: tuple(v) for k, v in node_selector.items()},
         tolerations=tuple(tolerations),
+        ray_auth_mode=spec.ray.auth.mode.value,
+        pod_labels={naming.POOL_LABEL: pool_name},
     )
 
 
-def worker_env(namespace: str, spec: PrefectRayPoolSpec) -> list[Obj]:
+def worker_env(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> list[Obj]:
     """The worker's own env: where Prefect is, the API key by reference, the pool's
     bounds on job variables, the user's."""
     env: list[Obj] = [{"name": "PREFECT_API_URL", "value": spec.prefect.apiUrl}]
     if spec.prefect.apiKey:
         env.append(secret_env("PREFECT_API_KEY", spec.prefect.apiKey.secretKeyRef))
-    env.append({"name": POLICY_ENV, "value": job_policy(namespace, spec).to_json()})
+    env.append({"name": POLICY_ENV, "value": job_policy(pool_name, namespace, spec).to_json()})
     return env + [user_env(e) for e in spec.prefect.env]
 
 
@@ -135,7 +142,7 @@ def build_kuberay_worker_deployment(
             # Prefect's health endpoint: up once the worker type has loaded, failing
             # when the worker stops polling its work pool.
             "command": [*command, "--with-healthcheck"],
-            "env": worker_env(namespace, spec),
+            "env": worker_env(pool_name, namespace, spec),
             "resources": resources(spec.prefect.resources),
             "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
             **health_probes(),

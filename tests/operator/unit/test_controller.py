@@ -602,11 +602,14 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_cluster
     controller.on_spec(NS, POOL, LOG, {})
     worker = f"{POOL}-kuberay-worker"
     assert io.writes() == [
+        # The token every flow run's cluster takes, and the policy that guards their pods.
+        ("create", "Secret", f"{POOL}-ray-token"),
         ("apply", "ServiceAccount", worker),
         ("apply", "RoleBinding", worker),  # to the chart's worker ClusterRole, no Role
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        ("apply", "NetworkPolicy", f"{POOL}-ray-head"),
         ("work pool", POOL),
-    ]  # no ray token, no RayCluster, no NetworkPolicy
+    ]  # no RayCluster
     [(pool_type, template)] = io.work_pool_types
     assert pool_type == "kuberay" and template is not None
     assert template["variables"]["properties"]["namespace"]["default"] == NS
@@ -683,4 +686,6 @@ def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(
     io.add_pool({"placement": "Ephemeral"}, generation=2)
     controller.on_spec(NS, POOL, LOG, {})
     assert ("delete", RAY, POOL) in io.writes()
-    assert (RAY, POOL) not in io.objects and (NETPOL, f"{POOL}-ray-head") not in io.objects
+    assert (RAY, POOL) not in io.objects
+    # The NetworkPolicy stays: it guards the flow runs' clusters now.
+    assert (NETPOL, f"{POOL}-ray-head") in io.objects

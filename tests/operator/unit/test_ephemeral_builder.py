@@ -75,8 +75,9 @@ def test_the_work_pool_template_is_the_workers_own_with_the_pools_defaults() -> 
 
 def test_an_ephemeral_pool_owns_a_worker_its_account_and_no_ray_cluster() -> None:
     objects = _by_kind(_spec())
-    # No Role of its own: the operator binds the chart's worker ClusterRole.
-    assert list(objects) == ["ServiceAccount", "RoleBinding", "Deployment"]
+    # No Role of its own: the operator binds the chart's worker ClusterRole. The
+    # NetworkPolicy guards the flow runs' clusters (their pods carry the pool's label).
+    assert list(objects) == ["ServiceAccount", "RoleBinding", "Deployment", "NetworkPolicy"]
     for obj in objects.values():
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == (
             "prefect-raypool-operator"
@@ -180,11 +181,16 @@ def test_without_an_api_key_the_template_names_no_secret() -> None:
 
 
 def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
-    policy = job_policy(NS, _spec())
+    policy = job_policy("nightly", NS, _spec())
     assert policy == JobPolicy(
         namespace=NS,
         service_account_name="ray-pods",
-        secret_env={"PREFECT_API_KEY": ("prefect-key", "api-key"), "TOKEN": ("t", "k")},
+        secret_env={
+            "PREFECT_API_KEY": ("prefect-key", "api-key"),
+            "TOKEN": ("t", "k"),
+            # Every flow run's cluster takes the pool's Ray token, by reference.
+            "RAY_AUTH_TOKEN": ("nightly-ray-token", "token"),
+        },
         image_repositories=("registry.example/flows",),
         max_worker_replicas=3,  # the first worker group's, as the template's default
         max_cpu="2",  # the largest pod: head 1500m, groups 2 and 1
@@ -192,6 +198,8 @@ def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
         max_gpu=1,
         node_selector={"pool": ("gpu",)},
         tolerations=({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        ray_auth_mode="token",
+        pod_labels={"prefectray.io/pool": "nightly"},
     )
 
 
@@ -205,7 +213,7 @@ def test_spec_job_variables_widen_the_bounds() -> None:
         "nodeSelector": {"pool": ["cpu"], "zone": ["a", "b"]},
         "tolerations": [{"key": "spot", "operator": "Exists"}],
     }
-    policy = job_policy(NS, _spec(jobVariables=bounds))
+    policy = job_policy("nightly", NS, _spec(jobVariables=bounds))
     assert policy.image_repositories == ("registry.example/flows", "registry.example/team-a/")
     assert (policy.max_worker_replicas, policy.max_cpu, policy.max_memory, policy.max_gpu) == (
         10,
@@ -220,7 +228,7 @@ def test_spec_job_variables_widen_the_bounds() -> None:
 def test_the_worker_gets_the_policy_in_its_env() -> None:
     [container] = _by_kind(_spec())["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert JobPolicy.from_json(env[POLICY_ENV]["value"]) == job_policy(NS, _spec())
+    assert JobPolicy.from_json(env[POLICY_ENV]["value"]) == job_policy("nightly", NS, _spec())
 
 
 def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() -> None:
@@ -234,7 +242,10 @@ def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() ->
     template = base_job_template(NS, _spec())
     defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
 
+    policy = job_policy("nightly", NS, _spec())
+
     def rayjob(**variables: Any) -> dict[str, Any]:
+        # As the worker builds it (worker.py `run`).
         values = {k: v for k, v in {**defaults, **variables}.items() if v is not None}
         cfg = KubeRayJobConfiguration(**apply_values(template["job_configuration"], values))
         return build_rayjob(
@@ -242,14 +253,35 @@ def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() ->
             name="run-abcde",
             namespace=cfg.namespace,
             command="prefect flow-run execute",
-            env=dict(cfg.env),
+            env=policy.run_env(cfg.env),
             labels={},
             api_key_secret=(cfg.api_key_secret_name or "", cfg.api_key_secret_key),
+            secret_env=policy.secret_env,
+            pod_labels=policy.pod_labels,
         )
 
-    policy = job_policy(NS, _spec())
     assert check(rayjob(), policy) == []
     assert check(rayjob(worker_replicas=4), policy) == [
         "job variable worker_replicas=4 is above the pool's maximum 3 "
         "(spec.jobVariables.maxWorkerReplicas)"
     ]
+    # Every pod of the run's cluster, the submitter included, takes the pool's token
+    # and label; a deployment's env cannot turn token auth off.
+    job = rayjob(env={"RAY_AUTH_MODE": "disabled"})
+    assert check(job, policy) == []
+    spec = job["spec"]
+    pods = [
+        spec["rayClusterSpec"]["headGroupSpec"]["template"],
+        *(g["template"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]),
+        spec["submitterPodTemplate"],
+    ]
+    token = {"secretKeyRef": {"name": "nightly-ray-token", "key": "token"}}
+    for pod in pods:
+        assert pod["metadata"]["labels"]["prefectray.io/pool"] == "nightly"
+        [c] = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token
+    # A template edited to run without it is refused.
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["env"] = [e for e in head["env"] if e["name"] != "RAY_AUTH_MODE"]
+    assert any("without Ray token auth" in r for r in check(job, policy))

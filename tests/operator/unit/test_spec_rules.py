@@ -169,7 +169,7 @@ def test_another_pools_token_secret_is_a_secret_like_any() -> None:
 def test_ephemeral_placement_renders_a_kuberay_worker_and_no_ray_cluster() -> None:
     doc = _with("spec.placement", "Ephemeral")
     kinds = [m["kind"] for m in yaml.safe_load_all(render_text(yaml.safe_dump(doc)))]
-    assert kinds == ["ServiceAccount", "RoleBinding", "Deployment"]
+    assert kinds == ["ServiceAccount", "RoleBinding", "Deployment", "NetworkPolicy"]
 
 
 def test_raypool_render_cli(tmp_path: Path) -> None:
