@@ -41,6 +41,29 @@ def test_flow_run_completes_in_its_own_ray_cluster(pools: PoolDriver) -> None:
     )
     assert run.rayjob_created_s <= run.first_task_running_s <= run.final_s
 
+    # The run's cluster was closed: every pod (head, workers, the submitter that
+    # reached the head's dashboard) ran with the pool's Ray token, by reference, and
+    # the pool's label, which the pool's NetworkPolicy selects. It completed, so the
+    # Ray workers joined and the submitter was let in with that token.
+    spec = run.rayjob["spec"]
+    pods = [
+        spec["rayClusterSpec"]["headGroupSpec"]["template"],
+        *(g["template"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]),
+        spec["submitterPodTemplate"],
+    ]
+    token = {"secretKeyRef": {"name": "eph-ray-token", "key": "token"}}
+    for pod in pods:
+        assert pod["metadata"]["labels"]["prefectray.io/pool"] == "eph"
+        env = {
+            e["name"]: e.get("value", e.get("valueFrom"))
+            for e in pod["spec"]["containers"][0]["env"]
+        }
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token, env
+    policy = json.loads(
+        pools.kubectl("get", "networkpolicy", "eph-ray-head", "-n", pools.namespace, "-o", "json")
+    )
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"prefectray.io/pool": "eph"}}
+
     def driver_output() -> str:
         with pools.prefect() as c:
             logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.flow_run.id])))
