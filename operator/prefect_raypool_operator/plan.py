@@ -94,8 +94,13 @@ def plan(
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
     ray_token_secret = None
-    # Ephemeral pools too: each flow run's cluster takes the pool's token.
-    if spec.ray.auth.mode == RayAuthMode.TOKEN and not spec.ray.auth.secretKeyRef:
+    # Not for Ephemeral pools: their flow runs' clusters cannot run token auth yet
+    # (builders/ephemeral.job_policy says why).
+    if (
+        spec.placement != Placement.EPHEMERAL
+        and spec.ray.auth.mode == RayAuthMode.TOKEN
+        and not spec.ray.auth.secretKeyRef
+    ):
         ray_token_secret = build_ray_token_secret(pool_name, namespace)
         kopf.adopt(ray_token_secret, owner=owner)
     return Plan(

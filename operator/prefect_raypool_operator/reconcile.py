@@ -229,9 +229,7 @@ def _restart_pods_with_a_replaced_token(
     token, which no restarted Ray process can use to join them: restart them all, so
     every pod of the cluster holds the new one (KubeRay and the Deployment make new)."""
     since = memory.ray_token_created if desired.ray_token_secret is not None else None
-    if not since or desired.ephemeral:
-        # An Ephemeral pool's own pod (the kuberay worker) holds no token; each flow
-        # run's cluster keeps the token it started with, and the next takes the new one.
+    if not since:
         return
     for pod in found.pods:
         meta = pod.get("metadata") or {}

@@ -33,7 +33,6 @@ from prefect_raypool_operator.builders.common import (
     pod_settings,
     prefect_worker_image,
     ray_image,
-    ray_token_ref,
     resources,
     secret_env,
 )
@@ -66,7 +65,7 @@ def _largest(amounts: list[int | str]) -> str:
 
 def job_policy(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> JobPolicy:
     """spec.jobVariables with every default filled in from the pool's own values; the
-    pool's Ray auth (its token, by reference) and its label for every flow run's pods."""
+    Ray auth mode and the pool's label for every flow run's pods."""
     bounds = spec.jobVariables
     first = spec.ray.workerGroups[0]
     pods = [spec.ray.head.resources] + [g.resources for g in spec.ray.workerGroups]
@@ -78,9 +77,6 @@ def job_policy(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> JobP
     if spec.prefect.apiKey:
         ref = spec.prefect.apiKey.secretKeyRef
         secrets["PREFECT_API_KEY"] = (ref.name, ref.key)
-    if spec.ray.auth.mode == RayAuthMode.TOKEN:
-        token = ray_token_ref(pool_name, spec)
-        secrets["RAY_AUTH_TOKEN"] = (token.name, token.key)
     node_selector: dict[str, list[str]] = {k: list(v) for k, v in bounds.nodeSelector.items()}
     for key, value in spec.pod.nodeSelector.items():
         node_selector.setdefault(key, [])
@@ -113,7 +109,9 @@ def job_policy(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> JobP
         max_gpu=bounds.maxGpu if bounds.maxGpu is not None else max(p.gpu for p in pods),
         node_selector={k: tuple(v) for k, v in node_selector.items()},
         tolerations=tuple(tolerations),
-        ray_auth_mode=spec.ray.auth.mode.value,
+        # Not "token" yet: KubeRay v1.5 reads a RayJob's status from the head's dashboard
+        # without a token, so a run's cluster with token auth on would never finish.
+        ray_auth_mode=RayAuthMode.DISABLED.value,
         pod_labels={naming.POOL_LABEL: pool_name},
     )
 

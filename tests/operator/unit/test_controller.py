@@ -602,14 +602,13 @@ def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_cluster
     controller.on_spec(NS, POOL, LOG, {})
     worker = f"{POOL}-kuberay-worker"
     assert io.writes() == [
-        # The token every flow run's cluster takes, and the policy that guards their pods.
-        ("create", "Secret", f"{POOL}-ray-token"),
         ("apply", "ServiceAccount", worker),
         ("apply", "RoleBinding", worker),  # to the chart's worker ClusterRole, no Role
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
+        # It guards the flow runs' clusters, whose pods carry the pool's label.
         ("apply", "NetworkPolicy", f"{POOL}-ray-head"),
         ("work pool", POOL),
-    ]  # no RayCluster
+    ]  # no RayCluster, no Ray token
     [(pool_type, template)] = io.work_pool_types
     assert pool_type == "kuberay" and template is not None
     assert template["variables"]["properties"]["namespace"]["default"] == NS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -185,12 +186,7 @@ def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
     assert policy == JobPolicy(
         namespace=NS,
         service_account_name="ray-pods",
-        secret_env={
-            "PREFECT_API_KEY": ("prefect-key", "api-key"),
-            "TOKEN": ("t", "k"),
-            # Every flow run's cluster takes the pool's Ray token, by reference.
-            "RAY_AUTH_TOKEN": ("nightly-ray-token", "token"),
-        },
+        secret_env={"PREFECT_API_KEY": ("prefect-key", "api-key"), "TOKEN": ("t", "k")},
         image_repositories=("registry.example/flows",),
         max_worker_replicas=3,  # the first worker group's, as the template's default
         max_cpu="2",  # the largest pod: head 1500m, groups 2 and 1
@@ -198,7 +194,7 @@ def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
         max_gpu=1,
         node_selector={"pool": ("gpu",)},
         tolerations=({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},),
-        ray_auth_mode="token",
+        ray_auth_mode="disabled",  # KubeRay v1.5 reads job status without a token
         pod_labels={"prefectray.io/pool": "nightly"},
     )
 
@@ -265,23 +261,37 @@ def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() ->
         "job variable worker_replicas=4 is above the pool's maximum 3 "
         "(spec.jobVariables.maxWorkerReplicas)"
     ]
-    # Every pod of the run's cluster, the submitter included, takes the pool's token
-    # and label; a deployment's env cannot turn token auth off.
+    # Every pod of the run's cluster, the submitter included, carries the pool's label
+    # (its NetworkPolicy selects them) and the policy's Ray auth mode.
+    spec = rayjob()["spec"]
+    for pod in _pod_templates(spec):
+        assert pod["metadata"]["labels"]["prefectray.io/pool"] == "nightly"
+        [c] = pod["spec"]["containers"]
+        assert {"name": "RAY_AUTH_MODE", "value": "disabled"} in c["env"]
+
+    # A policy with token auth (the worker supports it; the operator will set it once
+    # KubeRay reads job status with a token) puts the token on every pod by reference,
+    # after the job variables' env, and refuses a template edited to run without it.
+    token = ("nightly-ray-token", "token")
+    policy = replace(
+        policy, ray_auth_mode="token", secret_env={**policy.secret_env, "RAY_AUTH_TOKEN": token}
+    )
     job = rayjob(env={"RAY_AUTH_MODE": "disabled"})
     assert check(job, policy) == []
-    spec = job["spec"]
-    pods = [
+    ref = {"secretKeyRef": {"name": token[0], "key": token[1]}}
+    for pod in _pod_templates(job["spec"]):
+        [c] = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == ref
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["env"] = [e for e in head["env"] if e["name"] != "RAY_AUTH_MODE"]
+    assert any("without Ray token auth" in r for r in check(job, policy))
+
+
+def _pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A RayJob's pod templates: head, worker groups, submitter."""
+    return [
         spec["rayClusterSpec"]["headGroupSpec"]["template"],
         *(g["template"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]),
         spec["submitterPodTemplate"],
     ]
-    token = {"secretKeyRef": {"name": "nightly-ray-token", "key": "token"}}
-    for pod in pods:
-        assert pod["metadata"]["labels"]["prefectray.io/pool"] == "nightly"
-        [c] = pod["spec"]["containers"]
-        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
-        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token
-    # A template edited to run without it is refused.
-    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    head["env"] = [e for e in head["env"] if e["name"] != "RAY_AUTH_MODE"]
-    assert any("without Ray token auth" in r for r in check(job, policy))
