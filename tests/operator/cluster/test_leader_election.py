@@ -511,7 +511,10 @@ def test_two_releases_over_one_namespace_never_both_act_on_a_pool(
             lease_namespace=ha_namespace,
             scope=(f"--namespace={ha_namespace}",),
             timing=TIMING,
-            extra_env={"RAYPOOL_OPERATOR_ID": f"ops.{name}"},
+            extra_env={
+                "RAYPOOL_OPERATOR_ID": f"ops.{name}",
+                **allow_prefect(prefect_server.api_url),
+            },
         )
 
     a, b = release("rel-a"), release("rel-b")
