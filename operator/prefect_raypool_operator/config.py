@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 
 import kopf
@@ -39,18 +38,6 @@ def _url_map(raw: str) -> list[tuple[str, str]]:
             raise ValueError(f"RAYPOOL_PREFECT_URL_MAP entry {item!r}: expected FROM=TO")
         pairs.append((source, target))
     return pairs
-
-
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-
-
-def _operator_id(raw: str) -> str:
-    if not _LABEL_VALUE.match(raw):
-        raise ValueError(
-            f"RAYPOOL_OPERATOR_ID={raw!r}: must be a label value (at most 63 letters, "
-            "digits, '-', '_' or '.', starting and ending with a letter or digit)"
-        )
-    return raw
 
 
 def _allowlist(raw: str) -> tuple[str, ...]:
@@ -92,9 +79,6 @@ class Config:
     # The `kuberay` worker's ClusterRole (the chart's `<release>-kuberay-worker`), which
     # Ephemeral pools' RoleBindings name: the one role the operator may bind.
     kuberay_worker_cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE
-    # This operator's identity: it acts only on pools labelled with it (claim.py); the
-    # chart's is `<release namespace>.<release>`, so two releases never share a pool.
-    operator_id: str = naming.DEFAULT_OPERATOR_ID
     # The Prefect API URL prefixes pools may name (chart value prefectApiAllowlist);
     # empty: none, every pool is refused. The operator sends a pool's API key, and reads
     # its answers, only there.
@@ -132,9 +116,6 @@ class Config:
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
             kuberay_worker_cluster_role=os.environ.get("RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE")
             or naming.KUBERAY_WORKER_CLUSTER_ROLE,
-            operator_id=_operator_id(
-                os.environ.get("RAYPOOL_OPERATOR_ID") or naming.DEFAULT_OPERATOR_ID
-            ),
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),
             adopt_work_pools=_bool("RAYPOOL_ADOPT_WORK_POOLS"),
             work_pool_release_tries=int(os.environ.get("RAYPOOL_WORK_POOL_RELEASE_TRIES", 5)),
@@ -169,11 +150,6 @@ class Config:
 CONFIG = Config.from_env()
 
 
-def operator_selector(config: Config = CONFIG) -> str:
-    """The pools this operator acts on: those labelled with its identity."""
-    return f"{naming.OPERATOR_LABEL}={config.operator_id}"
-
-
 def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> None:
     """kopf settings for real clusters: our own prefixes, timeouts and backoff."""
     settings.persistence.finalizer = naming.FINALIZER
@@ -193,8 +169,6 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> 
     # The same for pods: the pools' pods, for their status, without a list per resync.
     for resource in [*(owned.kind.resource for owned in OWNED), kinds.POD.resource]:
         settings.watching.label_selectors[resource] = MANAGED_SELECTOR
-    # The pools: only this operator's (claim.py); another operator's never reach it.
-    settings.watching.label_selectors[kinds.POOL.resource] = operator_selector(config)
     settings.networking.request_timeout = config.kube_request_timeout
     settings.networking.connect_timeout = 10
     settings.networking.error_backoffs = (1, 2, 5, 10, 20, 30)

@@ -83,7 +83,7 @@ class Controller:
             return self._locks.setdefault(key, threading.Lock())
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[bool]:
+    def _writing(self) -> Iterator[bool]:
         """Counts a reconcile or release in flight; yields False once stopping (it
         must not start: the Lease may be handed over any moment)."""
         with self._busy:
@@ -120,7 +120,7 @@ class Controller:
     def _run_once(
         self, key: PoolKey, io: ClusterIO, logger: Logger, repair: bool
     ) -> ReconcileResult | None:
-        with self.writing() as may_write, self._lock(key):
+        with self._writing() as may_write, self._lock(key):
             return self._reconcile(key, io, logger, repair) if may_write else None
 
     def _reconcile(
@@ -281,7 +281,7 @@ class Controller:
         meta = owner["metadata"]
         key = (meta["namespace"], meta["name"])
         io = self._connect(kwargs)
-        with self.writing() as may_write, self._lock(key):  # after any reconcile in progress
+        with self._writing() as may_write, self._lock(key):  # after any reconcile in progress
             if not may_write:  # stopping: the finalizer stays, the next leader releases
                 raise kopf.TemporaryError("the operator is stopping", delay=RETRY_DELAY)
             self._released.add(meta["uid"])

@@ -12,7 +12,6 @@ from typing import Any
 import kopf
 
 from prefect_raypool_operator import (
-    claim,
     config,
     kinds,
     kopf_log,
@@ -40,11 +39,6 @@ def on_startup(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> Non
         logger.warning(warning)
     api = api_client()  # fail at start, not at the first pool, when there is no cluster config
     startup.wait_until_served(lambda namespace: kube.pools_served(api, namespace), logger.info)
-    # Label the unclaimed pools in scope as this operator's: kopf watches only those.
-    scope = startup.SCOPE or startup.Scope(clusterwide=True)
-    claim.start(
-        api, config.CONFIG.operator_id, scope.clusterwide, scope.namespaces, CONTROLLER.writing
-    )
 
 
 # What reconciles read instead of GETs (watchcache.Reads): the pools, what they own, their pods.

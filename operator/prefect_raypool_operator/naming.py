@@ -19,10 +19,6 @@ COMPONENT_LABEL = f"{DOMAIN}/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 FINALIZER = f"{DOMAIN}/finalizer"
-#: On each pool: the identity of the operator that acts on it (claim.py).
-OPERATOR_LABEL = f"{DOMAIN}/operator"
-#: The identity of an operator run without the chart (RAYPOOL_OPERATOR_ID unset).
-DEFAULT_OPERATOR_ID = MANAGED_BY
 ANNOTATION_PREFIX = DOMAIN
 #: On a worker Deployment whose replicas an HPA or `kubectl scale` sets, not the operator.
 EXTERNAL_REPLICAS_ANNOTATION = f"{DOMAIN}/replicas-managed-externally"

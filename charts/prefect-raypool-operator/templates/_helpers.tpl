@@ -30,20 +30,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/*
-The operator's identity, a label value naming the release: `<namespace>.<fullname>`,
-shortened with a hash past 63 characters. Pools carry it (prefectray.io/operator), so
-two releases never act on one pool.
-*/}}
-{{- define "prp-operator.id" -}}
-{{- $id := printf "%s.%s" .Release.Namespace (include "prp-operator.fullname" .) -}}
-{{- if le (len $id) 63 -}}
-{{- $id -}}
-{{- else -}}
-{{- printf "%s-%s" ($id | trunc 52 | trimSuffix "-" | trimSuffix ".") ($id | sha256sum | trunc 10) -}}
-{{- end -}}
-{{- end -}}
-
 {{/* The kuberay worker's ClusterRole (kuberay-worker-rbac.yaml), which Ephemeral pools bind. */}}
 {{- define "prp-operator.kuberayWorkerRole" -}}
 {{- printf "%s-kuberay-worker" (include "prp-operator.fullname" .) -}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -324,27 +323,3 @@ def test_operator_chart_single_replica_without_election_recreates() -> None:
     assert "RAYPOOL_LEADER_ELECTION_NAME" not in env
     kinds = {d["kind"] for d in docs}
     assert "PodDisruptionBudget" not in kinds and "Role" not in kinds
-
-
-def _operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e.get("value") for e in container["env"]}
-
-
-def test_each_release_has_its_own_identity_a_label_value() -> None:
-    """Pools carry the identity of the release acting on them (claim.py): two releases
-    never share one, and a long release name still gives a valid label value."""
-    assert _operator_env(_operator())["RAYPOOL_OPERATOR_ID"] == "ops.rel-prefect-raypool-operator"
-    long = "r" * 40
-    rendered = subprocess.run(
-        [str(HELM), "template", long, str(CHARTS / "prefect-raypool-operator"), "-n", "n" * 40]
-        + ["--kube-version", "1.34.4"],
-        capture_output=True,
-        text=True,
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    identity = _operator_env(_docs(rendered.stdout))["RAYPOOL_OPERATOR_ID"]
-    assert len(identity) == 63 and identity.startswith("n" * 40 + ".rrr")
-    assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", identity)
-    assert _operator_env(_operator())["RAYPOOL_DRAIN_TIMEOUT"] == "20"
