@@ -332,6 +332,12 @@ def release(node_dir: Path) -> None:
         pids = subprocess.run(["ip", "netns", "pids", netns.name], capture_output=True, text=True)
         if pids.returncode == 0 and not pids.stdout.strip():
             subprocess.run(["ip", "netns", "delete", netns.name], capture_output=True)
+    # The bridge, with the node's address and its route to the pod subnet: left in
+    # place, a later node in this namespace (`make up` from the suite, after the e2e
+    # tests) could not route the pod subnet its own way. Absent here (a `make down` on
+    # the host: the bridge went with its namespace), there is nothing to delete. (Asked
+    # of `ip`, not /sys: an unshared network namespace keeps the host's /sys mount.)
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
 
 
 def _ctr(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
