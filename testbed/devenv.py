@@ -153,9 +153,10 @@ def apply_examples(
     from testbed.demo import demo_pool_manifest
 
     docs = {path: yaml.safe_load(path.read_text()) for path in sorted(examples.glob("*.yaml"))}
-    needs = {fit.pool_needs(doc).name: path for path, doc in docs.items()}
+    rendered = {path: fit.pool_needs(doc) for path, doc in docs.items()}  # rendered once
+    needs = {pool.name: path for path, pool in rendered.items()}
     choice = fit.choose(
-        [fit.pool_needs(doc) for doc in docs.values()],
+        list(rendered.values()),
         free=node_free_room(kubectl),
         demo=fit.pool_needs(demo_pool_manifest()).total,
     )
