@@ -16,7 +16,7 @@ VERSIONS = {
     "K8S_VERSION": "v1.34.4",
     "ETCD_VERSION": "v3.6.16",
     "KWOK_VERSION": "v0.8.0",
-    "KUBERAY_VERSION": "v1.5.0",
+    "KUBERAY_VERSION": "v1.5.1",
     "HELM_VERSION": "v3.19.0",
     "COREDNS_VERSION": "v1.12.1",
 }
