@@ -48,9 +48,9 @@ def _container(name: str, cpu: str, memory: str, gpu: str) -> dict[str, Any]:
         "name": name,
         "image": "{{ image }}",
         "imagePullPolicy": "{{ image_pull_policy }}",
-        # Never left to the machine's history (a token file turns auth on): the
-        # cluster lives for one flow run and is reached only by its own pods.
-        "env": [{"name": "RAY_AUTH_MODE", "value": "disabled"}],
+        # Ray auth is the cluster's (rayClusterSpec.authOptions): KubeRay sets
+        # RAY_AUTH_MODE and the token on each container.
+        "env": [],
         "resources": _resources(cpu, memory, gpu),
         "volumeMounts": [dict(SHM_MOUNT)],
         "securityContext": dict(CONTAINER_SECURITY),
@@ -116,6 +116,9 @@ RAYJOB_MANIFEST: dict[str, Any] = {
         "submitterPodTemplate": SUBMITTER_POD,
         "rayClusterSpec": {
             "rayVersion": "{{ ray_version }}",
+            # A token per flow run: KubeRay makes it (a Secret the cluster owns), hands it
+            # to every pod and the submitter, and sends it when it reads the job's status.
+            "authOptions": {"mode": "token"},
             "headGroupSpec": {
                 # The worker adds dashboard-host 0.0.0.0 for the submitter.
                 "rayStartParams": "{{ head_ray_start_params }}",

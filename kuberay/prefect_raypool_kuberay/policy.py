@@ -21,6 +21,7 @@ from fractions import Fraction
 from typing import Any
 
 from prefect_raypool_kuberay.contract import GPU_RESOURCE
+from prefect_raypool_kuberay.rayjob import RAY_AUTH_ENV
 
 Obj = dict[str, Any]
 
@@ -111,18 +112,12 @@ class JobPolicy:
     #: node label -> the values a pod may select.
     node_selector: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tolerations: tuple[Obj, ...] = ()
-    #: RAY_AUTH_MODE on every pod of the run's cluster, the submitter included ("token":
-    #: secret_env holds RAY_AUTH_TOKEN, the pool's token): a flow run's cluster is
-    #: reached only by who holds the token.
-    ray_auth_mode: str = "disabled"
+    #: rayClusterSpec.authOptions.mode of every run's cluster ("token": KubeRay makes a
+    #: token per cluster, so a flow run's cluster is reached only by its own pods).
+    ray_auth_mode: str = "token"
     #: Labels on every pod of the run's cluster: the pool's, which its NetworkPolicy
     #: selects and admits.
     pod_labels: dict[str, str] = field(default_factory=dict)
-
-    def run_env(self, env: Mapping[str, str | None]) -> dict[str, str | None]:
-        """A flow run's env with the pool's Ray auth mode last: a deployment's `env`
-        cannot turn its cluster's token auth off (the token itself is a reference)."""
-        return {**env, "RAY_AUTH_MODE": self.ray_auth_mode}
 
     def to_json(self) -> str:
         return json.dumps(
@@ -167,7 +162,7 @@ class JobPolicy:
                     for k, v in (raw.get("nodeSelector") or {}).items()
                 },
                 tolerations=tuple(dict(t) for t in raw.get("tolerations") or ()),
-                ray_auth_mode=str(raw.get("rayAuthMode") or "disabled"),
+                ray_auth_mode=str(raw.get("rayAuthMode") or "token"),
                 pod_labels={str(k): str(v) for k, v in (raw.get("podLabels") or {}).items()},
             )
             quantity(policy.max_cpu), quantity(policy.max_memory)
@@ -279,17 +274,26 @@ def _secrets(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
             yield f"RayJob {pod.where} volume {v.get('name')!r} mounts Secret {name!r}: {why}"
 
 
-def _ray_auth(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
-    if policy.ray_auth_mode != "token":
-        return
-    for c in pod.spec.get("containers") or []:
-        modes = [e.get("value") for e in c.get("env") or [] if e.get("name") == "RAY_AUTH_MODE"]
-        if modes[-1:] != ["token"]:
-            yield (
-                f"RayJob {pod.where} container {c.get('name')!r} runs without Ray token "
-                f"auth (RAY_AUTH_MODE={modes[-1] if modes else 'unset'}): the pool's flow-run "
-                "clusters take only its token (spec.ray.auth.mode); remove the override"
-            )
+def _ray_auth(job: Obj, policy: JobPolicy) -> Iterator[str]:
+    """The pool's Ray auth, and no container that sets its own."""
+    cluster = (job.get("spec") or {}).get("rayClusterSpec") or {}
+    mode = (cluster.get("authOptions") or {}).get("mode")
+    if mode != policy.ray_auth_mode:
+        yield (
+            f"RayJob rayClusterSpec.authOptions.mode={mode!r} is not the pool's Ray auth "
+            f"mode {policy.ray_auth_mode!r} (spec.ray.auth.mode): remove the override"
+        )
+    for pod in _pods(job):
+        for c in _containers(pod.spec):
+            for e in c.get("env") or []:
+                if (e or {}).get("name") in RAY_AUTH_ENV and (
+                    policy.ray_auth_mode == "token" or "valueFrom" in e
+                ):
+                    yield (
+                        f"RayJob {pod.where} container {c.get('name')!r} sets {e['name']}: "
+                        "Ray auth is the cluster's (spec.ray.auth.mode), not a container's; "
+                        "remove it"
+                    )
 
 
 def _images(pod: _Pod, policy: JobPolicy) -> Iterator[str]:
@@ -448,7 +452,7 @@ SUBMITTER_FLOOR = {"cpu": Fraction(1), "memory": quantity("1Gi")}
 def check(job: Obj, policy: JobPolicy) -> list[str]:
     """Every reason the pool refuses this RayJob, each naming the variable (or the
     manifest's field) and the bound; empty when it may be created."""
-    refusals = [*_namespace(job, policy), *_replicas(job, policy)]
+    refusals = [*_namespace(job, policy), *_replicas(job, policy), *_ray_auth(job, policy)]
     for pod in _pods(job):
         floor = SUBMITTER_FLOOR if pod.where == "submitterPodTemplate" else {}
         for found in (
@@ -457,7 +461,6 @@ def check(job: Obj, policy: JobPolicy) -> list[str]:
             _placement(pod, policy),
             _service_account(pod, policy),
             _secrets(pod, policy),
-            _ray_auth(pod, policy),
         ):
             refusals += [r for r in found if r not in refusals]
     return refusals

@@ -17,8 +17,9 @@ API_KEY_ENV = "PREFECT_API_KEY"
 #: Prefect's secret settings: in the RayJob only ever as a secretKeyRef. A literal (the
 #: worker's own settings, which Prefect copies into every flow run's env) is dropped.
 SECRET_SETTINGS = frozenset({API_KEY_ENV, "PREFECT_API_AUTH_STRING"})
-#: What Ray token auth takes on every pod of a flow run's cluster (the pool's token).
+#: Ray's auth settings: the cluster's (rayClusterSpec.authOptions), never a flow run's env.
 RAY_AUTH_ENV = frozenset({"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"})
+TOKEN = "token"
 #: Labels under Prefect's prefix are the worker's (its own and those Prefect's workers
 #: set): a user's label there is dropped, so no RayJob can pose as another flow run's.
 RESERVED_LABEL_PREFIX = "prefect.io/"
@@ -49,9 +50,9 @@ def _env_list(env: dict[str, str | None], refs: Mapping[str, tuple[str, str]]) -
     }
     out: list[Obj] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     for k, (secret, key) in sorted(refs.items()):
-        if k == API_KEY_ENV or k in env or k in RAY_AUTH_ENV:
+        if k == API_KEY_ENV or k in env:
             out.append({"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    return out
+    return [e for e in out if e["name"] not in RAY_AUTH_ENV]
 
 
 def _env_of(container: Obj) -> list[Obj]:
@@ -80,12 +81,14 @@ def build_rayjob(
     api_key_secret: tuple[str, str] | None,
     secret_env: Mapping[str, tuple[str, str]] | None = None,
     pod_labels: Mapping[str, str] | None = None,
+    ray_auth_mode: str | None = None,
 ) -> Obj:
     """The RayJob to create: the templated manifest plus what ties it to the flow run.
 
     `env` goes onto every Ray container, so the driver (on the head) and the task
     runner's Ray workers all reach the Prefect API; the key, and every name in
     `secret_env` (env name to Secret and key, the pool's), only as a secretKeyRef.
+    `ray_auth_mode` (the pool's) replaces the template's rayClusterSpec.authOptions.
     """
     job = copy.deepcopy(manifest)
     if job.get("kind") != "RayJob" or not str(job.get("apiVersion", "")).startswith("ray.io/"):
@@ -135,17 +138,20 @@ def build_rayjob(
     refs = dict(secret_env or {})
     if api_key_secret:
         refs[API_KEY_ENV] = api_key_secret
-    env_list = _env_list(env, refs)
-    for c in containers:
-        names = {e["name"] for e in env_list}
-        c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + env_list
-    # The submitter reaches the head's dashboard: with Ray token auth on, it needs the
-    # same Ray auth settings as the Ray containers.
-    ray_auth = [e for e in env_list if e["name"] in RAY_AUTH_ENV]
+    if ray_auth_mode is not None:
+        cluster["authOptions"] = {"mode": ray_auth_mode}
+    # With a token, KubeRay puts RAY_AUTH_MODE and the cluster's own token on every Ray
+    # container and the submitter. Without one, RAY_AUTH_MODE=disabled is said outright:
+    # a token file in the image would turn auth on.
+    token = (cluster.get("authOptions") or {}).get("mode") == TOKEN
+    ray_auth = [] if token else [{"name": "RAY_AUTH_MODE", "value": "disabled"}]
+    env_list = _env_list(env, refs) + ray_auth
     submitter = spec.get("submitterPodTemplate")
-    for c in _submitter_containers(submitter):
-        names = {e["name"] for e in ray_auth}
-        c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + ray_auth
+    for c, add in [(c, env_list) for c in containers] + [
+        (c, ray_auth) for c in _submitter_containers(submitter)
+    ]:
+        names = {e["name"] for e in add} | RAY_AUTH_ENV
+        c["env"] = [e for e in _env_of(c) if e.get("name") not in names] + add
     # Pod labels tie every pod to the flow run as well (`kubectl get pods -l ...`), and
     # to the pool (its NetworkPolicy selects them).
     labels_of_pods = {
@@ -166,3 +172,15 @@ def _submitter_containers(template: Any) -> list[Obj]:
     pod = template.get("spec") if isinstance(template, dict) else None
     containers = pod.get("containers") if isinstance(pod, dict) else None
     return [c for c in containers or [] if isinstance(c, dict)]
+
+
+def auth_dropped(sent: Obj, stored: Any) -> bool:
+    """Whether the API server stored the RayJob without the token auth that was sent
+    (its CRD, from a KubeRay before v1.5.1, has no authOptions)."""
+
+    def mode(job: Any) -> Any:
+        spec = job.get("spec") if isinstance(job, dict) else None
+        cluster = spec.get("rayClusterSpec") if isinstance(spec, dict) else None
+        return (cluster.get("authOptions") or {}).get("mode") if isinstance(cluster, dict) else None
+
+    return mode(sent) == TOKEN and mode(stored) != TOKEN

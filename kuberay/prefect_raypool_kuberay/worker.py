@@ -84,7 +84,7 @@ from prefect_raypool_kuberay.policy import (
     check,
     pool_only_overrides,
 )
-from prefect_raypool_kuberay.rayjob import build_rayjob, rayjob_name, user_labels
+from prefect_raypool_kuberay.rayjob import auth_dropped, build_rayjob, rayjob_name, user_labels
 
 GROUP, VERSION, PLURAL = RAYJOB_GROUP, RAYJOB_VERSION, RAYJOB_PLURAL
 #: How long a RayJob may outlive its finished flow run before it counts as an orphan.
@@ -295,11 +295,12 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
             name=name,
             namespace=namespace,
             command=configuration.command or "prefect flow-run execute",
-            env=self._policy.run_env(configuration.env) if self._policy else configuration.env,
+            env=configuration.env,
             labels={**configuration.labels, **self._own_labels()},
             api_key_secret=(secret, configuration.api_key_secret_key) if secret else None,
             secret_env=self._policy.secret_env if self._policy else None,
             pod_labels=self._policy.pod_labels if self._policy else None,
+            ray_auth_mode=self._policy.ray_auth_mode if self._policy else None,
         )
         refusals = configuration._pool_only_overrides + (
             check(manifest, self._policy) if self._policy else []
@@ -347,7 +348,7 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
         everyone who may see the deployment."""
         api = k8s.CustomObjectsApi(self._api)
         try:
-            await self._kube(
+            stored = await self._kube(
                 api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, manifest
             )
         except k8s.ApiException as e:
@@ -359,6 +360,18 @@ class KubeRayWorker(BaseWorker[KubeRayJobConfiguration, KubeRayVariables, KubeRa
                 f"the Kubernetes API refused RayJob {namespace}/{name}: HTTP {e.status} "
                 f"{e.reason}; its message is in the log of worker {self.name!r}"
             ) from None
+        if auth_dropped(manifest, stored):
+            # A KubeRay older than v1.5.1: its CRD has no authOptions, which the API
+            # server dropped, so the run's cluster would be open. Fail closed.
+            await self._kube(
+                api.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+            raise RayJobNotCreated(
+                f"RayJob {namespace}/{name} was deleted again: the cluster's KubeRay dropped "
+                "rayClusterSpec.authOptions (KubeRay before v1.5.1), so the flow run's Ray "
+                "cluster would run without token auth; upgrade KubeRay to v1.5.1 or later, "
+                "or set the pool's spec.ray.auth.mode to disabled"
+            )
 
     async def _watch(
         self, flow_run: FlowRun, configuration: KubeRayJobConfiguration, watching: _Watching

@@ -94,8 +94,8 @@ def plan(
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest
     ray_token_secret = None
-    # Not for Ephemeral pools: their flow runs' clusters cannot run token auth yet
-    # (builders/ephemeral.job_policy says why).
+    # Not for Ephemeral pools: each flow run's cluster gets a token of its own from
+    # KubeRay (rayClusterSpec.authOptions), so no run's token opens another's cluster.
     if (
         spec.placement != Placement.EPHEMERAL
         and spec.ray.auth.mode == RayAuthMode.TOKEN

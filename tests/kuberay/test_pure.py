@@ -23,7 +23,7 @@ from prefect_raypool_kuberay.failures import (
     worker_pod_problems,
 )
 from prefect_raypool_kuberay.job_template import base_job_template
-from prefect_raypool_kuberay.rayjob import ManifestError, build_rayjob, rayjob_name
+from prefect_raypool_kuberay.rayjob import ManifestError, auth_dropped, build_rayjob, rayjob_name
 from prefect_raypool_kuberay.worker import KubeRayJobConfiguration, KubeRayWorker
 from tests.kuberay.templates import configuration as _configuration
 
@@ -99,7 +99,9 @@ def test_variables_fill_the_rayjob() -> None:
     assert container["resources"]["limits"]["cpu"] == "2"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "PREFECT_API_URL", "value": "http://prefect:4200/api"} in container["env"]
-    assert {"name": "RAY_AUTH_MODE", "value": "disabled"} in container["env"]
+    # Token auth by default, the token KubeRay's (it sets RAY_AUTH_* on each container).
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert not any(e["name"].startswith("RAY_AUTH") for e in container["env"])
     group = cluster["workerGroupSpecs"][0]
     assert group["replicas"] == group["maxReplicas"] == 3
     assert group["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == "3Gi"
@@ -443,3 +445,16 @@ def test_the_api_servers_refusal_text_stays_in_the_workers_log(
     assert "pnu_planted" not in message
     assert raised.value.__suppress_context__  # no chained ApiException in tracebacks
     assert "pnu_planted" in caplog.text
+
+
+def test_a_rayjob_stored_without_its_token_auth_is_noticed() -> None:
+    """A KubeRay before v1.5.1 has no authOptions in its CRD: the API server drops it,
+    and the worker must not let that cluster run open."""
+    sent = _build(_configuration())
+    assert sent["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    pruned = json.loads(json.dumps(sent))
+    del pruned["spec"]["rayClusterSpec"]["authOptions"]
+    assert auth_dropped(sent, pruned)
+    assert not auth_dropped(sent, sent)
+    off = json.loads(json.dumps(pruned))
+    assert not auth_dropped(off, pruned)  # nothing asked for, nothing dropped

@@ -191,6 +191,7 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
                     "rayClusterName"
                 ),
             )
+            _token_of_its_own(kube_cluster, namespace, cluster_name)
             async with get_client() as c:
                 pid = (await c.read_flow_run(run_id)).infrastructure_pid
                 assert pid == f"{namespace}/{name}"
@@ -218,6 +219,30 @@ def test_flow_run_gets_rayjob_then_kuberay_failure_crashes_it(
         assert cluster_name
 
     anyio.run(scenario)
+
+
+def _token_of_its_own(cluster: Cluster, namespace: str, ray_cluster: str) -> None:
+    """The flow run's cluster runs Ray token auth with a token of its own: KubeRay made
+    a Secret the RayCluster owns and hands it to the head pod by reference."""
+    core = k8s.CoreV1Api(cluster.api_client())
+    secret = eventually(
+        lambda: core.read_namespaced_secret(ray_cluster, namespace), 30, "the token Secret"
+    )
+    [owner] = secret.metadata.owner_references
+    assert (owner.kind, owner.name, owner.controller) == ("RayCluster", ray_cluster, True)
+    pods = eventually(
+        lambda: (
+            core.list_namespaced_pod(
+                namespace, label_selector=f"ray.io/cluster={ray_cluster},ray.io/node-type=head"
+            ).items
+        ),
+        60,
+        "the head pod",
+    )
+    env = {e.name: e for e in pods[0].spec.containers[0].env}
+    assert env["RAY_AUTH_MODE"].value == "token"
+    ref = env["RAY_AUTH_TOKEN"].value_from.secret_key_ref
+    assert (ref.name, ref.key) == (ray_cluster, "auth_token")
 
 
 def test_job_variables_beyond_the_pools_bounds_fail_the_run_and_create_nothing(

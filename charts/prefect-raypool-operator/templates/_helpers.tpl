@@ -94,3 +94,9 @@ passes on (tests/operator/cluster/test_chart_rbac.py asserts both).
   resources: [rayjobs]
   verbs: [list]
 {{- end -}}
+
+{{/* The release and the namespaces it watches ("*": all), on its discovery binding. */}}
+{{- define "prp-operator.scopeAnnotations" -}}
+prefectray.io/operator-release: {{ printf "%s/%s" .Release.Namespace .Release.Name | quote }}
+prefectray.io/watch-namespaces: {{ join "," (default (list "*") .Values.watchNamespaces) | quote }}
+{{- end -}}

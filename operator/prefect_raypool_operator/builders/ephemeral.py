@@ -38,7 +38,7 @@ from prefect_raypool_operator.builders.common import (
 )
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as WORKER_COMPONENT
 from prefect_raypool_operator.builders.prefect_worker import user_env
-from prefect_raypool_operator.spec import PrefectRayPoolSpec, RayAuthMode
+from prefect_raypool_operator.spec import PrefectRayPoolSpec
 
 COMPONENT = "kuberay-worker"  # its ServiceAccount and RoleBinding
 
@@ -109,9 +109,7 @@ def job_policy(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -> JobP
         max_gpu=bounds.maxGpu if bounds.maxGpu is not None else max(p.gpu for p in pods),
         node_selector={k: tuple(v) for k, v in node_selector.items()},
         tolerations=tuple(tolerations),
-        # Not "token" yet: KubeRay v1.5 reads a RayJob's status from the head's dashboard
-        # without a token, so a run's cluster with token auth on would never finish.
-        ray_auth_mode=RayAuthMode.DISABLED.value,
+        ray_auth_mode=spec.ray.auth.mode.value,
         pod_labels={naming.POOL_LABEL: pool_name},
     )
 

@@ -194,7 +194,7 @@ def test_the_job_policy_defaults_to_the_pools_own_values() -> None:
         max_gpu=1,
         node_selector={"pool": ("gpu",)},
         tolerations=({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},),
-        ray_auth_mode="disabled",  # KubeRay v1.5 reads job status without a token
+        ray_auth_mode="token",  # spec.ray.auth.mode's default
         pod_labels={"prefectray.io/pool": "nightly"},
     )
 
@@ -249,11 +249,12 @@ def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() ->
             name="run-abcde",
             namespace=cfg.namespace,
             command="prefect flow-run execute",
-            env=policy.run_env(cfg.env),
+            env=cfg.env,
             labels={},
             api_key_secret=(cfg.api_key_secret_name or "", cfg.api_key_secret_key),
             secret_env=policy.secret_env,
             pod_labels=policy.pod_labels,
+            ray_auth_mode=policy.ray_auth_mode,
         )
 
     assert check(rayjob(), policy) == []
@@ -262,30 +263,41 @@ def test_the_pools_own_template_passes_its_policy_and_a_bigger_run_does_not() ->
         "(spec.jobVariables.maxWorkerReplicas)"
     ]
     # Every pod of the run's cluster, the submitter included, carries the pool's label
-    # (its NetworkPolicy selects them) and the policy's Ray auth mode.
-    spec = rayjob()["spec"]
-    for pod in _pod_templates(spec):
+    # (its NetworkPolicy selects them); the cluster takes a token of its own (KubeRay
+    # makes it and sets RAY_AUTH_* on each container), whatever the run's env says.
+    job = rayjob(env={"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "guess"})
+    assert check(job, policy) == []
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    for pod in _pod_templates(job["spec"]):
         assert pod["metadata"]["labels"]["prefectray.io/pool"] == "nightly"
         [c] = pod["spec"]["containers"]
-        assert {"name": "RAY_AUTH_MODE", "value": "disabled"} in c["env"]
+        assert not {e["name"] for e in c["env"]} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, c
 
-    # A policy with token auth (the worker supports it; the operator will set it once
-    # KubeRay reads job status with a token) puts the token on every pod by reference,
-    # after the job variables' env, and refuses a template edited to run without it.
-    token = ("nightly-ray-token", "token")
-    policy = replace(
-        policy, ray_auth_mode="token", secret_env={**policy.secret_env, "RAY_AUTH_TOKEN": token}
-    )
-    job = rayjob(env={"RAY_AUTH_MODE": "disabled"})
-    assert check(job, policy) == []
-    ref = {"secretKeyRef": {"name": token[0], "key": token[1]}}
+    # A template edited to turn auth off, or a container that brings its own token, is
+    # refused with the field named.
+    off = rayjob()
+    off["spec"]["rayClusterSpec"]["authOptions"] = {"mode": "disabled"}
+    assert check(off, policy) == [
+        "RayJob rayClusterSpec.authOptions.mode='disabled' is not the pool's Ray auth mode "
+        "'token' (spec.ray.auth.mode): remove the override"
+    ]
+    own = rayjob()
+    head = own["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["env"].append({"name": "RAY_AUTH_TOKEN", "value": "known"})
+    assert any("sets RAY_AUTH_TOKEN" in r and "ray-head" in r for r in check(own, policy))
+
+    # A pool with auth off says so on every container (a token file in the image would
+    # turn it on).
+    disabled = replace(policy, ray_auth_mode="disabled")
+    job = rayjob()
+    job = build_rayjob(
+        manifest=job, name="run-abcde", namespace=NS, command="x", env={}, labels={},
+        api_key_secret=None, ray_auth_mode="disabled",
+    )  # fmt: skip
+    assert check(job, disabled) == []
     for pod in _pod_templates(job["spec"]):
         [c] = pod["spec"]["containers"]
-        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
-        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == ref
-    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    head["env"] = [e for e in head["env"] if e["name"] != "RAY_AUTH_MODE"]
-    assert any("without Ray token auth" in r for r in check(job, policy))
+        assert {"name": "RAY_AUTH_MODE", "value": "disabled"} in c["env"]
 
 
 def _pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
