@@ -17,6 +17,7 @@ from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
+from prefect_raypool_operator.rayrollout import DRAINING, Outdated, Step, paused
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import PrefectSpec
@@ -39,6 +40,7 @@ class Found:
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
+    rollout: Step | None = None  # the replacement of outdated Ray pods (rayrollout.py)
     now: datetime | None = None  # when it was seen (None: the clock's now)
 
 
@@ -64,6 +66,13 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
         )
         if found.contested:
             prefect_worker = Check(False, "ReplicasContested", found.contested)
+        if found.rollout and paused(found.rollout.rollout):
+            prefect_worker = Check(
+                False,
+                "PausedForRayRollout",
+                "the Prefect workers are stopped while Ray pods that run an older spec are "
+                "replaced (spec.ray.updateStrategy); new flow runs wait in the work pool",
+            )
         ready_prefect = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
     if desired.ephemeral:
         # No cluster of its own: Ready is the kuberay worker and the work pool.
@@ -86,7 +95,7 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
     prefect_failure = (
         None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container, found.now)
     )
-    return build_status(
+    status = build_status(
         _observed(
             desired,
             ray_cluster=ray_failure or ray,
@@ -99,6 +108,8 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
         ),
         previous,
     )
+    status["rayRollout"] = found.rollout.rollout if found.rollout else None
+    return status
 
 
 def prefect_failure_or(found: Found, check: Check) -> Check:
@@ -114,28 +125,18 @@ def _observed(desired: Plan, **found: Any) -> Observed:
     )
 
 
-def ray_pods_check(desired: Plan, found: Found) -> Check:
-    """RayPodsUpToDate: whether every running Ray pod was made from the current spec.
-
-    KubeRay never restarts running pods for a template change, so until they are
-    replaced the cluster runs the old image, version or resources: say which fields.
-    """
-    if found.token_restarted:
-        return Check(
-            False,
-            "RayTokenReplaced",
-            f"the Ray token Secret {naming.ray_token_secret(desired.pool_name)} was made anew; "
-            f"restarting {len(found.token_restarted)} pods so that all hold the new token",
-        )
+def outdated_pods(desired: Plan, pods: list[Obj]) -> Outdated:
+    """The running Ray pods made from an older spec than the planned RayCluster's."""
     cluster = desired.desired.get(RAY_CLUSTER)
     if cluster is None:
-        return Check(None, "Pending", "no RayCluster planned")
+        return Outdated()
     templates = {"head": _digests(cluster["spec"]["headGroupSpec"]["template"])}
     for group in cluster["spec"]["workerGroupSpecs"]:
         templates[f"worker/{group['groupName']}"] = _digests(group["template"])
     fields: set[str] = set()
-    pods = []
-    for pod in found.pods:
+    head: list[str] = []
+    workers: list[str] = []
+    for pod in pods:
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         role = labels.get("ray.io/node-type")
@@ -146,14 +147,60 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
         stale = outdated_fields((meta.get("annotations") or {}).get(SPEC_DIGESTS), templates[role])
         if stale:
             fields.update(stale)
-            pods.append(meta.get("name", "?"))
-    if not pods:
-        return Check(True, "RayPodsUpToDate", "every Ray pod runs the current spec")
+            (head if role == "head" else workers).append(meta.get("name", "?"))
+    return Outdated(sorted(head), sorted(workers), sorted(fields))
+
+
+def ray_pods_check(desired: Plan, found: Found) -> Check:
+    """RayPodsUpToDate: whether every running Ray pod was made from the current spec.
+
+    KubeRay never restarts running pods for a template change, so until they are
+    replaced the cluster runs the old image, version or resources: say which fields,
+    and what the pool does about it (rayrollout.py).
+    """
+    if found.token_restarted:
+        return Check(
+            False,
+            "RayTokenReplaced",
+            f"the Ray token Secret {naming.ray_token_secret(desired.pool_name)} was made anew; "
+            f"restarting {len(found.token_restarted)} pods so that all hold the new token",
+        )
+    if RAY_CLUSTER not in desired.desired:
+        return Check(None, "Pending", "no RayCluster planned")
+    rollout = found.rollout.rollout if found.rollout else None
+    changed = ", ".join((rollout or {}).get("fields") or [])
+    if rollout and rollout.get("step") == DRAINING:
+        return Check(
+            False,
+            "RayRolloutDraining",
+            f"Ray pods run an older spec ({changed}): the Prefect workers are stopping "
+            "first; their flow runs finish (spec.prefect.drain), new ones wait in the work "
+            "pool until the Ray pods are replaced",
+        )
+    if rollout:
+        return Check(
+            False,
+            "RayRolloutReplacing",
+            f"replacing the Ray pods that run an older spec ({changed}); KubeRay makes them "
+            "anew from the current one"
+            + (", then the Prefect workers start again" if rollout.get("workersPaused") else ""),
+        )
+    outdated = outdated_pods(desired, found.pods)
+    if not outdated:
+        done = found.rollout.finished_after if found.rollout else None
+        return Check(
+            True,
+            "RayPodsUpToDate",
+            "every Ray pod runs the current spec"
+            + (f" (replaced in {done:.0f} s, flow runs drained first)" if done is not None else ""),
+        )
+    count = len(outdated.head) + len(outdated.workers)
     return Check(
         False,
         "RayPodsOutdated",
-        f"{len(pods)} Ray pods run an older spec ({', '.join(sorted(fields))}): KubeRay does "
-        "not restart running pods; restart them to apply it (the flow runs on them fail): "
+        f"{count} Ray pods run an older spec ({', '.join(outdated.fields)}): KubeRay does "
+        "not restart running pods, and spec.ray.updateStrategy is OnDelete: restart them "
+        "to apply it (the flow runs on them fail): "
         f"kubectl delete pod -n {desired.namespace} -l "
         f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes",
     )

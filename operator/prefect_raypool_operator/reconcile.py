@@ -20,14 +20,17 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from prefect_raypool_operator import rayrollout, replicas
+from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER_COMPONENT
 from prefect_raypool_operator.builders.ray_token import with_token
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
-from prefect_raypool_operator.naming import POOL_LABEL
-from prefect_raypool_operator.observe import Found, observe_status
-from prefect_raypool_operator.owned import OWNED, Owned, held_by_pool
+from prefect_raypool_operator.naming import COMPONENT_LABEL, POOL_LABEL
+from prefect_raypool_operator.observe import Found, observe_status, outdated_pods
+from prefect_raypool_operator.owned import OWNED, PREFECT_WORKER_DEPLOYMENT, Owned, held_by_pool
 from prefect_raypool_operator.plan import Plan, plan
 from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj, SecretKey
 from prefect_raypool_operator.refusals import (
@@ -39,7 +42,7 @@ from prefect_raypool_operator.refusals import (
     secret_not_found,
 )
 from prefect_raypool_operator.replicas import Override
-from prefect_raypool_operator.spec import KeyRef
+from prefect_raypool_operator.spec import KeyRef, RayUpdateType
 from prefect_raypool_operator.status import Check, Transition, transitions
 from prefect_raypool_operator.urls import redact
 
@@ -61,7 +64,7 @@ def reconcile(
     """Reconcile one pool against its `previous` status. `repair=False` only observes
     objects that exist (an owned object's status changed); a missing one is created."""
     desired = plan(body)
-    found = apply_plan(desired, io, memory, repair)
+    found = apply_plan(desired, io, memory, repair, (previous or {}).get("rayRollout"))
     status = observe_status(desired, found, previous)
     problem = desired.refusal or found.refusal
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
@@ -145,9 +148,12 @@ def not_allowed(api_url: str) -> Problem:
     )
 
 
-def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -> Found:
+def apply_plan(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, rollout: Obj | None = None
+) -> Found:
     """Check what only the cluster knows, then make the plan so, step by step; return
-    what was found. `repair=False` applies only what is missing."""
+    what was found. `repair=False` applies only what is missing; `rollout` is the
+    status's replacement of outdated Ray pods under way (rayrollout.py)."""
     if desired.spec is None or desired.refusal is not None:
         return Found()
     if not CONFIG.prefect_api_allowed(desired.spec.prefect.apiUrl):
@@ -165,9 +171,13 @@ def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -
         refusal = _ensure_ray_token(desired.ray_token_secret, io, memory, found)
         if refusal is not None:
             return Found(refusal=refusal)
+    workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
+    if workers is not None and rayrollout.paused(rollout):
+        workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
     _apply_owned(desired, io, memory, repair, found, before)
     found.pods = io.pods(desired.namespace, desired.pool_name)
     _restart_pods_with_a_replaced_token(desired, io, memory, found)
+    _roll_ray_pods(desired, io, memory, found, rollout)
     assert desired.work_pool is not None
     found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
     if desired.ephemeral:
@@ -237,6 +247,52 @@ def _restart_pods_with_a_replaced_token(
         if made and made < since and not meta.get("deletionTimestamp"):  # RFC 3339, UTC
             io.delete_pod(desired.namespace, meta["name"])
             found.token_restarted.append(meta["name"])
+
+
+def _roll_ray_pods(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found, rollout: Obj | None
+) -> None:
+    """One step of replacing the Ray pods that run an older spec (rayrollout.py)."""
+    spec = desired.spec
+    assert spec is not None
+    workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
+    enabled = spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE and not (
+        workers is not None and replicas.external(workers)  # no 0 the operator could set
+    )
+    step = rayrollout.next_step(
+        rollout,
+        outdated_pods(desired, found.pods),
+        placement=spec.placement,
+        enabled=enabled and not found.token_restarted,
+        prefect_worker_pods=sum(1 for p in found.pods if _prefect_worker_pod(p)),
+        cluster_ready=any(_ready_head(p) for p in found.pods),
+        now=datetime.now(UTC),
+    )
+    for name in step.delete:
+        io.delete_pod(desired.namespace, name)
+    if workers is not None and step.pause_workers != rayrollout.paused(rollout):
+        # Paused or resumed now, not at the next reconcile.
+        workers["spec"]["replicas"] = 0 if step.pause_workers else spec.prefect.replicas
+        found.live[PREFECT_WORKER_DEPLOYMENT] = _apply_one(
+            PREFECT_WORKER_DEPLOYMENT, workers, found.live.get(PREFECT_WORKER_DEPLOYMENT),
+            io, memory, found,
+        )  # fmt: skip
+    found.rollout = step
+
+
+def _prefect_worker_pod(pod: Obj) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get(COMPONENT_LABEL) == PREFECT_WORKER_COMPONENT
+
+
+def _ready_head(pod: Obj) -> bool:
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get("ray.io/node-type") != "head" or meta.get(
+        "deletionTimestamp"
+    ):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _apply_owned(

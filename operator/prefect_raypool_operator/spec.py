@@ -326,6 +326,21 @@ class TaskResources(_Model):
     gpu: Int32 = Field(default=0, description="GPUs each Ray task requests by default.")
 
 
+class RayUpdateType(StrEnum):
+    DRAIN_THEN_REPLACE = "DrainThenReplace"
+    ON_DELETE = "OnDelete"
+
+
+class RayUpdateStrategy(_Model):
+    type: RayUpdateType = Field(
+        default=RayUpdateType.DRAIN_THEN_REPLACE,
+        description="DrainThenReplace: Ray pods that run an older spec (image, version, "
+        "head settings, token), which KubeRay does not restart, are replaced once the "
+        "Prefect workers have drained (their flow runs finish; new ones wait meanwhile). "
+        "OnDelete: they are only reported (RayPodsOutdated) until someone deletes them.",
+    )
+
+
 def _default_worker_groups() -> list[WorkerGroup]:
     return [WorkerGroup(name="workers")]
 
@@ -373,6 +388,10 @@ class RaySpec(_Model):
     taskResources: TaskResources = Field(
         default_factory=TaskResources,
         description="Default Ray resources per Prefect task (PREFECT_RAYPOOL_TASK_* env).",
+    )
+    updateStrategy: RayUpdateStrategy = Field(
+        default_factory=RayUpdateStrategy,
+        description="How Ray pods made from an older spec are replaced.",
     )
 
 
@@ -755,6 +774,15 @@ class Condition(_Model):
     observedGeneration: int | None = None
 
 
+class RayRollout(_Model):
+    step: str | None = Field(default=None, description="Draining or Replacing.")
+    since: str | None = Field(default=None, description="When the rollout began.")
+    fields: list[str] = Field(default_factory=list, description="The spec fields that changed.")
+    workersPaused: bool | None = Field(
+        default=None, description="The Prefect workers are stopped (0 replicas) meanwhile."
+    )
+
+
 class PrefectRayPoolStatus(_Model):
     observedGeneration: int | None = None
     # A plain string in the CRD: an enum there would change the published schema.
@@ -772,6 +800,11 @@ class PrefectRayPoolStatus(_Model):
         default=None,
         description="Ephemeral: the flow-run clusters (RayJobs) the kuberay worker made "
         "that exist now.",
+    )
+    rayRollout: RayRollout | None = Field(
+        default=None,
+        description="The replacement of outdated Ray pods under way "
+        "(spec.ray.updateStrategy), if any.",
     )
 
 

@@ -576,7 +576,11 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
     controller: Controller, io: FakeIO
 ) -> None:
     _ready_pool_with_pods(controller, io)
-    new_ray = {"image": "registry.example/flows:2", "head": {"resources": {"cpu": "750m"}}}
+    new_ray = {
+        "image": "registry.example/flows:2",
+        "head": {"resources": {"cpu": "750m"}},
+        "updateStrategy": {"type": "OnDelete"},
+    }
     io.add_pool({"ray": new_ray}, generation=2)
     controller.on_spec(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayPodsOutdated")
@@ -593,6 +597,47 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
     controller.on_spec(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
     assert SPEC_DIGESTS in io.extra_pods[0]["metadata"]["annotations"]
+
+
+def test_a_change_kuberay_does_not_roll_drains_the_workers_then_replaces_the_ray_pods(
+    controller: Controller, io: FakeIO
+) -> None:
+    """DrainThenReplace (the default): workers to 0 first; the Ray pods go only once no
+    worker pod (and so no flow run's driver) is left; the workers come back after."""
+    _ready_pool_with_pods(controller, io)
+    worker_pod = io.extra_pods[-1]
+    worker_pod["metadata"]["labels"] = {"prefectray.io/component": "prefect-worker"}
+    deployment = (DEPLOY, f"{POOL}-prefect-worker")
+    io.add_pool({"ray": {"image": "registry.example/flows:2"}}, generation=2)
+    io.writes()
+    controller.on_spec(NS, POOL, LOG, {})
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayRolloutDraining")
+    assert _conditions(io)["WorkerReady"] == ("False", "PausedForRayRollout")
+    assert io.objects[deployment]["spec"]["replicas"] == 0
+    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]
+    assert io.statuses[-1]["rayRollout"]["fields"] == ["ray.image"]
+
+    # A worker pod still draining: nothing more.
+    controller.on_resync(NS, POOL, LOG, {})
+    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]
+    assert io.objects[deployment]["spec"]["replicas"] == 0
+
+    # Drained: the outdated Ray pods go; the workers stay stopped meanwhile.
+    io.extra_pods.remove(worker_pod)
+    controller.on_resync(NS, POOL, LOG, {})
+    deleted = {w[2] for w in io.writes() if w[:2] == ("delete", "Pod")}
+    assert deleted == {f"{POOL}-head-05", f"{POOL}-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayRolloutReplacing")
+    assert io.objects[deployment]["spec"]["replicas"] == 0
+
+    # KubeRay made them anew; once the head is ready the workers come back.
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:10:00Z")[:-1]
+    io.extra_pods[0]["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _conditions(io)["RayPodsUpToDate"][0] == "True"
+    assert "flow runs drained first" in _message(io, "RayPodsUpToDate")
+    assert io.objects[deployment]["spec"]["replicas"] == 1
+    assert io.statuses[-1]["rayRollout"] is None
 
 
 def test_an_ephemeral_pool_runs_a_kuberay_worker_and_counts_its_flow_run_clusters(

@@ -1,0 +1,104 @@
+"""Replacing Ray pods that run an older spec without killing a flow run. Pure.
+
+KubeRay never restarts running Ray pods for a template change (a new image, Ray
+version, head settings, the token): the old pods run on, and deleting them kills the
+flow runs whose drivers are attached. With `spec.ray.updateStrategy.type:
+DrainThenReplace` (the default) the pool does it in steps, one per reconcile, its
+progress kept in `status.rayRollout` so a restarted operator carries on:
+
+1. Draining (ZeroCapacityNode): the Prefect worker Deployment goes to 0 replicas. Each
+   worker pod stops taking flow runs and lets its running ones finish (its drain,
+   `spec.prefect.drain`); new flow runs wait in the work pool.
+2. Replacing, once no Prefect worker pod is left: the outdated Ray pods are deleted
+   and KubeRay makes them anew from the current template. HeadSidecar starts here: the
+   head pod's deletion is its drain (the sidecar finishes its runs, the head waits for
+   it), and its Ray worker pods go once the head is new.
+3. Done, once no outdated pod is left and the cluster is ready: the workers come back.
+
+`OnDelete` leaves the pods alone and only reports them (`RayPodsOutdated`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect_raypool_operator.spec import Placement
+
+DRAINING = "Draining"
+REPLACING = "Replacing"
+
+
+@dataclass(frozen=True)
+class Outdated:
+    """Ray pods made from an older spec, and the spec fields that changed."""
+
+    head: list[str] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.head or self.workers)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What this reconcile does: the rollout's status (None: none under way), the pods
+    to delete now, and whether the Prefect workers stay paused."""
+
+    rollout: dict[str, Any] | None = None
+    delete: list[str] = field(default_factory=list)
+    pause_workers: bool = False
+    #: Set on the reconcile that finishes a rollout: how long it took, in seconds.
+    finished_after: float | None = None
+
+
+def paused(rollout: dict[str, Any] | None) -> bool:
+    """Whether the Prefect worker Deployment stays at 0 replicas (status.rayRollout)."""
+    return rollout is not None and bool(rollout.get("workersPaused"))
+
+
+def next_step(
+    current: dict[str, Any] | None,
+    outdated: Outdated,
+    *,
+    placement: Placement,
+    enabled: bool,
+    prefect_worker_pods: int,
+    cluster_ready: bool,
+    now: datetime,
+) -> Step:
+    """The next step of the rollout `current` (status.rayRollout), or of a new one."""
+    if not enabled or placement == Placement.EPHEMERAL:
+        return Step()
+    if current is None:
+        if not outdated:
+            return Step()
+        current = {"since": _stamp(now), "fields": outdated.fields}
+        if placement == Placement.ZERO_CAPACITY_NODE and prefect_worker_pods:
+            return Step({**current, "step": DRAINING, "workersPaused": True}, pause_workers=True)
+    step = current.get("step")
+    pause = placement == Placement.ZERO_CAPACITY_NODE
+    if step == DRAINING and prefect_worker_pods:
+        return Step(current, pause_workers=True)
+    if outdated:
+        fields = sorted(set(current.get("fields") or []) | set(outdated.fields))
+        rollout = {**current, "step": REPLACING, "fields": fields, "workersPaused": pause}
+        # HeadSidecar: the head first (its deletion drains the Prefect worker in it); Ray
+        # worker pods of the old head would only rejoin it.
+        delete = outdated.head or outdated.workers
+        if placement == Placement.ZERO_CAPACITY_NODE:
+            delete = outdated.head + outdated.workers
+        return Step(rollout, delete, pause)
+    if not cluster_ready:
+        return Step({**current, "step": REPLACING, "workersPaused": pause}, pause_workers=pause)
+    return Step(finished_after=(now - _parse(current["since"])).total_seconds())
+
+
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -1,0 +1,82 @@
+"""rayrollout.next_step: outdated Ray pods are replaced only once no flow run can die."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from prefect_raypool_operator.rayrollout import DRAINING, REPLACING, Outdated, next_step, paused
+from prefect_raypool_operator.spec import Placement
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STALE = Outdated(head=["p-head"], workers=["p-w1"], fields=["ray.image"])
+ZCN, SIDECAR = Placement.ZERO_CAPACITY_NODE, Placement.HEAD_SIDECAR
+
+
+def step(current, outdated=STALE, placement=ZCN, workers=1, ready=True, now=T0, enabled=True):  # type: ignore[no-untyped-def]
+    return next_step(
+        current,
+        outdated,
+        placement=placement,
+        enabled=enabled,
+        prefect_worker_pods=workers,
+        cluster_ready=ready,
+        now=now,
+    )
+
+
+def test_zero_capacity_pools_drain_their_workers_before_any_ray_pod_goes() -> None:
+    first = step(None)
+    assert first.rollout is not None and first.rollout["step"] == DRAINING
+    assert first.pause_workers and paused(first.rollout) and first.delete == []
+    # Worker pods still draining: nothing deleted, still paused.
+    waiting = step(first.rollout, workers=2, now=T0 + timedelta(seconds=30))
+    assert waiting.delete == [] and waiting.pause_workers
+    # None left: every outdated Ray pod goes at once, the workers stay stopped.
+    replacing = step(first.rollout, workers=0, now=T0 + timedelta(seconds=60))
+    assert replacing.rollout is not None and replacing.rollout["step"] == REPLACING
+    assert replacing.delete == ["p-head", "p-w1"] and replacing.pause_workers
+    # New pods not ready yet: wait, paused.
+    starting = step(replacing.rollout, outdated=Outdated(), workers=0, ready=False)
+    assert starting.delete == [] and starting.pause_workers and starting.rollout is not None
+    # Ready: done, the workers come back, and how long it took is told.
+    done = step(replacing.rollout, Outdated(), workers=0, now=T0 + timedelta(seconds=95))
+    assert done.rollout is None and not done.pause_workers and done.finished_after == 95
+
+
+def test_a_pool_without_running_workers_replaces_at_once() -> None:
+    first = step(None, workers=0)
+    assert first.rollout is not None and first.rollout["step"] == REPLACING
+    assert first.delete == ["p-head", "p-w1"]
+
+
+def test_head_sidecar_pools_replace_the_head_first_its_deletion_is_the_drain() -> None:
+    first = step(None, placement=SIDECAR, workers=0)
+    assert first.delete == ["p-head"] and not first.pause_workers
+    # The new head runs; the old Ray worker pods go next.
+    second = step(first.rollout, Outdated(workers=["p-w1"], fields=["ray.image"]), SIDECAR, 0)
+    assert second.delete == ["p-w1"]
+    assert step(second.rollout, Outdated(), SIDECAR, 0).rollout is None
+
+
+def test_fields_accumulate_and_a_hand_deletion_ends_it() -> None:
+    first = step(None)
+    more = step(first.rollout, Outdated(head=["p-head"], fields=["ray.version"]), workers=0)
+    assert more.rollout is not None
+    assert more.rollout["fields"] == ["ray.image", "ray.version"]
+    # Someone deleted the pods by hand while the workers drained: done once ready.
+    assert step(first.rollout, Outdated(), workers=0).rollout is None
+
+
+@pytest.mark.parametrize("placement", [Placement.EPHEMERAL, ZCN])
+def test_nothing_happens_when_off_or_ephemeral(placement: Placement) -> None:
+    enabled = placement == Placement.EPHEMERAL
+    off = step(None, placement=placement, enabled=enabled)
+    assert off.rollout is None and off.delete == [] and not off.pause_workers
+    # Turned off mid-rollout: the workers come back.
+    assert not step(
+        {"step": DRAINING, "since": "x", "workersPaused": True}, enabled=False
+    ).pause_workers
