@@ -1,7 +1,8 @@
 """Running pods against the spec, on the real control plane with the real KubeRay:
-a Ray token Secret made anew restarts every pod holding the old token, and a change
-KubeRay does not roll into running pods is named in `RayPodsUpToDate` until they are
-replaced."""
+a Ray token Secret made anew restarts every pod holding the old token; a change
+KubeRay does not roll into running pods is replaced after the Prefect workers drained
+(DrainThenReplace), or named in `RayPodsUpToDate` until someone replaces them
+(OnDelete)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(
     env: PoolDriver,
 ) -> None:
     doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["updateStrategy"] = {"type": "OnDelete"}
     env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
@@ -90,3 +92,31 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(
     selector = cond["message"].split(" -l ")[1]
     env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector)
     env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=120)
+
+
+def test_a_change_kuberay_does_not_roll_is_replaced_after_the_workers_drain(
+    env: PoolDriver,
+) -> None:
+    """DrainThenReplace, the default: the worker Deployment goes to 0; the Ray pods are
+    replaced only once no worker pod is left; the workers come back. (Flow runs in
+    flight: tests/e2e/test_ray_rollout.py.)"""
+    doc = env.example("zero-capacity.yaml")
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    before = _pods(env)
+
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = "600m"
+    env.apply(doc)
+    cond = env.wait_condition("analytics", "RayPodsUpToDate", "False", "RayRolloutDraining")
+    assert "(ray.head)" in cond["message"], cond
+    workers = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
+    assert workers.spec.replicas == 0
+    env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=180)
+    assert "flow runs drained first" in env.condition("analytics", "RayPodsUpToDate")["message"]
+    env.wait_condition("analytics", "Ready", "True", timeout=120)
+    workers = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
+    assert workers.spec.replicas == doc["spec"]["prefect"].get("replicas", 1)
+    assert not set(before) & set(_pods(env)), "every pod of the pool was made anew"
+    reasons = [e.reason for e in env.events("analytics")]
+    for step in ("RayRolloutDraining", "RayRolloutReplacing", "RayPodsUpToDate"):
+        assert step in reasons, reasons
