@@ -171,13 +171,17 @@ def apply_plan(
         refusal = _ensure_ray_token(desired.ray_token_secret, io, memory, found)
         if refusal is not None:
             return Found(refusal=refusal)
-    workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
-    if workers is not None and rayrollout.paused(rollout):
-        workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
-    _apply_owned(desired, io, memory, repair, found, before)
+    # The pods first: whether a rollout pauses the Prefect workers decides the
+    # Deployment this reconcile applies (the controllers act on it only later anyway).
     found.pods = io.pods(desired.namespace, desired.pool_name)
     _restart_pods_with_a_replaced_token(desired, io, memory, found)
-    _roll_ray_pods(desired, io, memory, found, rollout)
+    found.rollout = _ray_rollout_step(desired, found, rollout)
+    workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
+    if workers is not None and found.rollout.pause_workers:
+        workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
+    _apply_owned(desired, io, memory, repair, found, before)
+    for name in found.rollout.delete:
+        io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
     found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
     if desired.ephemeral:
@@ -249,17 +253,15 @@ def _restart_pods_with_a_replaced_token(
             found.token_restarted.append(meta["name"])
 
 
-def _roll_ray_pods(
-    desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found, rollout: Obj | None
-) -> None:
-    """One step of replacing the Ray pods that run an older spec (rayrollout.py)."""
+def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayrollout.Step:
+    """This reconcile's step in replacing the Ray pods that run an older spec."""
     spec = desired.spec
     assert spec is not None
     workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
     enabled = spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE and not (
         workers is not None and replicas.external(workers)  # no 0 the operator could set
     )
-    step = rayrollout.next_step(
+    return rayrollout.next_step(
         rollout,
         outdated_pods(desired, found.pods),
         placement=spec.placement,
@@ -268,16 +270,6 @@ def _roll_ray_pods(
         cluster_ready=any(_ready_head(p) for p in found.pods),
         now=datetime.now(UTC),
     )
-    for name in step.delete:
-        io.delete_pod(desired.namespace, name)
-    if workers is not None and step.pause_workers != rayrollout.paused(rollout):
-        # Paused or resumed now, not at the next reconcile.
-        workers["spec"]["replicas"] = 0 if step.pause_workers else spec.prefect.replicas
-        found.live[PREFECT_WORKER_DEPLOYMENT] = _apply_one(
-            PREFECT_WORKER_DEPLOYMENT, workers, found.live.get(PREFECT_WORKER_DEPLOYMENT),
-            io, memory, found,
-        )  # fmt: skip
-    found.rollout = step
 
 
 def _prefect_worker_pod(pod: Obj) -> bool:
