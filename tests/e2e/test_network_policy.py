@@ -158,10 +158,11 @@ def _blocked(outsider: Pod, targets: dict[str, tuple[str, int]]) -> dict[str, st
     return last
 
 
+@pytest.mark.parametrize("placement", ["ZeroCapacityNode", "HeadSidecar"])
 def test_outsider_cannot_reach_a_warm_pools_ray_pods(
-    pools: PoolDriver, outsider: Pod, bystander: str
+    pools: PoolDriver, outsider: Pod, bystander: str, placement: str
 ) -> None:
-    pools.apply(pool_manifest("np", pools.prefect_api_url, "ZeroCapacityNode"))
+    pools.apply(pool_manifest("np", pools.prefect_api_url, placement))
     pools.wait_ready("np")
     head = pools.head_pod("np")
     (worker,) = pools.pods("ray.io/cluster=np,ray.io/node-type=worker")
