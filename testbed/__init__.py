@@ -7,7 +7,8 @@ it works from a source checkout, with the `[dev]` extra installed.
 - processes.py     start, record, wait for and stop local processes; kubectl/helm
 - controlplane.py  etcd, kube-apiserver, controller-manager, scheduler, KubeRay, and
                    kwok's simulated node or a real one
-- node.py          the real node: kubelet, containerd, CNI bridge, CoreDNS, kube-proxy
+- node.py          the real node: kubelet, containerd, CNI bridge, CoreDNS, kube-proxy,
+                   kube-router enforcing NetworkPolicy
 - images.py        the project's images built with buildah, cached, loaded into a node
 - host_packages.py the Debian packages the node and the image builds need
 - cluster.py       a `Cluster` handle and the providers (local, kind, existing)

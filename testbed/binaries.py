@@ -19,6 +19,10 @@ VERSIONS = {
     "KUBERAY_VERSION": "v1.5.1",
     "HELM_VERSION": "v3.19.0",
     "COREDNS_VERSION": "v1.12.1",
+    # The real node's NetworkPolicy enforcer (its firewall controller only: iptables
+    # and ipsets). kube-network-policies, kind's, needs the kernel's nft `queue`
+    # expression (CONFIG_NFT_QUEUE), which this machine kind's kernel lacks.
+    "KUBE_ROUTER_VERSION": "v2.1.0",
 }
 
 BUILD_SCRIPT = Path(__file__).with_name("build-binaries.sh")
@@ -44,6 +48,7 @@ class Binaries:
     kuberay_crds: Path
     helm: Path
     coredns: Path
+    kube_router: Path
 
     @classmethod
     def from_cache(cls, root: Path | None = None) -> Binaries:
@@ -66,6 +71,7 @@ class Binaries:
             kuberay_crds=kuberay / "crds",
             helm=root / f"helm-{v['HELM_VERSION']}" / "bin" / "helm",
             coredns=root / f"coredns-{v['COREDNS_VERSION']}" / "bin" / "coredns",
+            kube_router=root / f"kube-router-{v['KUBE_ROUTER_VERSION']}" / "bin" / "kube-router",
         )
 
     def missing(self) -> list[Path]:

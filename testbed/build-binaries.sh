@@ -6,7 +6,7 @@
 set -euo pipefail
 
 : "${K8S_VERSION:?}" "${ETCD_VERSION:?}" "${KWOK_VERSION:?}" "${KUBERAY_VERSION:?}" \
-  "${HELM_VERSION:?}" "${COREDNS_VERSION:?}" "${PREFECT_RAYPOOL_CACHE:?}"
+  "${HELM_VERSION:?}" "${COREDNS_VERSION:?}" "${KUBE_ROUTER_VERSION:?}" "${PREFECT_RAYPOOL_CACHE:?}"
 CACHE=$PREFECT_RAYPOOL_CACHE
 STAGING_VERSION="v0${K8S_VERSION#v1}" # v1.34.4 -> v0.34.4
 
@@ -175,4 +175,7 @@ crds
 kwok_stages
 install_from_module helm helm.sh/helm/v3 "$HELM_VERSION" "$CACHE/helm-$HELM_VERSION/bin" ./cmd/helm
 install_from_module coredns github.com/coredns/coredns "$COREDNS_VERSION" "$CACHE/coredns-$COREDNS_VERSION/bin" .
+# The real node's NetworkPolicy enforcer: kube-router, run with its firewall only.
+install_from_module kube-router github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION" \
+  "$CACHE/kube-router-$KUBE_ROUTER_VERSION/bin" ./cmd/kube-router
 log "all binaries ready in $(( $(date +%s) - t0 ))s"

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from testbed import node
 from testbed.binaries import Binaries
-from testbed.node import NODE_IP, RealNode
+from testbed.node import NODE_IP, SERVICE_CIDR, RealNode
 from testbed.node import NODE_NAME as REAL_NODE_NAME
 from testbed.processes import (
     PROCESSES_FILE,
@@ -235,7 +235,7 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",

@@ -280,7 +280,8 @@ def _up_real(state: Path) -> int:
         raise
     _print_ready(
         state, stack.control_plane, stack.prefect.api_url, pools,
-        "a real node (kubelet, containerd, CoreDNS, kube-proxy) running the pods",
+        "a real node (kubelet, containerd, CoreDNS, kube-proxy, kube-router enforcing "
+        "NetworkPolicy) running the pods",
         "the prefect-raypool operator (one replica: a pod from its chart and the image "
         "built here)",
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""A real Kubernetes node: kubelet + containerd + runc + CNI, CoreDNS and kube-proxy.
+"""A real Kubernetes node: kubelet + containerd + runc + CNI, CoreDNS, kube-proxy, and
+kube-router enforcing NetworkPolicy.
 
 Where kwok's simulated node only reports pods Running, this one runs them. It lives
 in the network namespace of the process that starts it (the suite's private one,
@@ -6,7 +7,12 @@ see tests/isolated.sh): a bridge `raypool0` with the node's address is the pods'
 gateway, each pod gets its own address on it (so each pod is its own host), the
 control plane and the Prefect server listen on the node's address so pods reach
 them, CoreDNS answers `<svc>.<ns>.svc.cluster.local` there, and kube-proxy makes
-ClusterIP Services (the `kubernetes` Service above all) work.
+ClusterIP Services (the `kubernetes` Service above all) work. kube-router's firewall
+controller (its router and service proxy off) enforces NetworkPolicy with iptables and
+ipsets: pod-to-pod traffic on the bridge is bridged, not routed, and reaches iptables
+because `bridge-nf-call-iptables` is on in this namespace (kube-router matches it with
+`physdev --physdev-is-bridged`). Traffic from the node itself (kubelet probes, the
+control plane, processes in this namespace) is always allowed, as NetworkPolicy says.
 
 The facts it rests on (checked on this machine kind): containerd 1.6
 needs CRI's `restrict_oom_score_adj`; the sandbox image is built here (images.py);
@@ -34,7 +40,10 @@ POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"  # the bridge's address: the pods' gateway and the node's IP
 CLUSTER_DOMAIN = "cluster.local"
 #: What the real node needs from Debian (installed when missing).
-DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack")
+DEBIAN_PACKAGES = (
+    "containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "ipset",
+)  # fmt: skip
+SERVICE_CIDR = "10.96.0.0/16"  # the API server's --service-cluster-ip-range
 CNI_BIN_DIR = "/usr/lib/cni"
 
 
@@ -82,6 +91,7 @@ class RealNode:
         self._coredns(timeout)
         self._kubelet()
         self._kube_proxy(timeout)
+        self._network_policies(timeout)
 
     # ---- network ---------------------------------------------------------------
 
@@ -225,6 +235,35 @@ class RealNode:
         )
         self.procs.wait(
             "kube-proxy", lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), timeout
+        )
+
+    def _network_policies(self, timeout: float) -> None:
+        """kube-router, firewall only. It reads its Node (the pods it guards are those
+        with the Node's address as hostIP), so it starts once the kubelet registered it."""
+        kubectl = [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}"]
+
+        def registered() -> bool:
+            got = subprocess.run([*kubectl, "get", "node", NODE_NAME], capture_output=True)
+            return got.returncode == 0
+
+        self.procs.wait("node registered", registered, timeout)
+        health = free_port()
+        self.procs.spawn(
+            "kube-router",
+            [
+                str(self.binaries.kube_router),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",  # kube-proxy's job
+                "--enable-cni=false",  # the bridge CNI plugin's job
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--health-port={health}",
+            ],
+        )
+        self.procs.wait(
+            "kube-router", lambda: http_ok(f"http://127.0.0.1:{health}/healthz"), timeout
         )
 
     # ---- kubelet ---------------------------------------------------------------

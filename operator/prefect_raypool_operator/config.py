@@ -76,6 +76,10 @@ class Config:
     # The operator's own namespace (the chart sets it from the pod): pools' NetworkPolicies
     # admit the operator's pods there. None outside a cluster: no such rule.
     operator_namespace: str | None = None
+    # KubeRay's operator's namespace (chart value kuberayNamespace): Ephemeral pools'
+    # NetworkPolicies admit its pods to the dashboard, where it reads RayJob statuses.
+    # None: no such rule (KubeRay outside the cluster, as in the test bed).
+    kuberay_namespace: str | None = None
     # The `kuberay` worker's ClusterRole (the chart's `<release>-kuberay-worker`), which
     # Ephemeral pools' RoleBindings name: the one role the operator may bind.
     kuberay_worker_cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE
@@ -114,6 +118,7 @@ class Config:
             watch_stale_seconds=_float("RAYPOOL_WATCH_STALE_SECONDS", 3 * server_timeout),
             prefect_url_map=_url_map(os.environ.get("RAYPOOL_PREFECT_URL_MAP", "")),
             operator_namespace=os.environ.get("RAYPOOL_OPERATOR_NAMESPACE") or None,
+            kuberay_namespace=os.environ.get("RAYPOOL_KUBERAY_NAMESPACE") or None,
             kuberay_worker_cluster_role=os.environ.get("RAYPOOL_KUBERAY_WORKER_CLUSTER_ROLE")
             or naming.KUBERAY_WORKER_CLUSTER_ROLE,
             prefect_api_allowlist=_allowlist(os.environ.get("RAYPOOL_PREFECT_API_ALLOWLIST", "")),

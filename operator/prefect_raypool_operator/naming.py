@@ -90,6 +90,8 @@ def network_policy(pool_name: str) -> str:
 
 #: The operator chart's pod label, which pools' NetworkPolicies admit.
 OPERATOR_POD_LABELS = {COMPONENT_LABEL: "operator"}
+#: What KubeRay's own manifests and Helm chart label its operator's pods with.
+KUBERAY_OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "kuberay-operator"}
 
 
 def work_pool_name(pool_name: str, spec: PrefectRayPoolSpec) -> str:

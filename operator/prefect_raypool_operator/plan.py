@@ -75,6 +75,7 @@ def plan(
     body: Obj,
     operator_namespace: str | None = CONFIG.operator_namespace,
     worker_cluster_role: str = CONFIG.kuberay_worker_cluster_role,
+    kuberay_namespace: str | None = CONFIG.kuberay_namespace,
 ) -> Plan:
     meta = body["metadata"]
     pool_name, namespace = meta["name"], meta["namespace"]
@@ -89,7 +90,9 @@ def plan(
         return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
     owner = kopf.Body(cast(Any, body))
     desired = {}
-    manifests = build_manifests(pool_name, namespace, spec, operator_namespace, worker_cluster_role)
+    manifests = build_manifests(
+        pool_name, namespace, spec, operator_namespace, worker_cluster_role, kuberay_namespace
+    )
     for manifest in manifests:
         kopf.adopt(manifest, owner=owner)
         desired[BY_KIND[manifest["kind"]]] = manifest

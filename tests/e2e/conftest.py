@@ -1,9 +1,10 @@
 """End-to-end fixtures: a control plane with a real node running the generated pods.
 
 `real_stack` (once for this package): the control plane with a real node (kubelet,
-containerd, CNI, CoreDNS, kube-proxy), the project's images loaded into it, a
-Prefect server the pods reach at the node's address, and the operator installed
-from its chart. Skipped, with the reason, where a real node cannot run.
+containerd, CNI, CoreDNS, kube-proxy, kube-router enforcing NetworkPolicy), the
+project's images loaded into it, a Prefect server the pods reach at the node's
+address, and the operator installed from its chart. Skipped, with the reason, where
+a real node cannot run.
 """
 
 from __future__ import annotations

@@ -58,10 +58,10 @@ def test_make_up_demo_down_on_the_real_node_then_kwok(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
         # What it started and what it left out is said, and everything started is Ready.
         assert "example pools applied in `default`:" in up.stdout
-        assert "a real node (kubelet, containerd, CoreDNS, kube-proxy)" in up.stdout
+        assert "a real node (kubelet, containerd, CoreDNS, kube-proxy, kube-router" in up.stdout
         assert "Ready" in up.stdout and "`make demo` needs" in up.stdout
         pids = json.loads((state / "processes.json").read_text())
-        assert {"kubelet", "containerd", "prefect-server"} <= set(pids)
+        assert {"kubelet", "containerd", "kube-router", "prefect-server"} <= set(pids)
 
         demo = _make("demo", state, env)
         assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-3000:]

@@ -20,12 +20,14 @@ def build_manifests(
     spec: PrefectRayPoolSpec,
     operator_namespace: str | None = None,
     worker_cluster_role: str = naming.KUBERAY_WORKER_CLUSTER_ROLE,
+    kuberay_namespace: str | None = None,
 ) -> list[Manifest]:
     """Every object a pool owns, in apply order (the RayCluster first).
 
     `operator_namespace`: where the operator's pods run, admitted by the NetworkPolicy;
     `worker_cluster_role`: the `kuberay` worker's ClusterRole, which the operator chart
-    installs and an Ephemeral pool binds.
+    installs and an Ephemeral pool binds; `kuberay_namespace`: where KubeRay's operator
+    runs, admitted to an Ephemeral pool's dashboards (it reads RayJob statuses there).
     """
     if spec.placement == Placement.EPHEMERAL:
         # No cluster of the pool's own: each flow run's RayJob makes one, whose pods
@@ -36,7 +38,13 @@ def build_manifests(
     if spec.placement == Placement.ZERO_CAPACITY_NODE:
         manifests.append(build_prefect_worker_deployment(pool_name, namespace, spec))
     if spec.networkPolicy.enabled:
-        manifests.append(build_network_policy(pool_name, namespace, operator_namespace))
+        # Only RayJobs have KubeRay read the dashboard: a warm pool's stays closed to it.
+        ephemeral = spec.placement == Placement.EPHEMERAL
+        manifests.append(
+            build_network_policy(
+                pool_name, namespace, operator_namespace, kuberay_namespace if ephemeral else None
+            )
+        )
     return manifests
 
 

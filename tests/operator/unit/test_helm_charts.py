@@ -268,6 +268,11 @@ def test_operator_pods_carry_what_the_pools_network_policies_admit() -> None:
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     namespace = env["RAYPOOL_OPERATOR_NAMESPACE"]["valueFrom"]
     assert namespace == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # KubeRay's namespace, for Ephemeral pools' dashboards: none unless the installer names it.
+    assert env["RAYPOOL_KUBERAY_NAMESPACE"]["value"] == ""
+    named = _deployment("--set", "kuberayNamespace=kuberay-system")["spec"]["template"]
+    env = {e["name"]: e for e in named["spec"]["containers"][0]["env"]}
+    assert env["RAYPOOL_KUBERAY_NAMESPACE"]["value"] == "kuberay-system"
 
 
 def _deployment(*args: str) -> dict[str, Any]:

@@ -65,3 +65,28 @@ def test_outside_a_cluster_the_operator_rule_is_left_out_and_off_means_none() ->
     assert rule["from"][0]["podSelector"]["matchLabels"] == {naming.POOL_LABEL: name}
     name, namespace, spec = parse_pool(_pool(networkPolicy={"enabled": False}))
     assert "NetworkPolicy" not in [m["kind"] for m in build_manifests(name, namespace, spec)]
+
+
+@pytest.mark.unit
+def test_kuberay_reads_an_ephemeral_pools_dashboards_only_from_its_namespace() -> None:
+    """KubeRay reads each RayJob's status from its head's dashboard: an Ephemeral pool's
+    policy admits KubeRay's pods there, on that port only; a warm pool's does not."""
+    name, namespace, spec = parse_pool(_pool(placement="Ephemeral"))
+    manifests = build_manifests(name, namespace, spec, "raypool-system", kuberay_namespace="ray")
+    [policy] = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+    _, _, rule_kuberay = policy["spec"]["ingress"]
+    [kuberay] = rule_kuberay["from"]
+    assert kuberay["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ray"}}
+    assert kuberay["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}
+    }
+    assert rule_kuberay["ports"] == [{"protocol": "TCP", "port": 8265}]
+    # A warm pool's RayCluster: KubeRay never reads its dashboard, so no rule.
+    name, namespace, spec = parse_pool(_pool(placement="ZeroCapacityNode"))
+    manifests = build_manifests(name, namespace, spec, "raypool-system", kuberay_namespace="ray")
+    [policy] = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+    assert len(policy["spec"]["ingress"]) == 2
+    # KubeRay's namespace unknown: no rule either.
+    name, namespace, spec = parse_pool(_pool(placement="Ephemeral"))
+    [policy] = [m for m in build_manifests(name, namespace, spec) if m["kind"] == "NetworkPolicy"]
+    assert len(policy["spec"]["ingress"]) == 1
