@@ -214,19 +214,25 @@ def ray_cluster_check(
 
 
 def kuberay_silent_for(live: Obj, now: datetime) -> float | None:
-    """Seconds since the RayCluster's spec last changed, while KubeRay has not yet
-    reported on that generation (status.observedGeneration, which KubeRay sets on
-    every reconcile); None when it has, or when no time is known.
+    """Seconds since the RayCluster's spec last changed, while KubeRay has provably not
+    reconciled it since; None when it has, when it may have, or when no time is known.
 
     The honest signal of a KubeRay that is not running: its CRD stays, the stale status
-    stays, and only the generation it last saw falls behind. When the spec changed is
-    the newest managedFields time outside the status subresource (a spec change is
-    written by some manager; KubeRay writes only status), else creationTimestamp.
+    stays, and only the generation it last saw falls behind. But KubeRay writes its
+    status only when a field it compares changed (utils.InconsistentRayClusterStatus:
+    state, conditions, endpoints, worker replica counts), not for observedGeneration
+    alone: after a change of pod labels, image or resources a running KubeRay leaves
+    the status, and the generation in it, as they were. So a lagging generation says
+    KubeRay did not act only where its reconcile must have written: a RayCluster it
+    never reported on, or worker replica counts in its status that the spec no longer
+    gives (`_kuberay_would_write`). When the spec changed is the newest managedFields
+    time outside the status subresource (a spec change is written by some manager;
+    KubeRay writes only status), else creationTimestamp.
     """
     meta = live.get("metadata") or {}
     generation = meta.get("generation")
     seen = (live.get("status") or {}).get("observedGeneration") or 0
-    if not isinstance(generation, int) or seen >= generation:
+    if not isinstance(generation, int) or seen >= generation or not _kuberay_would_write(live):
         return None
     times = [
         entry["time"]
@@ -238,6 +244,33 @@ def kuberay_silent_for(live: Obj, now: datetime) -> float | None:
         return None
     changed = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     return max(0.0, (now - changed).total_seconds())
+
+
+def _kuberay_would_write(live: Obj) -> bool:
+    """Whether a KubeRay reconcile of the live spec must change the live status: none
+    yet, or other desired/min/max worker counts than KubeRay computes from the spec
+    (utils.CalculateDesiredReplicas and its kin; a count of 0 is omitted in KubeRay's
+    status)."""
+    status = live.get("status") or {}
+    if not status.get("observedGeneration"):
+        return True
+    desired = minimum = maximum = 0
+    for group in (live.get("spec") or {}).get("workerGroupSpecs") or []:
+        if group.get("suspend"):
+            continue
+        hosts = group.get("numOfHosts") or 1
+        low, high = group.get("minReplicas") or 0, group.get("maxReplicas")
+        high = 2**31 - 1 if high is None else high
+        replicas = group.get("replicas")
+        replicas = low if replicas is None else replicas
+        desired += (high if low > high else min(max(replicas, low), high)) * hosts
+        minimum += low * hosts
+        maximum += high * hosts
+    return (desired, minimum, min(maximum, 2**31 - 1)) != (
+        status.get("desiredWorkerReplicas") or 0,
+        status.get("minWorkerReplicas") or 0,
+        status.get("maxWorkerReplicas") or 0,
+    )
 
 
 def desired_workers(prefect: PrefectSpec, live: Obj | None) -> int:
