@@ -18,7 +18,7 @@ from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests, ephemeral
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
-from prefect_raypool_operator.owned import BY_KIND, Owned
+from prefect_raypool_operator.owned import Owned, owned_of
 from prefect_raypool_operator.port import (
     KUBERAY_WORK_POOL_TYPE,
     WORK_POOL_TYPE,
@@ -92,7 +92,7 @@ def plan(
     manifests = build_manifests(pool_name, namespace, spec, operator_namespace, worker_cluster_role)
     for manifest in manifests:
         kopf.adopt(manifest, owner=owner)
-        desired[BY_KIND[manifest["kind"]]] = manifest
+        desired[owned_of(manifest, pool_name)] = manifest
     ray_token_secret = None
     # Not for Ephemeral pools: their flow runs' clusters cannot run token auth yet
     # (builders/ephemeral.job_policy says why).

@@ -36,6 +36,7 @@ LOG = logging.getLogger("test_controller")
 NS, POOL = "team", "analytics"
 RAY, DEPLOY = RAY_CLUSTER.kind.kind, PREFECT_WORKER_DEPLOYMENT.kind.kind
 NETPOL = NETWORK_POLICY.kind.kind
+PDB = "PodDisruptionBudget"
 
 
 class FakeIO:
@@ -220,13 +221,16 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
         ("apply", RAY, POOL),
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
         ("apply", NETPOL, f"{POOL}-ray-head"),
+        ("apply", PDB, f"{POOL}-ray-head"),
+        ("apply", PDB, f"{POOL}-prefect-worker"),
         ("work pool", POOL),
     ]
     rc = io.objects[(RAY, POOL)]
     assert rc["metadata"]["ownerReferences"][0]["uid"] == f"uid-{POOL}"
     assert [m for r, m in io.events if r == "Created"] == [
         f"created Secret/{POOL}-ray-token, RayCluster/{POOL}, "
-        f"Deployment/{POOL}-prefect-worker, NetworkPolicy/{POOL}-ray-head"
+        f"Deployment/{POOL}-prefect-worker, NetworkPolicy/{POOL}-ray-head, "
+        f"PodDisruptionBudget/{POOL}-ray-head, PodDisruptionBudget/{POOL}-prefect-worker"
     ]
     assert io.statuses[-1]["phase"] == "Provisioning"
     assert _conditions(io)["RayClusterReady"] == ("False", "HeadPodNotReady")
@@ -401,7 +405,7 @@ def test_resync_applies_only_what_the_watch_shows_changed(
         reconcile, "CONFIG", dataclasses.replace(reconcile.CONFIG, reapply_seconds=0)
     )
     controller.on_resync(NS, POOL, LOG, {})
-    assert [call[0] for call in io.writes()] == ["apply", "apply", "apply"]
+    assert [call[0] for call in io.writes()] == ["apply"] * 5
 
 
 def test_a_release_waits_for_the_reconcile_in_progress_and_no_reconcile_follows(
