@@ -25,6 +25,16 @@ from prefect_raypool_operator.status import Check, Observed, build_status
 Obj = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TokenRoll:
+    """A replaced Ray token's way through the pool (reconcile._roll_token): the step,
+    the Prefect worker pods draining, the Ray pods holding the old token."""
+
+    step: str  # the RayPodsUpToDate reason
+    prefect_workers: list[str]
+    ray_pods: list[str]
+
+
 @dataclass
 class Found:
     """What the apply step saw: the inputs of `observe_status`."""
@@ -34,8 +44,8 @@ class Found:
     pods: list[Obj] = field(default_factory=list)  # the pool's pods
     work_pool: Check | None = None
     created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
-    # Pods deleted because they hold a Ray token the pool's Secret no longer has.
-    token_restarted: list[str] = field(default_factory=list)
+    # Pods holding a Ray token the pool's Secret no longer has, and what is done.
+    token_roll: TokenRoll | None = None
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
@@ -120,13 +130,8 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
     KubeRay never restarts running pods for a template change, so until they are
     replaced the cluster runs the old image, version or resources: say which fields.
     """
-    if found.token_restarted:
-        return Check(
-            False,
-            "RayTokenReplaced",
-            f"the Ray token Secret {naming.ray_token_secret(desired.pool_name)} was made anew; "
-            f"restarting {len(found.token_restarted)} pods so that all hold the new token",
-        )
+    if found.token_roll is not None:
+        return token_roll_check(desired, found.token_roll)
     cluster = desired.desired.get(RAY_CLUSTER)
     if cluster is None:
         return Check(None, "Pending", "no RayCluster planned")
@@ -157,6 +162,34 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
         f"kubectl delete pod -n {desired.namespace} -l "
         f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes",
     )
+
+
+def token_roll_check(desired: Plan, roll: TokenRoll) -> Check:
+    """What happens to the pods that hold a replaced Ray token, in words."""
+    secret = desired.ray_token.name if desired.ray_token else "?"
+    changed = f"the Ray token in Secret {secret} changed"
+    ray = f"{len(roll.ray_pods)} Ray pods"
+    if roll.step == "RayTokenReplacedDraining":
+        message = (
+            f"{changed}: {len(roll.prefect_workers)} Prefect worker pods holding the old one "
+            "drain (they take no new flow run and stop once theirs have ended; new ones "
+            f"start with the new token and wait for a new head); then the {ray} holding it "
+            f"restart: {', '.join(roll.prefect_workers)}"
+        )
+    elif roll.step == "RayTokenReplacedRestarting":
+        message = (
+            f"{changed} and no Prefect worker holds the old one any more: restarting the "
+            f"{ray} holding it, so that every pod holds the new one"
+        )
+    else:
+        message = (
+            f"{changed}; the head pod, which runs the Prefect worker and its flow runs, is not "
+            f"restarted for it: {ray} hold the old token and a Ray pod started now cannot "
+            "join them: restart them when no flow run is running (those running fail): "
+            f"kubectl delete pod -n {desired.namespace} -l "
+            f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes"
+        )
+    return Check(False, roll.step, message)
 
 
 def _digests(template: Obj) -> str | None:

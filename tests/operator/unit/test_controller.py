@@ -37,6 +37,7 @@ NS, POOL = "team", "analytics"
 RAY, DEPLOY = RAY_CLUSTER.kind.kind, PREFECT_WORKER_DEPLOYMENT.kind.kind
 NETPOL = NETWORK_POLICY.kind.kind
 PDB = "PodDisruptionBudget"
+TOKEN_DIGEST = "prefectray.io/ray-token-digest"
 
 
 class FakeIO:
@@ -527,8 +528,16 @@ def _pods_from_templates(io: FakeIO, made: str) -> list[Obj]:
                 }
             }
         )
-    pods.append({"metadata": {"name": f"{POOL}-prefect-worker-{made[-3:-1]}",
-                              "creationTimestamp": made}})  # fmt: skip
+    deployment = io.objects.get((DEPLOY, f"{POOL}-prefect-worker"))
+    if deployment is not None:
+        meta = deployment["spec"]["template"]["metadata"]
+        pod_meta = {
+            "name": f"{POOL}-prefect-worker-{made[-3:-1]}",
+            "creationTimestamp": made,
+            "labels": dict(meta["labels"]),
+            "annotations": dict(meta.get("annotations") or {}),
+        }
+        pods.append({"metadata": pod_meta})
     return pods
 
 
@@ -544,36 +553,106 @@ def _message(io: FakeIO, kind: str) -> str:
     return next(c["message"] for c in io.statuses[-1]["conditions"] if c["type"] == kind)
 
 
-def test_a_replaced_ray_token_restarts_the_pods_that_hold_the_old_one(
+def _token_read_anew(controller: Controller) -> None:
+    """A resync interval later: the operator reads its token Secret again."""
+    memory = controller.memory.get((NS, POOL))
+    assert memory is not None
+    memory.ray_token_seen_at = NEVER
+
+
+def _deleted_pods(io: FakeIO) -> set[str]:
+    return {name for verb, kind, name in io.writes() if (verb, kind) == ("delete", "Pod")}
+
+
+def test_a_ray_token_restored_as_it_was_restarts_nothing(
+    controller: Controller, io: FakeIO
+) -> None:
+    """A GitOps prune and re-create, or a backup restored: the same token in a Secret
+    made anew. Pods are compared by the token's digest, not by timestamps."""
+    _ready_pool_with_pods(controller, io)
+    controller.on_resync(NS, POOL, LOG, {})
+    token = io.secrets[(f"{POOL}-ray-token", "token")]
+    io.delete_secret(f"{POOL}-ray-token")
+    io.now = "2026-01-01T01:00:00Z"
+    io.secrets[(f"{POOL}-ray-token", "token")] = token
+    io.secret_made_at[f"{POOL}-ray-token"] = io.now
+    _token_read_anew(controller)
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+    digests = {p["metadata"]["annotations"][TOKEN_DIGEST] for p in io.extra_pods}
+    assert len(digests) == 1 and token not in next(iter(digests))  # a digest, not the token
+
+
+def test_a_replaced_ray_token_drains_the_prefect_workers_then_restarts_the_ray_pods(
     controller: Controller, io: FakeIO
 ) -> None:
     _ready_pool_with_pods(controller, io)
     controller.on_resync(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+    old = {p["metadata"]["name"]: p for p in io.extra_pods}
 
     # Someone deletes the token Secret; a resync interval later the operator sees it.
     io.delete_secret(f"{POOL}-ray-token")
     io.now = "2026-01-01T01:00:00Z"
-    memory = controller.memory.get((NS, POOL))
-    assert memory is not None
-    memory.ray_token_seen_at = NEVER
+    _token_read_anew(controller)
     io.writes()
     io.events.clear()
     controller.on_resync(NS, POOL, LOG, {})
-    writes = io.writes()
-    assert ("create", "Secret", f"{POOL}-ray-token") in writes
-    deleted = {name for verb, kind, name in writes if (verb, kind) == ("delete", "Pod")}
-    assert deleted == {f"{POOL}-head-05", f"{POOL}-worker-05", f"{POOL}-prefect-worker-05"}
-    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplaced")
-    assert "restarting 3 pods" in _message(io, "RayPodsUpToDate")
-    assert [reason for reason, _ in io.events] == ["Created", "RayTokenReplaced"]
+    assert ("create", "Secret", f"{POOL}-ray-token") in io.calls
+    # 1. Only the Prefect worker is stopped (SIGTERM: it drains its flow runs).
+    assert _deleted_pods(io) == {f"{POOL}-prefect-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedDraining")
+    assert "then the 2 Ray pods holding it restart" in _message(io, "RayPodsUpToDate")
+    # The worker Deployment rolls (its template has the new digest): WorkerReady False.
+    assert {"Created", "RayTokenReplacedDraining"} <= {reason for reason, _ in io.events}
+    # New pods carry the new token's digest on their templates.
+    rc = io.objects[(RAY, POOL)]["spec"]["headGroupSpec"]["template"]["metadata"]
+    assert (
+        rc["annotations"][TOKEN_DIGEST]
+        != (old[f"{POOL}-head-05"]["metadata"]["annotations"][TOKEN_DIGEST])
+    )
+
+    # While it drains (terminating), the Ray pods its runs use stay.
+    draining = old[f"{POOL}-prefect-worker-05"]
+    draining["metadata"]["deletionTimestamp"] = io.now
+    io.extra_pods.append(draining)
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedDraining")
+
+    # 2. Drained and gone: the Ray pods holding the old token restart.
+    io.extra_pods.remove(draining)
+    io.events.clear()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == {f"{POOL}-head-05", f"{POOL}-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedRestarting")
+    assert "RayTokenReplacedRestarting" in [reason for reason, _ in io.events]
 
     # The new pods hold the new token: nothing more is restarted.
     io.extra_pods = _pods_from_templates(io, "2026-01-01T01:00:09Z")
-    memory.ray_token_seen_at = NEVER
+    _token_read_anew(controller)
     controller.on_resync(NS, POOL, LOG, {})
-    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]
+    assert _deleted_pods(io) == set()
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+
+
+def test_a_replaced_ray_token_in_a_head_sidecar_pool_restarts_nothing_and_says_so(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({"placement": "HeadSidecar"})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
+    io.ray_ready()
+    io.delete_secret(f"{POOL}-ray-token")
+    _token_read_anew(controller)
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedRestartHead")
+    message = _message(io, "RayPodsUpToDate")
+    assert "runs the Prefect worker and its flow runs" in message and "kubectl delete" in message
 
 
 def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(
