@@ -50,6 +50,7 @@ class PoolMemory:
     # its token (builders/ray_token.py): pods with another digest hold an older token.
     ray_token_seen_at: float = NEVER
     ray_token_digest: str | None = None
+    ray_token_written: str | None = None  # when its Secret was last written
     # Successful work-pool checks, by what they checked: owned objects' events reconcile
     # often, the Prefect API need not be asked more than once per resync interval.
     work_pool_checked_at: dict[tuple[object, ...], float] = field(default_factory=dict)

@@ -98,9 +98,11 @@ class _SecretValues:
         found = self._read(ref)
         return found.type if found else None
 
-    def stored(self, ref: KeyRef) -> str | None:
-        """The key's value as stored (base64), undecoded; None when missing."""
-        return self._stored(ref)
+    def stored(self, ref: KeyRef) -> tuple[str | None, str | None]:
+        """The key's value as stored (base64), undecoded, and when the Secret was last
+        written; None when missing or unknown."""
+        found = self._read(ref)
+        return (found.value, found.written) if found else (None, None)
 
     def _read(self, ref: KeyRef) -> SecretKey | None:
         key = (ref.name, ref.key)
@@ -175,14 +177,14 @@ def apply_plan(desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool) -
         refusal = _ensure_ray_token(desired.ray_token_secret, io, memory, found)
         if refusal is not None:
             return Found(refusal=refusal)
-    digest = _ray_token_digest(desired, memory, values)
+    digest, written = _ray_token_digest(desired, memory, values)
     manifests = {
         owned: manifest if digest is None else with_token_digest(manifest, digest)
         for owned, manifest in desired.desired.items()
     }
     _apply_owned(desired, manifests, io, memory, repair, found, before)
     found.pods = io.pods(desired.namespace, desired.pool_name)
-    found.token_roll = _roll_token(desired, io, digest, found.pods)
+    found.token_roll = _roll_token(desired, io, digest, written, found.pods)
     assert desired.work_pool is not None
     found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
     if desired.ephemeral:
@@ -237,23 +239,26 @@ def _ensure_ray_token(
     return None
 
 
-def _ray_token_digest(desired: Plan, memory: PoolMemory, values: _SecretValues) -> str | None:
-    """The digest of the cluster's Ray token as stored now (the operator's Secret's is
-    remembered while `_ensure_ray_token` trusts it); None without token auth."""
+def _ray_token_digest(
+    desired: Plan, memory: PoolMemory, values: _SecretValues
+) -> tuple[str | None, str | None]:
+    """The digest of the cluster's Ray token as stored now, and when its Secret was
+    last written (the operator's Secret's are remembered while `_ensure_ray_token`
+    trusts it); None without token auth."""
     if desired.ray_token is None:
-        return None
+        return None, None
     own = desired.ray_token_secret is not None
     if own and memory.ray_token_digest:
-        return memory.ray_token_digest
-    stored = values.stored(desired.ray_token)
+        return memory.ray_token_digest, memory.ray_token_written
+    stored, written = values.stored(desired.ray_token)
     digest = token_digest(stored, desired.uid) if stored is not None else None
     if own:
-        memory.ray_token_digest = digest
-    return digest
+        memory.ray_token_digest, memory.ray_token_written = digest, written
+    return digest, written
 
 
 def _roll_token(
-    desired: Plan, io: ClusterIO, digest: str | None, pods: list[Obj]
+    desired: Plan, io: ClusterIO, digest: str | None, written: str | None, pods: list[Obj]
 ) -> TokenRoll | None:
     """Pods that started with another token than the Secret's now (a token replaced,
     not a Secret restored with the same one: their digests differ) cannot be joined by
@@ -267,10 +272,18 @@ def _roll_token(
 
     HeadSidecar runs the Prefect worker and its flow runs in the head pod: nothing is
     restarted; the status says so and how to do it. Pods without a digest (made
-    before pods carried one) are left alone."""
+    before pods carried one) are left alone. A pod made after the Secret was last
+    written read the token it has now, whatever its template's digest: the old
+    ReplicaSet of the rolling worker Deployment makes such pods for those deleted
+    here, and they must not be deleted in turn."""
     if digest is None:
         return None
-    old = [p for p in pods if pod_token_digest(p) not in (None, digest)]
+    old = [
+        p
+        for p in pods
+        if pod_token_digest(p) not in (None, digest)
+        and (written is None or str(p["metadata"].get("creationTimestamp") or "") <= written)
+    ]
     prefect = [p for p in old if _labels(p).get(COMPONENT_LABEL) == PREFECT_WORKER]
     ray = [p for p in old if _labels(p).get("ray.io/node-type")]
     if not prefect and not ray:

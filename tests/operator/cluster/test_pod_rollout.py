@@ -137,3 +137,48 @@ def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_are_replaced(
     selector = cond["message"].split(" -l ")[1]
     env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector)
     env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=120)
+
+
+def test_a_ray_token_of_your_own_changed_in_place_is_rolled_the_same_way(
+    env: PoolDriver,
+) -> None:
+    """ray.auth.secretKeyRef: the user's Secret given a new value (no new Secret, no
+    new creationTimestamp): its content's digest tells the pods holding the old one."""
+    env.core.create_namespaced_secret(
+        env.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="my-ray-token"), string_data={"token": "one"}
+        ),
+    )
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["auth"] = {
+        "mode": "token",
+        "secretKeyRef": {"name": "my-ray-token", "key": "token"},
+    }
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+    before = _pods(env)
+    # Restored as it was (written anew, same value): nothing restarts.
+    env.core.patch_namespaced_secret(
+        "my-ray-token", env.namespace, {"metadata": {"labels": {"restored": "yes"}}}
+    )
+    time.sleep(2 * RESYNC + 2)
+    assert _pods(env) == before
+    assert not [r for r in _reasons(env) if r.startswith("RayToken")]
+
+    env.core.patch_namespaced_secret(
+        "my-ray-token", env.namespace, {"stringData": {"token": "two"}}
+    )
+    eventually(
+        lambda: {"RayTokenReplacedDraining", "RayTokenReplacedRestarting"} <= set(_reasons(env)),
+        120,
+        "RayTokenReplacedDraining and RayTokenReplacedRestarting Events",
+    )
+    eventually(
+        lambda: (now := _pods(env)) and not (now.keys() & before.keys()),
+        120,
+        "every pod made anew",
+    )
+    env.wait_condition("analytics", "Ready", "True", timeout=120)
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")

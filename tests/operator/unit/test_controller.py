@@ -144,7 +144,8 @@ class FakeIO:
             return None
         value = self.secrets.get((ref.name, ref.key))
         stored = None if value is None else base64.b64encode(value.encode()).decode()
-        return SecretKey(self.secret_types.get(ref.name, "Opaque"), stored)
+        written = self.secret_made_at.get(ref.name, "2025-12-31T00:00:00Z")
+        return SecretKey(self.secret_types.get(ref.name, "Opaque"), stored, written)
 
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
@@ -622,8 +623,16 @@ def test_a_replaced_ray_token_drains_the_prefect_workers_then_restarts_the_ray_p
     assert _deleted_pods(io) == set()
     assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedDraining")
 
-    # 2. Drained and gone: the Ray pods holding the old token restart.
+    # 2. Drained and gone. Its old ReplicaSet made a pod anew from the old template
+    # (the old digest) but after the new token: it holds the new one, and stays.
     io.extra_pods.remove(draining)
+    remade = copy.deepcopy(draining)
+    remade["metadata"].pop("deletionTimestamp")
+    made = (
+        "2026-01-01T01:00:02Z"  # a second after the Secret (one in the same second counts as old)
+    )
+    remade["metadata"].update(name=f"{POOL}-prefect-worker-old-rs", creationTimestamp=made)
+    io.extra_pods.append(remade)
     io.events.clear()
     controller.on_resync(NS, POOL, LOG, {})
     assert _deleted_pods(io) == {f"{POOL}-head-05", f"{POOL}-worker-05"}
@@ -646,6 +655,7 @@ def test_a_replaced_ray_token_in_a_head_sidecar_pool_restarts_nothing_and_says_s
     io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
     io.ray_ready()
     io.delete_secret(f"{POOL}-ray-token")
+    io.now = "2026-01-01T01:00:00Z"
     _token_read_anew(controller)
     io.writes()
     controller.on_resync(NS, POOL, LOG, {})
