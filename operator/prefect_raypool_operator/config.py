@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from prefect_raypool_operator import kinds, naming, urls
-from prefect_raypool_operator.owned import OWNED
+from prefect_raypool_operator.owned import OWNED_KINDS
 
 #: The server-side filter on every watch of an owned kind.
 MANAGED_SELECTOR = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
@@ -172,7 +172,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Config = CONFIG) -> 
     # cluster's other Deployments, ServiceAccounts, RayClusters... are never sent to
     # (or held in memory by) the operator. Not the pools: every one is ours.
     # The same for pods: the pools' pods, for their status, without a list per resync.
-    for resource in [*(owned.kind.resource for owned in OWNED), kinds.POD.resource]:
+    for resource in [*(owned.kind.resource for owned in OWNED_KINDS), kinds.POD.resource]:
         settings.watching.label_selectors[resource] = MANAGED_SELECTOR
     settings.networking.request_timeout = config.kube_request_timeout
     settings.networking.connect_timeout = 10

@@ -204,7 +204,14 @@ def read_secret_key(api: client.ApiClient, namespace: str, ref: KeyRef) -> Secre
         raise
     secret = _json(response)
     value = (secret.get("data") or {}).get(ref.key)
-    return SecretKey(str(secret.get("type") or "Opaque"), value if isinstance(value, str) else None)
+    meta = secret.get("metadata") or {}
+    times = [str(e["time"]) for e in meta.get("managedFields") or [] if e.get("time")]
+    written = max(times, default=meta.get("creationTimestamp"))
+    return SecretKey(
+        str(secret.get("type") or "Opaque"),
+        value if isinstance(value, str) else None,
+        str(written) if written else None,
+    )
 
 
 #: Read a Secret as metadata only: its data never reaches the operator.

@@ -23,7 +23,7 @@ from prefect_raypool_operator import (
     watchcache,
 )
 from prefect_raypool_operator.controller import CONTROLLER, Logger, api_client
-from prefect_raypool_operator.owned import OWNED
+from prefect_raypool_operator.owned import OWNED_KINDS
 
 POOLS = kinds.POOL.resource
 MANAGED = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
@@ -46,7 +46,7 @@ kopf.index(*POOLS, id=watchcache.POOL_INDEX)(watchcache.index_by_name)
 kopf.index(*kinds.POD.resource, labels=MANAGED, id=watchcache.POD_INDEX)(
     watchcache.index_pods_by_pool
 )
-for owned_kind in OWNED:
+for owned_kind in OWNED_KINDS:
     kopf.index(*owned_kind.kind.resource, labels=MANAGED, id=owned_kind.index)(
         watchcache.index_by_name
     )
@@ -77,7 +77,7 @@ def on_owned_change(
     CONTROLLER.on_owned_change(type, body, namespace, logger, kwargs)
 
 
-for owned_kind in OWNED:
+for owned_kind in OWNED_KINDS:
     kopf.on.event(*owned_kind.kind.resource, labels=MANAGED)(on_owned_change)
 
 

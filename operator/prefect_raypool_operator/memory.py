@@ -46,10 +46,11 @@ class PoolMemory:
     generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
     # (kind, name) -> the last apply of each owned object (reconcile.in_sync).
     applied: dict[tuple[str, str], Applied] = field(default_factory=dict)
-    # When the Ray token Secret was last known to exist, and its creationTimestamp:
-    # pods older than it started with a token it no longer holds.
+    # When the operator's Ray token Secret was last known to exist, and the digest of
+    # its token (builders/ray_token.py): pods with another digest hold an older token.
     ray_token_seen_at: float = NEVER
-    ray_token_created: str | None = None
+    ray_token_digest: str | None = None
+    ray_token_written: str | None = None  # when its Secret was last written
     # Successful work-pool checks, by what they checked: owned objects' events reconcile
     # often, the Prefect API need not be asked more than once per resync interval.
     work_pool_checked_at: dict[tuple[object, ...], float] = field(default_factory=dict)

@@ -88,6 +88,14 @@ def network_policy(pool_name: str) -> str:
     return f"{pool_name}-ray-head"
 
 
+def head_disruption_budget(pool_name: str) -> str:
+    return f"{pool_name}-ray-head"
+
+
+def worker_disruption_budget(pool_name: str) -> str:
+    return f"{pool_name}-prefect-worker"
+
+
 #: The operator chart's pod label, which pools' NetworkPolicies admit.
 OPERATOR_POD_LABELS = {COMPONENT_LABEL: "operator"}
 #: What KubeRay's own manifests and Helm chart label its operator's pods with.

@@ -26,6 +26,16 @@ from prefect_raypool_operator.status import Check, Observed, build_status
 Obj = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TokenRoll:
+    """A replaced Ray token's way through the pool (reconcile._roll_token): the step,
+    the Prefect worker pods draining, the Ray pods holding the old token."""
+
+    step: str  # the RayPodsUpToDate reason
+    prefect_workers: list[str]
+    ray_pods: list[str]
+
+
 @dataclass
 class Found:
     """What the apply step saw: the inputs of `observe_status`."""
@@ -35,8 +45,8 @@ class Found:
     pods: list[Obj] = field(default_factory=list)  # the pool's pods
     work_pool: Check | None = None
     created: list[str] = field(default_factory=list)  # "Kind/name" made by this apply
-    # Pods deleted because they hold a Ray token the pool's Secret no longer has.
-    token_restarted: list[str] = field(default_factory=list)
+    # Pods holding a Ray token the pool's Secret no longer has, and what is done.
+    token_roll: TokenRoll | None = None
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
@@ -158,13 +168,8 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
     replaced the cluster runs the old image, version or resources: say which fields,
     and what the pool does about it (rayrollout.py).
     """
-    if found.token_restarted:
-        return Check(
-            False,
-            "RayTokenReplaced",
-            f"the Ray token Secret {naming.ray_token_secret(desired.pool_name)} was made anew; "
-            f"restarting {len(found.token_restarted)} pods so that all hold the new token",
-        )
+    if found.token_roll is not None:
+        return token_roll_check(desired, found.token_roll)
     if RAY_CLUSTER not in desired.desired:
         return Check(None, "Pending", "no RayCluster planned")
     rollout = found.rollout.rollout if found.rollout else None
@@ -204,6 +209,34 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
         f"kubectl delete pod -n {desired.namespace} -l "
         f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes",
     )
+
+
+def token_roll_check(desired: Plan, roll: TokenRoll) -> Check:
+    """What happens to the pods that hold a replaced Ray token, in words."""
+    secret = desired.ray_token.name if desired.ray_token else "?"
+    changed = f"the Ray token in Secret {secret} changed"
+    ray = f"{len(roll.ray_pods)} Ray pods"
+    if roll.step == "RayTokenReplacedDraining":
+        message = (
+            f"{changed}: {len(roll.prefect_workers)} Prefect worker pods holding the old one "
+            "drain (they take no new flow run and stop once theirs have ended; new ones "
+            f"start with the new token and wait for a new head); then the {ray} holding it "
+            f"restart: {', '.join(roll.prefect_workers)}"
+        )
+    elif roll.step == "RayTokenReplacedRestarting":
+        message = (
+            f"{changed} and no Prefect worker holds the old one any more: restarting the "
+            f"{ray} holding it, so that every pod holds the new one"
+        )
+    else:
+        message = (
+            f"{changed}; the head pod, which runs the Prefect worker and its flow runs, is not "
+            f"restarted for it: {ray} hold the old token and a Ray pod started now cannot "
+            "join them: restart them when no flow run is running (those running fail): "
+            f"kubectl delete pod -n {desired.namespace} -l "
+            f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes"
+        )
+    return Check(False, roll.step, message)
 
 
 def _digests(template: Obj) -> str | None:
@@ -261,19 +294,25 @@ def ray_cluster_check(
 
 
 def kuberay_silent_for(live: Obj, now: datetime) -> float | None:
-    """Seconds since the RayCluster's spec last changed, while KubeRay has not yet
-    reported on that generation (status.observedGeneration, which KubeRay sets on
-    every reconcile); None when it has, or when no time is known.
+    """Seconds since the RayCluster's spec last changed, while KubeRay has provably not
+    reconciled it since; None when it has, when it may have, or when no time is known.
 
     The honest signal of a KubeRay that is not running: its CRD stays, the stale status
-    stays, and only the generation it last saw falls behind. When the spec changed is
-    the newest managedFields time outside the status subresource (a spec change is
-    written by some manager; KubeRay writes only status), else creationTimestamp.
+    stays, and only the generation it last saw falls behind. But KubeRay writes its
+    status only when a field it compares changed (utils.InconsistentRayClusterStatus:
+    state, conditions, endpoints, worker replica counts), not for observedGeneration
+    alone: after a change of pod labels, image or resources a running KubeRay leaves
+    the status, and the generation in it, as they were. So a lagging generation says
+    KubeRay did not act only where its reconcile must have written: a RayCluster it
+    never reported on, or worker replica counts in its status that the spec no longer
+    gives (`_kuberay_would_write`). When the spec changed is the newest managedFields
+    time outside the status subresource (a spec change is written by some manager;
+    KubeRay writes only status), else creationTimestamp.
     """
     meta = live.get("metadata") or {}
     generation = meta.get("generation")
     seen = (live.get("status") or {}).get("observedGeneration") or 0
-    if not isinstance(generation, int) or seen >= generation:
+    if not isinstance(generation, int) or seen >= generation or not _kuberay_would_write(live):
         return None
     times = [
         entry["time"]
@@ -285,6 +324,33 @@ def kuberay_silent_for(live: Obj, now: datetime) -> float | None:
         return None
     changed = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     return max(0.0, (now - changed).total_seconds())
+
+
+def _kuberay_would_write(live: Obj) -> bool:
+    """Whether a KubeRay reconcile of the live spec must change the live status: none
+    yet, or other desired/min/max worker counts than KubeRay computes from the spec
+    (utils.CalculateDesiredReplicas and its kin; a count of 0 is omitted in KubeRay's
+    status)."""
+    status = live.get("status") or {}
+    if not status.get("observedGeneration"):
+        return True
+    desired = minimum = maximum = 0
+    for group in (live.get("spec") or {}).get("workerGroupSpecs") or []:
+        if group.get("suspend"):
+            continue
+        hosts = group.get("numOfHosts") or 1
+        low, high = group.get("minReplicas") or 0, group.get("maxReplicas")
+        high = 2**31 - 1 if high is None else high
+        replicas = group.get("replicas")
+        replicas = low if replicas is None else replicas
+        desired += (high if low > high else min(max(replicas, low), high)) * hosts
+        minimum += low * hosts
+        maximum += high * hosts
+    return (desired, minimum, min(maximum, 2**31 - 1)) != (
+        status.get("desiredWorkerReplicas") or 0,
+        status.get("minWorkerReplicas") or 0,
+        status.get("maxWorkerReplicas") or 0,
+    )
 
 
 def desired_workers(prefect: PrefectSpec, live: Obj | None) -> int:

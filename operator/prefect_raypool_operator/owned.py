@@ -109,11 +109,31 @@ SERVICE_ACCOUNT = Owned(kinds.SERVICE_ACCOUNT, "serviceaccount_index", naming.ku
 ROLE_BINDING = Owned(
     kinds.ROLE_BINDING, "rolebinding_index", naming.kuberay_worker, replace=role_ref_changed
 )
+# Two of one kind (builders/disruption.py), in one index: rows are told apart by name.
+HEAD_DISRUPTION_BUDGET = Owned(
+    kinds.POD_DISRUPTION_BUDGET, "pdb_index", naming.head_disruption_budget
+)
+WORKER_DISRUPTION_BUDGET = Owned(
+    kinds.POD_DISRUPTION_BUDGET, "pdb_index", naming.worker_disruption_budget
+)
 OWNED = (
     RAY_CLUSTER,
     SERVICE_ACCOUNT,
     ROLE_BINDING,
     PREFECT_WORKER_DEPLOYMENT,
     NETWORK_POLICY,
+    HEAD_DISRUPTION_BUDGET,
+    WORKER_DISRUPTION_BUDGET,
 )
-BY_KIND = {owned.kind.kind: owned for owned in OWNED}
+#: Each owned kind once (what is watched and indexed), in OWNED's order.
+OWNED_KINDS = tuple({owned.kind: owned for owned in OWNED}.values())
+BY_KIND = {owned.kind.kind: owned for owned in OWNED_KINDS}
+
+
+def owned_of(manifest: Obj, pool_name: str) -> Owned:
+    """The row a planned manifest is: its kind and, among rows of one kind, its name."""
+    name = manifest["metadata"]["name"]
+    for owned in OWNED:
+        if owned.kind.kind == manifest["kind"] and owned.object_name(pool_name) == name:
+            return owned
+    raise KeyError(f"{manifest['kind']}/{name} is no owned object of pool {pool_name}")

@@ -16,9 +16,10 @@ import kopf
 
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests, ephemeral
+from prefect_raypool_operator.builders.common import ray_token_ref
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
-from prefect_raypool_operator.owned import BY_KIND, Owned
+from prefect_raypool_operator.owned import Owned, owned_of
 from prefect_raypool_operator.port import (
     KUBERAY_WORK_POOL_TYPE,
     WORK_POOL_TYPE,
@@ -53,6 +54,9 @@ class Plan:
     # `<pool>-ray-token`, owner reference set, without its token: created if missing,
     # never overwritten. None when the spec names a token or wants none.
     ray_token_secret: Obj | None = None
+    # The Secret key of the cluster's Ray token (the user's or the operator's): its
+    # digest goes on every pod template. None without token auth.
+    ray_token: KeyRef | None = None
     work_pool: DesiredWorkPool | None = None  # None when refused
 
     @property
@@ -95,17 +99,15 @@ def plan(
     )
     for manifest in manifests:
         kopf.adopt(manifest, owner=owner)
-        desired[BY_KIND[manifest["kind"]]] = manifest
-    ray_token_secret = None
+        desired[owned_of(manifest, pool_name)] = manifest
+    ray_token_secret, ray_token = None, None
     # Not for Ephemeral pools: each flow run's cluster gets a token of its own from
     # KubeRay (rayClusterSpec.authOptions), so no run's token opens another's cluster.
-    if (
-        spec.placement != Placement.EPHEMERAL
-        and spec.ray.auth.mode == RayAuthMode.TOKEN
-        and not spec.ray.auth.secretKeyRef
-    ):
-        ray_token_secret = build_ray_token_secret(pool_name, namespace)
-        kopf.adopt(ray_token_secret, owner=owner)
+    if spec.placement != Placement.EPHEMERAL and spec.ray.auth.mode == RayAuthMode.TOKEN:
+        ray_token = ray_token_ref(pool_name, spec)
+        if not spec.ray.auth.secretKeyRef:
+            ray_token_secret = build_ray_token_secret(pool_name, namespace)
+            kopf.adopt(ray_token_secret, owner=owner)
     return Plan(
         body,
         pool_name,
@@ -116,6 +118,7 @@ def plan(
         desired=desired,
         secret_refs=secret_refs(spec),
         ray_token_secret=ray_token_secret,
+        ray_token=ray_token,
         work_pool=_desired_work_pool(body, namespace, work_pool_name, spec),
     )
 

@@ -59,6 +59,9 @@ class SecretKey:
 
     type: str
     value: str | None  # base64 as stored; None when the Secret has no such key
+    # When the Secret was last written (RFC 3339, UTC: its newest managedFields time,
+    # else its creation): a pod made later read the value it has now.
+    written: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Replacing Ray pods that run an older spec without killing a flow run. Pure.
 
 KubeRay never restarts running Ray pods for a template change (a new image, Ray
-version, head settings, the token): the old pods run on, and deleting them kills the
+version, head settings): the old pods run on, and deleting them kills the
 flow runs whose drivers are attached. With `spec.ray.updateStrategy.type:
 DrainThenReplace` (the default) the pool does it in steps, one per reconcile, its
 progress kept in `status.rayRollout` so a restarted operator carries on:

@@ -23,13 +23,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from prefect_raypool_operator import rayrollout, replicas
-from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER_COMPONENT
-from prefect_raypool_operator.builders.ray_token import with_token
+from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER
+from prefect_raypool_operator.builders.ray_token import (
+    pod_token_digest,
+    token_digest,
+    with_token,
+    with_token_digest,
+)
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
 from prefect_raypool_operator.naming import COMPONENT_LABEL, POOL_LABEL
-from prefect_raypool_operator.observe import Found, observe_status, outdated_pods
+from prefect_raypool_operator.observe import Found, TokenRoll, observe_status, outdated_pods
 from prefect_raypool_operator.owned import OWNED, PREFECT_WORKER_DEPLOYMENT, Owned, held_by_pool
 from prefect_raypool_operator.plan import Plan, plan
 from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj, SecretKey
@@ -94,6 +99,12 @@ class _SecretValues:
     def secret_type(self, ref: KeyRef) -> str | None:
         found = self._read(ref)
         return found.type if found else None
+
+    def stored(self, ref: KeyRef) -> tuple[str | None, str | None]:
+        """The key's value as stored (base64), undecoded, and when the Secret was last
+        written; None when missing or unknown."""
+        found = self._read(ref)
+        return (found.value, found.written) if found else (None, None)
 
     def _read(self, ref: KeyRef) -> SecretKey | None:
         key = (ref.name, ref.key)
@@ -171,15 +182,20 @@ def apply_plan(
         refusal = _ensure_ray_token(desired.ray_token_secret, io, memory, found)
         if refusal is not None:
             return Found(refusal=refusal)
-    # The pods first: whether a rollout pauses the Prefect workers decides the
-    # Deployment this reconcile applies (the controllers act on it only later anyway).
+    digest, written = _ray_token_digest(desired, memory, values)
+    manifests = {
+        owned: manifest if digest is None else with_token_digest(manifest, digest)
+        for owned, manifest in desired.desired.items()
+    }
+    # The pods first: a replaced token's roll and whether a rollout pauses the Prefect
+    # workers decide what this reconcile applies (the controllers act on it later anyway).
     found.pods = io.pods(desired.namespace, desired.pool_name)
-    _restart_pods_with_a_replaced_token(desired, io, memory, found)
+    found.token_roll = _roll_token(desired, io, digest, written, found.pods)
     found.rollout = _ray_rollout_step(desired, found, rollout)
-    workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
+    workers = manifests.get(PREFECT_WORKER_DEPLOYMENT)
     if workers is not None and found.rollout.pause_workers:
         workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
-    _apply_owned(desired, io, memory, repair, found, before)
+    _apply_owned(desired, manifests, io, memory, repair, found, before)
     for name in found.rollout.delete:
         io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
@@ -222,7 +238,7 @@ def _ensure_ray_token(
     """The planned Secret `<pool>-ray-token` exists (with a new random token if made
     now) and is the pool's; remember since when. A Secret of that name that is not the
     pool's is neither used nor touched."""
-    if recent(memory.ray_token_seen_at) and memory.ray_token_created:
+    if recent(memory.ray_token_seen_at) and memory.ray_token_digest:
         return None
     meta, made = io.ensure_secret(with_token(secret, secrets.token_urlsafe(32)))
     want = secret["metadata"]
@@ -231,26 +247,82 @@ def _ensure_ray_token(
         return name_conflict("Secret", want["name"], want["namespace"])
     if made:
         found.created.append(f"Secret/{want['name']}")
-    memory.ray_token_created = str(meta.get("creationTimestamp") or "")
+    memory.ray_token_digest = None  # read anew (`_ray_token_digest`)
     memory.ray_token_seen_at = time.monotonic()
     return None
 
 
-def _restart_pods_with_a_replaced_token(
-    desired: Plan, io: ClusterIO, memory: PoolMemory, found: Found
-) -> None:
-    """Pods made before the token Secret (deleted, then made anew) started with the old
-    token, which no restarted Ray process can use to join them: restart them all, so
-    every pod of the cluster holds the new one (KubeRay and the Deployment make new)."""
-    since = memory.ray_token_created if desired.ray_token_secret is not None else None
-    if not since:
-        return
-    for pod in found.pods:
-        meta = pod.get("metadata") or {}
-        made = meta.get("creationTimestamp")
-        if made and made < since and not meta.get("deletionTimestamp"):  # RFC 3339, UTC
-            io.delete_pod(desired.namespace, meta["name"])
-            found.token_restarted.append(meta["name"])
+def _ray_token_digest(
+    desired: Plan, memory: PoolMemory, values: _SecretValues
+) -> tuple[str | None, str | None]:
+    """The digest of the cluster's Ray token as stored now, and when its Secret was
+    last written (the operator's Secret's are remembered while `_ensure_ray_token`
+    trusts it); None without token auth."""
+    if desired.ray_token is None:
+        return None, None
+    own = desired.ray_token_secret is not None
+    if own and memory.ray_token_digest:
+        return memory.ray_token_digest, memory.ray_token_written
+    stored, written = values.stored(desired.ray_token)
+    digest = token_digest(stored, desired.uid) if stored is not None else None
+    if own:
+        memory.ray_token_digest, memory.ray_token_written = digest, written
+    return digest, written
+
+
+def _roll_token(
+    desired: Plan, io: ClusterIO, digest: str | None, written: str | None, pods: list[Obj]
+) -> TokenRoll | None:
+    """Pods that started with another token than the Secret's now (a token replaced,
+    not a Secret restored with the same one: their digests differ) cannot be joined by
+    a Ray process that starts with the new one. Replace them without failing a flow run:
+
+    1. the Prefect worker pods holding the old token are deleted: SIGTERM, and the
+       worker drains (takes no new flow run, ends when its runs have); their
+       Deployment starts new ones with the new token, which wait for a new head;
+    2. once none is left (drained, gone), no flow run drives the old cluster: its
+       Ray pods are deleted, and KubeRay makes them anew with the new token.
+
+    HeadSidecar runs the Prefect worker and its flow runs in the head pod: nothing is
+    restarted; the status says so and how to do it. Pods without a digest (made
+    before pods carried one) are left alone. A pod made after the Secret was last
+    written read the token it has now, whatever its template's digest: the old
+    ReplicaSet of the rolling worker Deployment makes such pods for those deleted
+    here, and they must not be deleted in turn."""
+    if digest is None:
+        return None
+    old = [
+        p
+        for p in pods
+        if pod_token_digest(p) not in (None, digest)
+        and (written is None or str(p["metadata"].get("creationTimestamp") or "") <= written)
+    ]
+    prefect = [p for p in old if _labels(p).get(COMPONENT_LABEL) == PREFECT_WORKER]
+    ray = [p for p in old if _labels(p).get("ray.io/node-type")]
+    if not prefect and not ray:
+        return None
+    if desired.sidecar:
+        return TokenRoll("RayTokenReplacedRestartHead", [], _names(ray))
+    if not prefect:
+        _delete_pods(desired, io, ray)
+        return TokenRoll("RayTokenReplacedRestarting", [], _names(ray))
+    _delete_pods(desired, io, prefect)
+    return TokenRoll("RayTokenReplacedDraining", _names(prefect), _names(ray))
+
+
+def _labels(pod: Obj) -> dict[str, str]:
+    return (pod.get("metadata") or {}).get("labels") or {}
+
+
+def _names(pods: list[Obj]) -> list[str]:
+    return sorted(str(p["metadata"].get("name")) for p in pods)
+
+
+def _delete_pods(desired: Plan, io: ClusterIO, pods: list[Obj]) -> None:
+    """Delete, with each pod's own grace period, those not already going."""
+    for pod in pods:
+        if not pod["metadata"].get("deletionTimestamp"):
+            io.delete_pod(desired.namespace, pod["metadata"]["name"])
 
 
 def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayrollout.Step:
@@ -265,7 +337,7 @@ def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayro
         rollout,
         outdated_pods(desired, found.pods),
         placement=spec.placement,
-        enabled=enabled and not found.token_restarted,
+        enabled=enabled and found.token_roll is None,
         prefect_worker_pods=sum(1 for p in found.pods if _prefect_worker_pod(p)),
         cluster_ready=any(_ready_head(p) for p in found.pods),
         now=datetime.now(UTC),
@@ -274,7 +346,7 @@ def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayro
 
 def _prefect_worker_pod(pod: Obj) -> bool:
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    return labels.get(COMPONENT_LABEL) == PREFECT_WORKER_COMPONENT
+    return labels.get(COMPONENT_LABEL) == PREFECT_WORKER
 
 
 def _ready_head(pod: Obj) -> bool:
@@ -289,6 +361,7 @@ def _ready_head(pod: Obj) -> bool:
 
 def _apply_owned(
     desired: Plan,
+    manifests: dict[Owned, Obj],
     io: ClusterIO,
     memory: PoolMemory,
     repair: bool,
@@ -300,7 +373,7 @@ def _apply_owned(
     longer wants, remember each one's generation. `before`: the watch's objects."""
     namespace, pool_name = desired.namespace, desired.pool_name
     memory.replicas_contest.start(desired.generation, time.monotonic(), CONFIG.resync_seconds)
-    for owned, manifest in desired.desired.items():
+    for owned, manifest in manifests.items():
         live = before[owned]
         name = manifest["metadata"]["name"]
         key = (owned.kind.kind, name)
@@ -322,7 +395,7 @@ def _apply_owned(
     for owned in OWNED:
         gone = before[owned]
         if (
-            owned not in desired.desired
+            owned not in manifests
             and gone is not None
             and held_by_pool(gone["metadata"], pool_name, desired.uid)
         ):

@@ -335,7 +335,7 @@ class RayUpdateStrategy(_Model):
     type: RayUpdateType = Field(
         default=RayUpdateType.DRAIN_THEN_REPLACE,
         description="DrainThenReplace: Ray pods that run an older spec (image, version, "
-        "head settings, token), which KubeRay does not restart, are replaced once the "
+        "head settings), which KubeRay does not restart, are replaced once the "
         "Prefect workers have drained (their flow runs finish; new ones wait meanwhile). "
         "OnDelete: they are only reported (RayPodsOutdated) until someone deletes them.",
     )
@@ -694,6 +694,28 @@ class NetworkPolicySpec(_Model):
     )
 
 
+class DisruptionBudgetSpec(_Model):
+    """PodDisruptionBudgets for the pods whose eviction fails flow runs: the Ray head
+    (every run's driver connects to it) and the Prefect worker pods (each runs its flow
+    runs' drivers). A node drain (`kubectl drain`, a cluster autoscaler, a node
+    upgrade) waits for them instead of killing the runs; a pod deleted outright, or a
+    node lost, is not covered by any PodDisruptionBudget."""
+
+    enabled: bool = Field(
+        default=True,
+        description="PodDisruptionBudgets `<pool>-ray-head` (the head pod: never evicted) "
+        "and, for ZeroCapacityNode, `<pool>-prefect-worker`. Off: none, and the operator "
+        "deletes those it made.",
+    )
+    maxUnavailable: int = Field(
+        default=0,
+        ge=0,
+        description="How many Prefect worker pods evictions may take down at once (0: none; "
+        "their flow runs end first, or a drain waits). The head is one pod: never evicted "
+        "while enabled.",
+    )
+
+
 EXTERNAL_REPLICAS_SIDECAR = (
     "HeadSidecar has no worker Deployment to scale: remove replicasManagedExternally "
     "or use ZeroCapacityNode"
@@ -736,6 +758,10 @@ class PrefectRayPoolSpec(_Model):
     )
     networkPolicy: NetworkPolicySpec = Field(
         default_factory=NetworkPolicySpec, description="Who may reach the Ray head."
+    )
+    disruptionBudget: DisruptionBudgetSpec = Field(
+        default_factory=DisruptionBudgetSpec,
+        description="Which of the pool's pods a voluntary eviction (a node drain) may take.",
     )
     jobVariables: JobVariables = Field(
         default_factory=JobVariables,

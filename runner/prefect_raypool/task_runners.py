@@ -54,9 +54,13 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-#: Ray options we set unless the user overrides them through remote_options:
-#: Prefect owns retries, so Ray must not re-run a task run on its own.
-_DEFAULT_REMOTE_OPTIONS: dict[str, Any] = {"max_retries": 0}
+#: Ray options we set unless the user overrides them through remote_options. A task
+#: run's own exceptions are Prefect's (its `retries`; the engine returns them as a
+#: Failed state, so Ray never sees one): `retry_exceptions` stays off. A Ray task lost
+#: with its process or node (a Ray worker pod deleted, evicted, OOM-killed) never
+#: reached Prefect's retries: Ray re-runs it elsewhere, up to 3 times (Ray's own
+#: default), the same task run id, which records its states again; then Crashed.
+_DEFAULT_REMOTE_OPTIONS: dict[str, Any] = {"max_retries": 3, "retry_exceptions": False}
 #: At most this many log-flush calls at disconnect (one per leased Ray worker process, ideally).
 _MAX_FLUSH_CALLS = 64
 #: By default a map runs up to this many task runs per Ray task (see `_batch_size`).

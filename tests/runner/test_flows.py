@@ -151,6 +151,34 @@ def test_crashed_worker_is_crashed_state(client: Any) -> None:
     )
 
 
+@task
+def lost_once(marker: str, x: int) -> int:
+    """Its Ray worker process dies the first time (as on a node deleted mid-run)."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return x * 10
+
+
+def test_a_task_run_lost_with_its_ray_worker_is_re_run_by_ray(client: Any, tmp_path: Any) -> None:
+    """A Ray task lost with its process or node never reached Prefect's retries: Ray
+    re-runs it (max_retries), under the same task run id, and the run ends Completed
+    with its result, in the driver and in the API."""
+
+    @flow(task_runner=RayTaskRunner())
+    def survives() -> dict[str, Any]:
+        fut = lost_once.submit(str(tmp_path / "lost"), 4)
+        return {"result": fut.result(), "id": fut.task_run_id, "state": fut.state}
+
+    out = survives()
+    assert out["result"] == 40 and out["state"].is_completed()
+    assert (tmp_path / "lost").exists()  # the first attempt did die
+    eventually(
+        lambda: (s := api_state(client, out["id"])) and s.is_completed(),
+        what="the re-run task run recorded as Completed",
+    )
+
+
 @task(timeout_seconds=1)
 def slow(seconds: float) -> str:
     time.sleep(seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_raypool_operator import naming
+from prefect_raypool_operator.builders.disruption import build_disruption_budgets
 from prefect_raypool_operator.builders.ephemeral import build_ephemeral
 from prefect_raypool_operator.builders.networkpolicy import build_network_policy
 from prefect_raypool_operator.builders.prefect_worker import build_prefect_worker_deployment
@@ -45,11 +46,13 @@ def build_manifests(
                 pool_name, namespace, operator_namespace, kuberay_namespace if ephemeral else None
             )
         )
+    manifests += build_disruption_budgets(pool_name, namespace, spec)
     return manifests
 
 
 __all__ = [
     "Manifest",
+    "build_disruption_budgets",
     "build_manifests",
     "build_network_policy",
     "build_prefect_worker_deployment",

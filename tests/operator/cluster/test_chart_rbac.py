@@ -146,7 +146,12 @@ NEEDED = [
     ("update", PRP, "finalizers"),  # blockOwnerDeletion on what it owns
     *(
         (verb, kind, "")
-        for kind in (RC, "deployments.apps", "networkpolicies.networking.k8s.io")
+        for kind in (
+            RC,
+            "deployments.apps",
+            "networkpolicies.networking.k8s.io",
+            "poddisruptionbudgets.policy",
+        )
         for verb in ("list", "watch", "create", "patch", "delete")
     ),
     ("get", "secrets", ""),
@@ -175,6 +180,8 @@ DENIED = [
     ("update", PRP, "status"),
     ("update", RC, ""),
     ("update", "deployments.apps", ""),
+    ("update", "poddisruptionbudgets.policy", ""),
+    ("create", "pods", "eviction"),  # its budgets guard pods; it evicts none
     ("patch", "rayjobs.ray.io", ""),
     ("patch", "events", ""),
     ("update", "rolebindings.rbac.authorization.k8s.io", ""),

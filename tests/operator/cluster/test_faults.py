@@ -535,6 +535,37 @@ def test_kuberay_down_says_so_and_recovers(bed: Bed) -> None:
     assert cluster["status"]["readyWorkerReplicas"] == 1
 
 
+def test_a_change_kuberay_writes_no_status_for_stays_ready(bed: Bed) -> None:
+    """A pod label change: the RayCluster's generation moves on, a running KubeRay
+    writes no status for it (nothing it compares changed), so its observedGeneration
+    stays behind. The pool stays Ready past the grace: KubeRay did act."""
+    ns = bed.namespace()
+    bed.create(bed.manifest(ns, "lbl"))
+    bed.wait_condition(ns, "lbl", "Ready", "True")
+    before = bed.custom.get_namespaced_custom_object("ray.io", "v1", ns, "rayclusters", "lbl")
+    bed.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "lbl", {"spec": {"pod": {"labels": {"team": "data"}}}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+    def relabelled() -> Obj | None:
+        cluster = bed.custom.get_namespaced_custom_object("ray.io", "v1", ns, "rayclusters", "lbl")
+        labels = cluster["spec"]["headGroupSpec"]["template"]["metadata"].get("labels") or {}
+        return cluster if labels.get("team") == "data" else None
+
+    cluster = eventually(relabelled, 30, "the new pod label in the RayCluster")
+    assert cluster["metadata"]["generation"] > before["metadata"]["generation"]
+    deadline = time.monotonic() + KUBERAY_GRACE + 4 * RESYNC + 5
+    while time.monotonic() < deadline:
+        cond = bed.condition(ns, "lbl", "RayClusterReady")
+        assert cond.get("status") == "True", cond
+        time.sleep(0.5)
+    cluster = bed.custom.get_namespaced_custom_object("ray.io", "v1", ns, "rayclusters", "lbl")
+    # The scenario held: KubeRay's status is still of the generation before the change.
+    assert cluster["status"]["observedGeneration"] < cluster["metadata"]["generation"]
+    assert bed.condition(ns, "lbl", "Ready")["status"] == "True"
+
+
 @pytest.mark.operator_log_allows(
     # What the restart provokes: while kube-apiserver is down, the reconciles of the
     # module's pools (resyncs, or a change in flight) fail to connect (the reconcile,

@@ -1,12 +1,16 @@
 """Running pods against the spec, on the real control plane with the real KubeRay:
-a Ray token Secret made anew restarts every pod holding the old token; a change
+a Ray token Secret restored with the same token restarts nothing, one with a new token
+drains the Prefect workers, then restarts the Ray pods that hold the old one; a change
 KubeRay does not roll into running pods is replaced after the Prefect workers drained
 (DrainThenReplace), or named in `RayPodsUpToDate` until someone replaces them
 (OnDelete)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from kubernetes import client
 
 from prefect_raypool_operator import naming
 from testbed.pooldriver import PoolDriver
@@ -15,6 +19,7 @@ from testbed.waiting import eventually
 pytestmark = pytest.mark.controlplane
 
 POOL_PODS = f"{naming.POOL_LABEL}=analytics"
+RESYNC = 3  # seconds: the session operator's resync interval (conftest.py)
 
 
 def _pods(env: PoolDriver) -> dict[str, str]:
@@ -27,7 +32,46 @@ def _pods(env: PoolDriver) -> dict[str, str]:
     }
 
 
-def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: PoolDriver) -> None:
+def _reasons(env: PoolDriver) -> list[str]:
+    """The pool's Event reasons in the order they were written (etcd's revisions: the
+    timestamps have whole seconds only)."""
+    events = sorted(env.events("analytics"), key=lambda e: int(e.metadata.resource_version))
+    return [e.reason for e in events]
+
+
+def test_a_ray_token_secret_restored_with_the_same_token_restarts_nothing(
+    env: PoolDriver,
+) -> None:
+    """A GitOps prune and re-create, a backup restored: a Secret made anew, newer than
+    every pod, with the token they hold. Compared by content: nothing restarts."""
+    env.apply(env.example("zero-capacity.yaml"))
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+    before = _pods(env)
+    old = env.core.read_namespaced_secret("analytics-ray-token", env.namespace)
+    restored = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=old.metadata.name, labels=old.metadata.labels),
+        data=old.data,
+        type=old.type,
+    )
+    env.core.delete_namespaced_secret("analytics-ray-token", env.namespace)
+    # At once (a Secret has no finalizer: the delete is done when it answers), before
+    # the operator's next check could make a new token.
+    made = env.core.create_namespaced_secret(env.namespace, restored)
+    assert made.metadata.creation_timestamp > max(
+        p.metadata.creation_timestamp
+        for p in env.core.list_namespaced_pod(env.namespace, label_selector=POOL_PODS).items
+    )
+    # Two resyncs: the operator has read the restored Secret, and restarted nothing.
+    time.sleep(2 * RESYNC + 2)
+    assert _pods(env) == before
+    assert env.condition("analytics", "RayPodsUpToDate")["status"] == "True"
+    assert not [r for r in _reasons(env) if r.startswith("RayToken")]
+
+
+def test_a_replaced_ray_token_drains_the_prefect_workers_then_restarts_the_ray_pods(
+    env: PoolDriver,
+) -> None:
     env.apply(env.example("zero-capacity.yaml"))
     env.wait_condition("analytics", "Ready", "True")
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
@@ -46,11 +90,14 @@ def test_a_deleted_ray_token_is_made_anew_and_every_pod_restarts_with_it(env: Po
     token = eventually(new_token, 60, "a new Ray token Secret")
     made = token.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert token.data["token"] != old_token.data["token"]
+    # The Prefect workers drain first, then the Ray pods restart: an Event each.
     eventually(
-        lambda: any(e.reason == "RayTokenReplaced" for e in env.events("analytics")),
-        60,
-        "a RayTokenReplaced Event",
+        lambda: {"RayTokenReplacedDraining", "RayTokenReplacedRestarting"} <= set(_reasons(env)),
+        120,
+        "RayTokenReplacedDraining and RayTokenReplacedRestarting Events",
     )
+    reasons = _reasons(env)
+    assert reasons.index("RayTokenReplacedDraining") < reasons.index("RayTokenReplacedRestarting")
     # Every pod was replaced by one made after the new token, and the pool is whole again.
     eventually(
         lambda: (
@@ -120,3 +167,48 @@ def test_a_change_kuberay_does_not_roll_is_replaced_after_the_workers_drain(
     reasons = [e.reason for e in env.events("analytics")]
     for step in ("RayRolloutDraining", "RayRolloutReplacing", "RayPodsUpToDate"):
         assert step in reasons, reasons
+
+
+def test_a_ray_token_of_your_own_changed_in_place_is_rolled_the_same_way(
+    env: PoolDriver,
+) -> None:
+    """ray.auth.secretKeyRef: the user's Secret given a new value (no new Secret, no
+    new creationTimestamp): its content's digest tells the pods holding the old one."""
+    env.core.create_namespaced_secret(
+        env.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="my-ray-token"), string_data={"token": "one"}
+        ),
+    )
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["auth"] = {
+        "mode": "token",
+        "secretKeyRef": {"name": "my-ray-token", "key": "token"},
+    }
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+    before = _pods(env)
+    # Restored as it was (written anew, same value): nothing restarts.
+    env.core.patch_namespaced_secret(
+        "my-ray-token", env.namespace, {"metadata": {"labels": {"restored": "yes"}}}
+    )
+    time.sleep(2 * RESYNC + 2)
+    assert _pods(env) == before
+    assert not [r for r in _reasons(env) if r.startswith("RayToken")]
+
+    env.core.patch_namespaced_secret(
+        "my-ray-token", env.namespace, {"stringData": {"token": "two"}}
+    )
+    eventually(
+        lambda: {"RayTokenReplacedDraining", "RayTokenReplacedRestarting"} <= set(_reasons(env)),
+        120,
+        "RayTokenReplacedDraining and RayTokenReplacedRestarting Events",
+    )
+    eventually(
+        lambda: (now := _pods(env)) and not (now.keys() & before.keys()),
+        120,
+        "every pod made anew",
+    )
+    env.wait_condition("analytics", "Ready", "True", timeout=120)
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")

@@ -314,6 +314,8 @@ def test_one_event_per_transition_across_resyncs(env: PoolDriver) -> None:
     assert created == [
         "Deployment/analytics-prefect-worker",
         "NetworkPolicy/analytics-ray-head",
+        "PodDisruptionBudget/analytics-prefect-worker",
+        "PodDisruptionBudget/analytics-ray-head",
         "RayCluster/analytics",
         "Secret/analytics-ray-token",
     ], created

@@ -124,7 +124,8 @@ def test_zero_capacity_worker_joins_the_head_service_then_runs_the_worker() -> N
 def test_head_sidecar_shares_tmp_ray_and_sets_ray_address() -> None:
     name, namespace, pool = _load(GOLDEN / "head-sidecar.pool.yaml")
     manifests = build_manifests(name, namespace, pool)
-    assert [m["kind"] for m in manifests] == ["RayCluster", "NetworkPolicy"]  # no Deployment
+    kinds = [m["kind"] for m in manifests]
+    assert kinds == ["RayCluster", "NetworkPolicy", "PodDisruptionBudget"]  # no Deployment
     head = manifests[0]["spec"]["headGroupSpec"]["template"]["spec"]
     ray, sidecar = head["containers"]
     assert (

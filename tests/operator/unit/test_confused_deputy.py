@@ -16,7 +16,7 @@ from prefect_raypool_operator import reconcile
 from prefect_raypool_operator.config import Config
 from prefect_raypool_operator.controller import Controller
 from prefect_raypool_operator.owned import held_by_pool
-from tests.operator.unit.test_controller import DEPLOY, LOG, NETPOL, NS, POOL, RAY, FakeIO
+from tests.operator.unit.test_controller import DEPLOY, LOG, NETPOL, NS, PDB, POOL, RAY, FakeIO
 
 pytestmark = pytest.mark.unit
 WORKER = f"{POOL}-prefect-worker"
@@ -164,7 +164,15 @@ def test_a_pools_own_objects_are_read_once_then_from_the_watch(
     """The API server is asked by name only for what the watch does not show."""
     io.add_pool({})
     controller.on_spec(NS, POOL, LOG, {})
-    assert sorted(io.reads) == sorted([(RAY, POOL), (DEPLOY, WORKER), (NETPOL, f"{POOL}-ray-head")])
+    assert sorted(io.reads) == sorted(
+        [
+            (RAY, POOL),
+            (DEPLOY, WORKER),
+            (NETPOL, f"{POOL}-ray-head"),
+            (PDB, f"{POOL}-ray-head"),
+            (PDB, WORKER),
+        ]
+    )
     io.reads.clear()
     controller.on_resync(NS, POOL, LOG, {})
     assert io.reads == []

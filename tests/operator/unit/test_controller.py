@@ -36,6 +36,8 @@ LOG = logging.getLogger("test_controller")
 NS, POOL = "team", "analytics"
 RAY, DEPLOY = RAY_CLUSTER.kind.kind, PREFECT_WORKER_DEPLOYMENT.kind.kind
 NETPOL = NETWORK_POLICY.kind.kind
+PDB = "PodDisruptionBudget"
+TOKEN_DIGEST = "prefectray.io/ray-token-digest"
 
 
 class FakeIO:
@@ -142,7 +144,8 @@ class FakeIO:
             return None
         value = self.secrets.get((ref.name, ref.key))
         stored = None if value is None else base64.b64encode(value.encode()).decode()
-        return SecretKey(self.secret_types.get(ref.name, "Opaque"), stored)
+        written = self.secret_made_at.get(ref.name, "2025-12-31T00:00:00Z")
+        return SecretKey(self.secret_types.get(ref.name, "Opaque"), stored, written)
 
     def kuberay_installed(self, namespace: str) -> bool:
         return self.kuberay
@@ -220,13 +223,16 @@ def test_new_pool_creates_what_it_owns_then_becomes_ready(
         ("apply", RAY, POOL),
         ("apply", DEPLOY, f"{POOL}-prefect-worker"),
         ("apply", NETPOL, f"{POOL}-ray-head"),
+        ("apply", PDB, f"{POOL}-ray-head"),
+        ("apply", PDB, f"{POOL}-prefect-worker"),
         ("work pool", POOL),
     ]
     rc = io.objects[(RAY, POOL)]
     assert rc["metadata"]["ownerReferences"][0]["uid"] == f"uid-{POOL}"
     assert [m for r, m in io.events if r == "Created"] == [
         f"created Secret/{POOL}-ray-token, RayCluster/{POOL}, "
-        f"Deployment/{POOL}-prefect-worker, NetworkPolicy/{POOL}-ray-head"
+        f"Deployment/{POOL}-prefect-worker, NetworkPolicy/{POOL}-ray-head, "
+        f"PodDisruptionBudget/{POOL}-ray-head, PodDisruptionBudget/{POOL}-prefect-worker"
     ]
     assert io.statuses[-1]["phase"] == "Provisioning"
     assert _conditions(io)["RayClusterReady"] == ("False", "HeadPodNotReady")
@@ -401,7 +407,7 @@ def test_resync_applies_only_what_the_watch_shows_changed(
         reconcile, "CONFIG", dataclasses.replace(reconcile.CONFIG, reapply_seconds=0)
     )
     controller.on_resync(NS, POOL, LOG, {})
-    assert [call[0] for call in io.writes()] == ["apply", "apply", "apply"]
+    assert [call[0] for call in io.writes()] == ["apply"] * 5
 
 
 def test_a_release_waits_for_the_reconcile_in_progress_and_no_reconcile_follows(
@@ -523,8 +529,16 @@ def _pods_from_templates(io: FakeIO, made: str) -> list[Obj]:
                 }
             }
         )
-    pods.append({"metadata": {"name": f"{POOL}-prefect-worker-{made[-3:-1]}",
-                              "creationTimestamp": made}})  # fmt: skip
+    deployment = io.objects.get((DEPLOY, f"{POOL}-prefect-worker"))
+    if deployment is not None:
+        meta = deployment["spec"]["template"]["metadata"]
+        pod_meta = {
+            "name": f"{POOL}-prefect-worker-{made[-3:-1]}",
+            "creationTimestamp": made,
+            "labels": dict(meta["labels"]),
+            "annotations": dict(meta.get("annotations") or {}),
+        }
+        pods.append({"metadata": pod_meta})
     return pods
 
 
@@ -540,36 +554,115 @@ def _message(io: FakeIO, kind: str) -> str:
     return next(c["message"] for c in io.statuses[-1]["conditions"] if c["type"] == kind)
 
 
-def test_a_replaced_ray_token_restarts_the_pods_that_hold_the_old_one(
+def _token_read_anew(controller: Controller) -> None:
+    """A resync interval later: the operator reads its token Secret again."""
+    memory = controller.memory.get((NS, POOL))
+    assert memory is not None
+    memory.ray_token_seen_at = NEVER
+
+
+def _deleted_pods(io: FakeIO) -> set[str]:
+    return {name for verb, kind, name in io.writes() if (verb, kind) == ("delete", "Pod")}
+
+
+def test_a_ray_token_restored_as_it_was_restarts_nothing(
+    controller: Controller, io: FakeIO
+) -> None:
+    """A GitOps prune and re-create, or a backup restored: the same token in a Secret
+    made anew. Pods are compared by the token's digest, not by timestamps."""
+    _ready_pool_with_pods(controller, io)
+    controller.on_resync(NS, POOL, LOG, {})
+    token = io.secrets[(f"{POOL}-ray-token", "token")]
+    io.delete_secret(f"{POOL}-ray-token")
+    io.now = "2026-01-01T01:00:00Z"
+    io.secrets[(f"{POOL}-ray-token", "token")] = token
+    io.secret_made_at[f"{POOL}-ray-token"] = io.now
+    _token_read_anew(controller)
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+    digests = {p["metadata"]["annotations"][TOKEN_DIGEST] for p in io.extra_pods}
+    assert len(digests) == 1 and token not in next(iter(digests))  # a digest, not the token
+
+
+def test_a_replaced_ray_token_drains_the_prefect_workers_then_restarts_the_ray_pods(
     controller: Controller, io: FakeIO
 ) -> None:
     _ready_pool_with_pods(controller, io)
     controller.on_resync(NS, POOL, LOG, {})
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+    old = {p["metadata"]["name"]: p for p in io.extra_pods}
 
     # Someone deletes the token Secret; a resync interval later the operator sees it.
     io.delete_secret(f"{POOL}-ray-token")
     io.now = "2026-01-01T01:00:00Z"
-    memory = controller.memory.get((NS, POOL))
-    assert memory is not None
-    memory.ray_token_seen_at = NEVER
+    _token_read_anew(controller)
     io.writes()
     io.events.clear()
     controller.on_resync(NS, POOL, LOG, {})
-    writes = io.writes()
-    assert ("create", "Secret", f"{POOL}-ray-token") in writes
-    deleted = {name for verb, kind, name in writes if (verb, kind) == ("delete", "Pod")}
-    assert deleted == {f"{POOL}-head-05", f"{POOL}-worker-05", f"{POOL}-prefect-worker-05"}
-    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplaced")
-    assert "restarting 3 pods" in _message(io, "RayPodsUpToDate")
-    assert [reason for reason, _ in io.events] == ["Created", "RayTokenReplaced"]
+    assert ("create", "Secret", f"{POOL}-ray-token") in io.calls
+    # 1. Only the Prefect worker is stopped (SIGTERM: it drains its flow runs).
+    assert _deleted_pods(io) == {f"{POOL}-prefect-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedDraining")
+    assert "then the 2 Ray pods holding it restart" in _message(io, "RayPodsUpToDate")
+    # The worker Deployment rolls (its template has the new digest): WorkerReady False.
+    assert {"Created", "RayTokenReplacedDraining"} <= {reason for reason, _ in io.events}
+    # New pods carry the new token's digest on their templates.
+    rc = io.objects[(RAY, POOL)]["spec"]["headGroupSpec"]["template"]["metadata"]
+    assert (
+        rc["annotations"][TOKEN_DIGEST]
+        != (old[f"{POOL}-head-05"]["metadata"]["annotations"][TOKEN_DIGEST])
+    )
+
+    # While it drains (terminating), the Ray pods its runs use stay.
+    draining = old[f"{POOL}-prefect-worker-05"]
+    draining["metadata"]["deletionTimestamp"] = io.now
+    io.extra_pods.append(draining)
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedDraining")
+
+    # 2. Drained and gone. Its old ReplicaSet made a pod anew from the old template
+    # (the old digest) but after the new token: it holds the new one, and stays.
+    io.extra_pods.remove(draining)
+    remade = copy.deepcopy(draining)
+    remade["metadata"].pop("deletionTimestamp")
+    made = (
+        "2026-01-01T01:00:02Z"  # a second after the Secret (one in the same second counts as old)
+    )
+    remade["metadata"].update(name=f"{POOL}-prefect-worker-old-rs", creationTimestamp=made)
+    io.extra_pods.append(remade)
+    io.events.clear()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == {f"{POOL}-head-05", f"{POOL}-worker-05"}
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedRestarting")
+    assert "RayTokenReplacedRestarting" in [reason for reason, _ in io.events]
 
     # The new pods hold the new token: nothing more is restarted.
     io.extra_pods = _pods_from_templates(io, "2026-01-01T01:00:09Z")
-    memory.ray_token_seen_at = NEVER
+    _token_read_anew(controller)
     controller.on_resync(NS, POOL, LOG, {})
-    assert not [w for w in io.writes() if w[:2] == ("delete", "Pod")]
+    assert _deleted_pods(io) == set()
     assert _conditions(io)["RayPodsUpToDate"] == ("True", "RayPodsUpToDate")
+
+
+def test_a_replaced_ray_token_in_a_head_sidecar_pool_restarts_nothing_and_says_so(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({"placement": "HeadSidecar"})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.extra_pods = _pods_from_templates(io, "2026-01-01T00:00:05Z")
+    io.ray_ready()
+    io.delete_secret(f"{POOL}-ray-token")
+    io.now = "2026-01-01T01:00:00Z"
+    _token_read_anew(controller)
+    io.writes()
+    controller.on_resync(NS, POOL, LOG, {})
+    assert _deleted_pods(io) == set()
+    assert _conditions(io)["RayPodsUpToDate"] == ("False", "RayTokenReplacedRestartHead")
+    message = _message(io, "RayPodsUpToDate")
+    assert "runs the Prefect worker and its flow runs" in message and "kubectl delete" in message
 
 
 def test_a_change_kuberay_does_not_roll_is_named_until_the_pods_match(

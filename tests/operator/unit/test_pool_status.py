@@ -213,10 +213,15 @@ def test_prefect_url_map_rewrites_only_the_prefix() -> None:
         config._url_map("nonsense")
 
 
-def _stale(observed: int | None, generation: int = 2) -> dict[str, Any]:
-    """A RayCluster whose spec last changed at T0 (a status write by KubeRay later)."""
+def _stale(observed: int | None, generation: int = 2, replicas: int = 2) -> dict[str, Any]:
+    """A RayCluster whose spec last changed at T0 (a status write by KubeRay later):
+    KubeRay's status counts 1 worker, the spec wants `replicas`."""
     cluster = _cluster("ready", HeadPodReady="True", RayClusterProvisioned="True")
-    cluster["status"]["observedGeneration"] = observed
+    cluster["status"].update(observedGeneration=observed, desiredWorkerReplicas=1)
+    cluster["status"]["maxWorkerReplicas"] = 1
+    cluster["spec"] = {
+        "workerGroupSpecs": [{"replicas": replicas, "minReplicas": 0, "maxReplicas": replicas}]
+    }
     cluster["metadata"] = {
         "name": "p",
         "generation": generation,
@@ -239,6 +244,20 @@ def test_kuberay_not_reconciling_is_said_once_the_grace_is_over() -> None:
     assert "generation 2 for 300s" in check.message and "of generation 1" in check.message
     assert "KubeRay operator is not running" in check.message
     assert ray_cluster_check(_stale(2), T1, grace=60).reason == "RayClusterReady"  # caught up
+
+
+def test_a_change_kuberay_writes_no_status_for_is_not_kuberay_silent() -> None:
+    """KubeRay writes its status only when a field it compares changes, not for a new
+    generation alone: after a change of pod labels (its worker counts stay those of the
+    spec) the old generation in its status says nothing about KubeRay."""
+    label_change = _stale(1, replicas=1)
+    assert ray_cluster_check(label_change, T1, grace=60).reason == "RayClusterReady"
+    suspended = _stale(1, replicas=1)
+    suspended["spec"]["workerGroupSpecs"][0]["suspend"] = True  # KubeRay would count 0
+    assert ray_cluster_check(suspended, T1, grace=60).reason == "KubeRayNotReconciling"
+    clamped = _stale(1, replicas=1)  # replicas above maxReplicas: KubeRay counts the max
+    clamped["spec"]["workerGroupSpecs"][0].update(replicas=5, maxReplicas=1)
+    assert ray_cluster_check(clamped, T1, grace=60).reason == "RayClusterReady"
 
 
 def test_a_new_raycluster_kuberay_never_saw_counts_from_its_creation() -> None:

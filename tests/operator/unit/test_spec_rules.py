@@ -179,7 +179,7 @@ def test_raypool_render_cli(tmp_path: Path) -> None:
     out = subprocess.run([raypool, "render", str(pool)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout)]
-    assert kinds == ["RayCluster", "Deployment", "NetworkPolicy"]
+    assert kinds == ["RayCluster", "Deployment", "NetworkPolicy", *["PodDisruptionBudget"] * 2]
     pool.write_text(yaml.safe_dump(_with("spec.placement", "Laptop")))
     out = subprocess.run([raypool, "render", str(pool)], capture_output=True, text=True)
     assert out.returncode == 2 and "spec.placement" in out.stderr
