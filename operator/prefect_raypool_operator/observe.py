@@ -39,6 +39,8 @@ class Found:
     overrides: list[Override] = field(default_factory=list)  # another manager's, restored
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
+    crashed: list[str] = field(default_factory=list)  # orphaned flow runs marked Crashed
+    draining: list[str] = field(default_factory=list)  # worker pods newly seen draining
     now: datetime | None = None  # when it was seen (None: the clock's now)
 
 

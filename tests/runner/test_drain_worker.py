@@ -63,9 +63,7 @@ def _deployment(client: SyncPrefectClient, pool: str, flows: Path) -> Any:
         name=f"d-{uuid.uuid4().hex[:6]}",
         work_pool_name=pool,
         entrypoint="flows.py:slow",
-        pull_steps=[
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(flows)}}
-        ],
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(flows)}}],
     )
 
 
@@ -157,4 +155,3 @@ def test_past_the_drain_timeout_the_run_is_stopped_and_marked(
         assert "Drain timeout" in log.read_text()
     finally:
         kill_group(worker)
-
