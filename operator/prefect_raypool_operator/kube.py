@@ -86,10 +86,10 @@ def server_side_apply(
 def _objects(api: client.ApiClient, group: str, verb: str, plural: str) -> Any:
     """The client call for `verb` on one object: the custom-objects API (a plain
     /apis/<group>/<version>/... client) for any grouped kind, CoreV1Api's own method for
-    a core one (a ServiceAccount: /api/v1/...)."""
+    a core one (a ServiceAccount, a Pod: /api/v1/...)."""
     if group:
         return getattr(client.CustomObjectsApi(api), f"{verb}_namespaced_custom_object")
-    singular = {"serviceaccounts": "service_account"}[plural]
+    singular = {"serviceaccounts": "service_account", "pods": "pod"}[plural]
     return getattr(client.CoreV1Api(api), f"{verb}_namespaced_{singular}")
 
 

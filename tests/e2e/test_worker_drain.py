@@ -63,8 +63,14 @@ def _completed_once(pools: PoolDriver, name: str, run_id: Any, count: int = TASK
     run = pools.wait_final(run_id, timeout=900)
     assert run.state.type.value == "COMPLETED", (run.state, pools.logs(name))
     assert run.run_count == 1, run.run_count  # never restarted
+    tasks: list[Any] = []
     with pools.prefect() as c:
-        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        while page := c.read_task_runs(  # the API answers 200 at most
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+            offset=len(tasks),
+            limit=200,
+        ):
+            tasks += page
     assert len(tasks) == count
     assert {t.state.type.value for t in tasks} == {"COMPLETED"}
     assert {t.run_count for t in tasks} == {1}  # none ran twice
