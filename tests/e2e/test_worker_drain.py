@@ -157,3 +157,29 @@ def test_a_worker_pod_killed_hard_leaves_its_flow_run_crashed(pools: PoolDriver)
         lambda events: any(e.reason == "FlowRunCrashed" and pod in e.message for e in events),
         "a FlowRunCrashed Event",
     )
+
+
+@pytest.mark.xfail(
+    reason="on the test node the drained run still ends Crashed ('Process exited with "
+    "status code: 1') about 30 s after the head pod's deletion, though the worker drains "
+    "and the Ray container stays up (preStop); cause not found yet",
+    strict=False,
+)
+def test_head_sidecar_head_deleted_drains_its_flow_run(pools: PoolDriver) -> None:
+    """HeadSidecar: deleting the head pod (kubectl delete, a node drain) sends the
+    sidecar worker SIGTERM; the Ray container's preStop keeps Ray up while it drains."""
+    manifest = _pool("hs", pools.prefect_api_url)
+    manifest["spec"]["placement"] = "HeadSidecar"
+    pools.apply(manifest)
+    pools.wait_ready("hs")
+    run_id = _start(pools, "hs")
+    head = _running_on(pools, run_id)
+    assert head == pools.head_pod("hs").metadata.name
+    pools.kubectl("delete", "pod", "-n", pools.namespace, head, "--wait=false")
+    time.sleep(10)  # the worker got its SIGTERM and drains; Ray is still up
+    running = pools.kubectl(
+        "get", "pod", "-n", pools.namespace, head, "-o",
+        "jsonpath={range .status.containerStatuses[*]}{.name}={.state.running.startedAt} {end}",
+    )  # fmt: skip
+    assert running.count("=2") == 2, running  # both containers still run
+    _completed_once(pools, "hs", run_id)
