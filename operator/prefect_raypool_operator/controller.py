@@ -180,6 +180,10 @@ class Controller:
             io.post_event(body, "Normal", "Created", "created " + ", ".join(outcome.created))
         for override in outcome.overrides:
             io.post_event(body, "Warning", "ReplicasOverridden", override.event())
+        for message in outcome.draining:
+            io.post_event(body, "Normal", "WorkerDraining", message)
+        for message in outcome.crashed:
+            io.post_event(body, "Warning", "FlowRunCrashed", message)
         for change in outcome.transitions:
             io.post_event(
                 body,

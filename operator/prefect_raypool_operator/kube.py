@@ -16,7 +16,7 @@ import kopf
 from kubernetes import client
 
 from prefect_raypool_kuberay.contract import WORK_POOL_LABEL, label_value
-from prefect_raypool_operator import kinds, kopf_namespaces, naming, workpool
+from prefect_raypool_operator import flow_runs, kinds, kopf_namespaces, naming, workpool
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
 from prefect_raypool_operator.memory import recent
@@ -86,10 +86,10 @@ def server_side_apply(
 def _objects(api: client.ApiClient, group: str, verb: str, plural: str) -> Any:
     """The client call for `verb` on one object: the custom-objects API (a plain
     /apis/<group>/<version>/... client) for any grouped kind, CoreV1Api's own method for
-    a core one (a ServiceAccount: /api/v1/...)."""
+    a core one (a ServiceAccount, a Pod: /api/v1/...)."""
     if group:
         return getattr(client.CustomObjectsApi(api), f"{verb}_namespaced_custom_object")
-    singular = {"serviceaccounts": "service_account"}[plural]
+    singular = {"serviceaccounts": "service_account", "pods": "pod"}[plural]
     return getattr(client.CoreV1Api(api), f"{verb}_namespaced_{singular}")
 
 
@@ -359,6 +359,16 @@ class KubeIO:
             base_job_template=work_pool.base_job_template,
             adopt=CONFIG.adopt_work_pools,
         )
+
+    def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
+        url = CONFIG.operator_prefect_url(work_pool.api_url)
+        return flow_runs.active_flow_runs(url, work_pool.name, api_key, CONFIG.prefect_timeout)
+
+    def crash_flow_run(
+        self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str
+    ) -> bool:
+        url = CONFIG.operator_prefect_url(work_pool.api_url)
+        return flow_runs.crash_flow_run(url, run_id, message, api_key, CONFIG.prefect_timeout)
 
     def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
         return workpool.release_work_pool(

@@ -57,6 +57,11 @@ class PoolMemory:
     # Another field manager changing the worker Deployment's replicas, and when the
     # operator restores them next (replicas.py).
     replicas_contest: Contest = field(default_factory=Contest)
+    # The orphan sweep (orphans.py): when it last ran, the flow runs it found orphaned
+    # (crashed if the next sweep finds them so too), the draining pods already told.
+    orphans_swept_at: float = NEVER
+    orphan_suspects: set[str] = field(default_factory=set)
+    draining_told: set[str] = field(default_factory=set)
     reconciled: bool = False  # counted by the liveness probe
 
 

@@ -20,7 +20,7 @@ from prefect_raypool_operator.podstatus import pod_failure
 from prefect_raypool_operator.rayrollout import DRAINING, Outdated, Step, paused
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.replicas import Override
-from prefect_raypool_operator.spec import PrefectSpec
+from prefect_raypool_operator.spec import PrefectSpec, RayUpdateType
 from prefect_raypool_operator.status import Check, Observed, build_status
 
 Obj = dict[str, Any]
@@ -51,6 +51,8 @@ class Found:
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
     rollout: Step | None = None  # the replacement of outdated Ray pods (rayrollout.py)
+    crashed: list[str] = field(default_factory=list)  # orphaned flow runs marked Crashed
+    draining: list[str] = field(default_factory=list)  # worker pods newly seen draining
     now: datetime | None = None  # when it was seen (None: the clock's now)
 
 
@@ -200,12 +202,22 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
             + (f" (replaced in {done:.0f} s, flow runs drained first)" if done is not None else ""),
         )
     count = len(outdated.head) + len(outdated.workers)
+    spec = desired.spec
+    why = "spec.ray.updateStrategy is OnDelete"
+    if spec is not None and spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE:
+        why = (
+            "the head pod runs the Prefect worker and its flow runs, so the pool does not "
+            "restart it on its own (HeadSidecar)"
+            if desired.sidecar
+            else "the Prefect worker replicas are managed externally, so the pool cannot "
+            "pause them first"
+        )
     return Check(
         False,
         "RayPodsOutdated",
         f"{count} Ray pods run an older spec ({', '.join(outdated.fields)}): KubeRay does "
-        "not restart running pods, and spec.ray.updateStrategy is OnDelete: restart them "
-        "to apply it (the flow runs on them fail): "
+        f"not restart running pods, and {why}: restart them when no flow run is running "
+        "(those running fail): "
         f"kubectl delete pod -n {desired.namespace} -l "
         f"{naming.POOL_LABEL}={desired.pool_name},ray.io/is-ray-node=yes",
     )

@@ -129,6 +129,17 @@ class ClusterIO(Protocol):
 
     def ensure_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check: ...
 
+    def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
+        """The work pool's RUNNING and CANCELLING flow runs; None when Prefect could
+        not be asked."""
+        ...
+
+    def crash_flow_run(
+        self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str
+    ) -> bool:
+        """Propose Crashed for a flow run; True when Prefect accepted it."""
+        ...
+
     def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
         """On deletion: delete the work pool its owner created, release one it adopted."""
         ...

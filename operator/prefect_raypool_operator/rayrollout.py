@@ -6,16 +6,19 @@ flow runs whose drivers are attached. With `spec.ray.updateStrategy.type:
 DrainThenReplace` (the default) the pool does it in steps, one per reconcile, its
 progress kept in `status.rayRollout` so a restarted operator carries on:
 
-1. Draining (ZeroCapacityNode): the Prefect worker Deployment goes to 0 replicas. Each
-   worker pod stops taking flow runs and lets its running ones finish (its drain,
-   `spec.prefect.drain`); new flow runs wait in the work pool.
+1. Draining: the Prefect worker Deployment goes to 0 replicas. Each worker pod stops
+   taking flow runs and lets its running ones finish (its drain, `spec.prefect.drain`);
+   new flow runs wait in the work pool.
 2. Replacing, once no Prefect worker pod is left: the outdated Ray pods are deleted
-   and KubeRay makes them anew from the current template. HeadSidecar starts here: the
-   head pod's deletion is its drain (the sidecar finishes its runs, the head waits for
-   it), and its Ray worker pods go once the head is new.
+   and KubeRay makes them anew from the current template.
 3. Done, once no outdated pod is left and the cluster is ready: the workers come back.
 
-`OnDelete` leaves the pods alone and only reports them (`RayPodsOutdated`).
+Only ZeroCapacityNode pools whose worker replicas are the operator's (`automatic`).
+A HeadSidecar pool's Prefect worker and its flow runs live in the head pod, and a
+head pod deleted with runs in flight still loses them; worker replicas managed
+externally leave no count the operator could set to 0. Those, and `OnDelete`, are
+only reported (`RayPodsOutdated`). `next_step` also steps a HeadSidecar pool (the head
+first, its Ray worker pods once the new head runs) for when its drain holds.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class Step:
     pause_workers: bool = False
     #: Set on the reconcile that finishes a rollout: how long it took, in seconds.
     finished_after: float | None = None
+
+
+def automatic(drain_then_replace: bool, placement: Placement, external_replicas: bool) -> bool:
+    """Whether the pool replaces outdated Ray pods itself (see the module's doc)."""
+    return (
+        drain_then_replace and placement == Placement.ZERO_CAPACITY_NODE and not external_replicas
+    )
 
 
 def paused(rollout: dict[str, Any] | None) -> bool:

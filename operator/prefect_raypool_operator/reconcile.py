@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from prefect_raypool_operator import rayrollout, replicas
+from prefect_raypool_operator import orphans, rayrollout, replicas
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER
 from prefect_raypool_operator.builders.ray_token import (
     pod_token_digest,
@@ -32,6 +32,7 @@ from prefect_raypool_operator.builders.ray_token import (
 )
 from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.kinds import POD
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
 from prefect_raypool_operator.naming import COMPONENT_LABEL, POOL_LABEL
 from prefect_raypool_operator.observe import Found, TokenRoll, observe_status, outdated_pods
@@ -61,6 +62,8 @@ class ReconcileResult:
     problem: Problem | None = None  # why the pool is not fully reconciled
     created: list[str] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)  # restored: one Event each
+    crashed: list[str] = field(default_factory=list)  # orphaned flow runs: one Event each
+    draining: list[str] = field(default_factory=list)  # worker pods draining: one Event each
 
 
 def reconcile(
@@ -75,7 +78,13 @@ def reconcile(
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
         problem = Problem(found.work_pool.reason, found.work_pool.message, permanent=False)
     return ReconcileResult(
-        status, transitions(previous, status), problem, found.created, found.overrides
+        status,
+        transitions(previous, status),
+        problem,
+        found.created,
+        found.overrides,
+        found.crashed,
+        found.draining,
     )
 
 
@@ -200,6 +209,10 @@ def apply_plan(
         io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
     found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
+    if not desired.ephemeral:
+        found.draining = _newly_draining(desired, memory, found.pods)
+        if found.work_pool.ok:
+            found.crashed = _sweep_orphans(desired, io, memory, values, found.pods)
     if desired.ephemeral:
         found.flow_run_clusters = io.flow_run_clusters(desired.namespace, desired.work_pool_name)
     return found
@@ -330,8 +343,10 @@ def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayro
     spec = desired.spec
     assert spec is not None
     workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
-    enabled = spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE and not (
-        workers is not None and replicas.external(workers)  # no 0 the operator could set
+    enabled = rayrollout.automatic(
+        spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE,
+        spec.placement,
+        workers is not None and replicas.external(workers),
     )
     return rayrollout.next_step(
         rollout,
@@ -504,6 +519,50 @@ def _apply_work_pool(
     else:
         memory.work_pool_checked_at.pop(key, None)
     return check
+
+
+def _newly_draining(desired: Plan, memory: PoolMemory, pods: list[Obj]) -> list[str]:
+    """Worker pods being deleted that drain their flow runs, each told once: the
+    Events' messages."""
+    assert desired.spec is not None
+    drain = desired.spec.prefect.drain
+    now = set(orphans.draining(pods, desired.pool_name))
+    new = sorted(now - memory.draining_told)
+    memory.draining_told = now
+    return [orphans.draining_message(pod, drain.timeoutSeconds, drain.onTimeout) for pod in new]
+
+
+def _sweep_orphans(
+    desired: Plan, io: ClusterIO, memory: PoolMemory, values: _SecretValues, pods: list[Obj]
+) -> list[str]:
+    """Once per resync interval: mark Crashed the flow runs whose worker pod is gone or
+    whose worker container restarted, found so on two sweeps in a row (orphans.py);
+    a pod the watch no longer shows is asked of the API server before. The Events'
+    messages of those crashed."""
+    want = desired.work_pool
+    assert want is not None
+    if recent(memory.orphans_swept_at):
+        return []
+    memory.orphans_swept_at = time.monotonic()
+    try:
+        api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
+    except SecretValueInvalid:
+        return []
+    raw = io.active_flow_runs(want, api_key)
+    if raw is None:
+        return []  # Prefect not asked this time: the suspects wait for the next sweep
+    runs = [run for run in map(orphans.active_run, raw) if run is not None]
+    confirmed, memory.orphan_suspects = orphans.confirm(
+        orphans.orphans(runs, pods, desired.pool_name), memory.orphan_suspects
+    )
+    crashed = []
+    for orphan in confirmed:
+        if orphan.why == orphans.GONE and io.metadata(POD, desired.namespace, orphan.pod):
+            continue  # the watch lags behind: the pod is there
+        if io.crash_flow_run(want, api_key, orphan.run.id, orphans.crash_message(orphan)):
+            crashed.append(orphans.event_message(orphan))
+        memory.orphan_suspects.discard(orphan.run.id)
+    return crashed
 
 
 def release(body: Obj, io: ClusterIO) -> Check | None:

@@ -208,6 +208,31 @@ class Placement(StrEnum):
     EPHEMERAL = "Ephemeral"
 
 
+class DrainTimeoutPolicy(StrEnum):
+    """What a replaced Prefect worker does with flow runs still running at its drain
+    timeout."""
+
+    CRASH = "Crash"
+    RESCHEDULE = "Reschedule"
+
+
+class WorkerDrain(_Model):
+    """How a Prefect worker pod that is being replaced (a rollout, a deleted pod, a
+    placement switch) ends: it takes no new flow runs and lets its running ones finish."""
+
+    timeoutSeconds: Int32 = Field(
+        default=3600,
+        description="How long a replaced worker waits for its running flow runs to finish; "
+        "its pod's terminationGracePeriodSeconds follows it.",
+    )
+    onTimeout: DrainTimeoutPolicy = Field(
+        default=DrainTimeoutPolicy.CRASH,
+        description="Flow runs still running at the timeout: Crash (stopped and marked "
+        "Crashed, so the user's retries or automations apply) or Reschedule (stopped and "
+        "set back to Scheduled, so a new worker runs them again from the start).",
+    )
+
+
 class RayAuthMode(StrEnum):
     TOKEN = "token"
     DISABLED = "disabled"
@@ -559,6 +584,11 @@ class PrefectSpec(_Model):
     )
     resultStorage: ResultStorage = Field(
         default_factory=ResultStorage, description="Where flow results go."
+    )
+    drain: WorkerDrain = Field(
+        default_factory=WorkerDrain,
+        description="How a replaced Prefect worker lets its running flow runs finish "
+        "(ZeroCapacityNode, HeadSidecar).",
     )
 
 

@@ -133,6 +133,9 @@ def _client(base: str, api_key: str | None, timeout: float) -> httpx.Client:
     return httpx.Client(base_url=base, headers=headers, timeout=timeout, follow_redirects=False)
 
 
+http_client = _client  # flow_runs.py's calls share the pooled clients
+
+
 @dataclass(frozen=True)
 class _Wanted:
     """What the spec says of the work pool."""

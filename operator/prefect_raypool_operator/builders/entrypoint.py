@@ -7,7 +7,11 @@ new GCS refused this node's old cluster ID, or the raylet died) the worker is st
 and the container exits, so the pod restarts and joins the new head. The worker is not
 exec'd: as PID 1 it would ignore the SIGKILL meant to end a slow shutdown.
 HeadSidecar: wait for the head's raylet socket in the shared /tmp/ray, then exec (the
-pod shares its process namespace, so the worker is not PID 1 there).
+pod shares its process namespace, so the worker is not PID 1 there); the Ray container's
+preStop waits for that worker, so Ray outlives the flow runs it drains.
+On SIGTERM (a pod being replaced) the worker drains: runner/prefect_raypool/drain_worker.py.
+The zero-capacity shell forwards the SIGTERM and waits for it as long as it takes (the
+pod's grace period bounds it), keeping this node's Ray up meanwhile.
 POSIX sh, so any image with a shell works.
 """
 
@@ -24,6 +28,8 @@ STOP_GRACE_SECONDS = 30  # a worker that ignores SIGTERM this long is killed
 #: turns False at once, before the worker has stopped).
 STATE_DIR = "/tmp/raypool"
 RAY_EXITED = f"{STATE_DIR}/ray-exited"
+#: HeadSidecar: the worker's PID, in the /tmp/ray both containers mount.
+SIDECAR_WORKER_PID = f"{naming.RAY_TMP_DIR}/raypool-prefect-worker.pid"
 
 _WAIT_FOR_RAYLET = """\
 socket="${RAYPOOL_RAY_TMPDIR:-/tmp/ray}/session_latest/sockets/raylet"
@@ -95,6 +101,22 @@ def prefect_worker_command(
     return command
 
 
+def draining_worker_command(
+    work_pool: str, work_queues: list[str], drain_timeout: int, on_drain_timeout: str
+) -> list[str]:
+    """The process worker of runner/prefect_raypool/drain_worker.py: on SIGTERM it takes
+    no new flow runs and lets its running ones finish (a pod being replaced)."""
+    command = ["python", "-m", "prefect_raypool.drain_worker", "--pool", work_pool]
+    for queue in work_queues:
+        command += ["--work-queue", queue]
+    return command + [
+        "--drain-timeout",
+        str(drain_timeout),
+        "--on-drain-timeout",
+        on_drain_timeout,
+    ]
+
+
 def zero_capacity_script(head_address: str, worker_command: list[str]) -> str:
     """Join at `head_address` with no CPUs/GPUs, then run and supervise the Prefect worker.
 
@@ -117,4 +139,21 @@ def zero_capacity_readiness() -> list[str]:
 
 
 def sidecar_script(worker_command: list[str]) -> str:
-    return "set -u\n" + _wait_for_raylet() + f"exec {shlex.join(worker_command)}\n"
+    # exec keeps the PID recorded for the head container's preStop (head_prestop).
+    return (
+        "set -u\n"
+        + _wait_for_raylet()
+        + f'echo "$$" > {SIDECAR_WORKER_PID}\n'
+        + f"exec {shlex.join(worker_command)}\n"
+    )
+
+
+def head_prestop() -> list[str]:
+    """HeadSidecar's Ray container waits, before its SIGTERM, while the sidecar's worker
+    (whose PID the shared process namespace shows) drains: its flow runs need Ray."""
+    return [
+        "/bin/sh",
+        "-c",
+        f"pid=$(cat {SIDECAR_WORKER_PID} 2>/dev/null) || exit 0; "
+        f'while [ -n "$pid" ] && [ -d "/proc/$pid" ]; do sleep 1; done',
+    ]

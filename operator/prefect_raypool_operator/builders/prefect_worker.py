@@ -66,10 +66,28 @@ def user_env(var: EnvVar) -> Obj:
     return {"name": var.name, "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+#: Beyond the drain timeout: stopping the flow runs still going, marking them, Ray's stop.
+DRAIN_MARGIN_SECONDS = 60
+POD_NAME_ENV = "RAYPOOL_POD_NAME"  # drain_worker.py: its name, and its runs' infrastructure_pid
+
+
+def termination_grace_seconds(spec: PrefectRayPoolSpec) -> int:
+    """A worker pod's grace period: its drain timeout, then the margin."""
+    return spec.prefect.drain.timeoutSeconds + DRAIN_MARGIN_SECONDS
+
+
 def _prefect_worker_command(pool_name: str, spec: PrefectRayPoolSpec) -> list[str]:
-    return entrypoint.prefect_worker_command(
-        naming.work_pool_name(pool_name, spec), spec.prefect.workQueues
+    drain = spec.prefect.drain
+    return entrypoint.draining_worker_command(
+        naming.work_pool_name(pool_name, spec),
+        spec.prefect.workQueues,
+        drain.timeoutSeconds,
+        drain.onTimeout.value,
     )
+
+
+def _pod_name_env() -> Obj:
+    return {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 
 
 def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
@@ -84,7 +102,7 @@ def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) ->
                 entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
             ],
             # KubeRay sets RAY_ADDRESS on container 0 only.
-            "env": prefect_worker_env(pool_name, spec),
+            "env": [*prefect_worker_env(pool_name, spec), _pod_name_env()],
             "resources": resources(spec.prefect.resources),
             "volumeMounts": [{"name": naming.RAY_TMP_VOLUME, "mountPath": naming.RAY_TMP_DIR}],
         }
@@ -104,7 +122,7 @@ def build_prefect_worker_deployment(
             "image": prefect_worker_image(spec),
             "command": ["/bin/sh", "-c", script],
             # The flow runs are subprocesses of this worker, attached to its raylet.
-            "env": prefect_worker_env(pool_name, spec),
+            "env": [*prefect_worker_env(pool_name, spec), _pod_name_env()],
             "resources": resources(spec.prefect.resources),
             # This node's raylet keeps an object store too.
             "volumeMounts": [SHM_MOUNT],
@@ -127,11 +145,16 @@ def build_prefect_worker_deployment(
         "spec": {
             "replicas": spec.prefect.replicas,
             "selector": {"matchLabels": naming.selector(pool_name, COMPONENT)},
+            # A new pod first; the old one is stopped once it is ready, and drains.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
             "template": {
                 "metadata": pod_metadata(pool_name, spec, COMPONENT),
                 "spec": {
                     **pod_settings(spec),
-                    "terminationGracePeriodSeconds": 60,
+                    "terminationGracePeriodSeconds": termination_grace_seconds(spec),
                     "containers": [container],
                     "volumes": [SHM_VOLUME],
                 },

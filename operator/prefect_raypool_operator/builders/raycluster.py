@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect_raypool_kuberay.contract import CONTAINER_SECURITY, SHM_MOUNT, SHM_VOLUME
 from prefect_raypool_operator import kinds, naming
+from prefect_raypool_operator.builders import entrypoint
 from prefect_raypool_operator.builders.common import (
     Obj,
     hardened,
@@ -14,7 +15,10 @@ from prefect_raypool_operator.builders.common import (
     ray_image,
     resources,
 )
-from prefect_raypool_operator.builders.prefect_worker import build_prefect_sidecar_container
+from prefect_raypool_operator.builders.prefect_worker import (
+    build_prefect_sidecar_container,
+    termination_grace_seconds,
+)
 from prefect_raypool_operator.builders.rollout import (
     SPEC_DIGESTS,
     digests,
@@ -63,6 +67,9 @@ def _head_template(pool_name: str, spec: PrefectRayPoolSpec) -> Obj:
         # Ray finds the node a driver attaches to among the processes it can see: the
         # sidecar must see the head container's raylet.
         pod_spec["shareProcessNamespace"] = True
+        # The worker drains its flow runs; Ray stays up until it is done (preStop).
+        head["lifecycle"] = {"preStop": {"exec": {"command": entrypoint.head_prestop()}}}
+        pod_spec["terminationGracePeriodSeconds"] = termination_grace_seconds(spec)
     pod_spec["containers"][0] = hardened(head)
     metadata = pod_metadata(pool_name, spec, HEAD_COMPONENT)
     metadata.setdefault("annotations", {})[SPEC_DIGESTS] = digests(head_inputs(spec))

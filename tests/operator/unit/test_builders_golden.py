@@ -113,7 +113,8 @@ def test_zero_capacity_worker_joins_the_head_service_then_runs_the_worker() -> N
     ray_start = f"ray start --address={name}-head-svc:6379 --num-cpus=0 --num-gpus=0 --block"
     assert ray_start in script
     assert script.index(ray_start) < script.index("session_latest/sockets/raylet")
-    assert script.index("sockets/raylet") < script.index("prefect worker start --pool analytics")
+    worker = script.index("prefect_raypool.drain_worker --pool analytics")
+    assert script.index("sockets/raylet") < worker
     assert "exec prefect" not in script  # PID 1 stays the supervising shell
     assert _env(container)["RAY_ADDRESS"] == "analytics-head-svc:6379"
     assert _env(container)["PREFECT_API_URL"] == pool.prefect.apiUrl
@@ -136,7 +137,8 @@ def test_head_sidecar_shares_tmp_ray_and_sets_ray_address() -> None:
     for container in (ray, sidecar):
         assert {"name": "ray-tmp", "mountPath": "/tmp/ray"} in container["volumeMounts"]
     assert _env(sidecar)["RAY_ADDRESS"] == "reports-head-svc:6379"
-    assert "exec prefect worker start --pool reports-ray" in sidecar["command"][-1]
+    drain_worker = "exec python -m prefect_raypool.drain_worker --pool reports-ray"
+    assert drain_worker in sidecar["command"][-1]
 
 
 @pytest.mark.parametrize("pool_file", POOLS, ids=lambda p: p.name)

@@ -63,6 +63,7 @@ class FakeIO:
         self.rayjobs: dict[str, int] = {}  # work pool -> its RayJobs
         self.work_pool_types: list[tuple[str, Obj | None]] = []  # (type, template) sent
         self.now = "2026-01-01T00:00:00Z"  # creationTimestamp of what is made next
+        self.flow_runs: list[Obj] = []  # the work pool's, as Prefect's API answers
 
     def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
         body = {
@@ -164,6 +165,18 @@ class FakeIO:
     def release_work_pool(self, work_pool: DesiredWorkPool, api_key: str | None) -> Check:
         self.calls.append(("release work pool", work_pool.name))
         return self.work_pool
+
+    def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
+        return copy.deepcopy(self.flow_runs)
+
+    def crash_flow_run(
+        self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str
+    ) -> bool:
+        self.calls.append(("crash flow run", run_id))
+        for run in self.flow_runs:
+            if run["id"] == run_id:
+                run["state"] = {"type": "CRASHED", "message": message}
+        return True
 
     def write_status(self, namespace: str, name: str, status: Obj) -> None:
         self.statuses.append(status)
@@ -826,3 +839,72 @@ def test_switching_a_pool_to_ephemeral_deletes_its_ray_cluster(
     assert (RAY, POOL) not in io.objects
     # The NetworkPolicy stays: it guards the flow runs' clusters now.
     assert (NETPOL, f"{POOL}-ray-head") in io.objects
+
+
+def _flow_run(run_id: str, pod: str, state: str = "RUNNING") -> Obj:
+    return {
+        "id": run_id,
+        "name": f"run-{run_id}",
+        "state": {"type": state},
+        "infrastructure_pid": f"{pod}:42",
+        "start_time": "2026-01-01T00:01:00Z",
+    }
+
+
+def _sweep(controller: Controller, io: FakeIO) -> None:
+    memory = controller.memory.get((NS, POOL))
+    assert memory is not None
+    memory.orphans_swept_at = NEVER  # the next resync sweeps (once per interval)
+    controller.on_resync(NS, POOL, LOG, {})
+
+
+def test_a_flow_run_whose_worker_pod_is_gone_is_crashed_on_the_second_sweep(
+    controller: Controller, io: FakeIO
+) -> None:
+    io.add_pool({})
+    controller.on_spec(NS, POOL, LOG, {})
+    io.ray_ready()
+    io.deployment_ready()
+    live = f"{POOL}-prefect-worker-5d8f-live1"
+    io.extra_pods = [{"metadata": {"name": live}, "status": {}}]
+    io.flow_runs = [
+        _flow_run("gone", f"{POOL}-prefect-worker-5d8f-gone1"),
+        _flow_run("live", live),
+        _flow_run("lagging", f"{POOL}-prefect-worker-5d8f-new01"),  # not in the watch yet
+        _flow_run("elsewhere", "laptop"),  # another worker's run on the work pool
+    ]
+    io.others[("Pod", f"{POOL}-prefect-worker-5d8f-new01")] = {"name": "x"}
+    _sweep(controller, io)
+    assert [c for c in io.writes() if c[0] == "crash flow run"] == []  # seen once only
+    io.events.clear()
+    _sweep(controller, io)
+    assert [c for c in io.writes() if c[0] == "crash flow run"] == [("crash flow run", "gone")]
+    [(reason, message)] = [e for e in io.events if e[0] == "FlowRunCrashed"]
+    assert f"{POOL}-prefect-worker-5d8f-gone1 no longer exists" in message
+    assert "run-gone" in message
+    _sweep(controller, io)  # Crashed now: not active, not crashed again
+    assert [c for c in io.writes() if c[0] == "crash flow run"] == []
+
+
+def test_a_pod_being_deleted_is_told_once_as_draining(controller: Controller, io: FakeIO) -> None:
+    io.add_pool(
+        {"prefect": {"apiUrl": "http://prefect:4200/api", "drain": {"timeoutSeconds": 600}}}
+    )
+    controller.on_spec(NS, POOL, LOG, {})
+    pod = {
+        "metadata": {"name": f"{POOL}-prefect-worker-5d8f-old01", "deletionTimestamp": "x"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "prefect-worker",
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                }
+            ]
+        },
+    }
+    io.extra_pods = [pod]
+    controller.on_resync(NS, POOL, LOG, {})
+    controller.on_resync(NS, POOL, LOG, {})
+    [message] = [m for r, m in io.events if r == "WorkerDraining"]
+    assert f"{POOL}-prefect-worker-5d8f-old01 is being replaced" in message
+    assert "at most 600s" in message and "(Crash, spec.prefect.drain.onTimeout)" in message

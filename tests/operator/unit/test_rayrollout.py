@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from prefect_raypool_operator.rayrollout import DRAINING, REPLACING, Outdated, next_step, paused
+from prefect_raypool_operator.rayrollout import (
+    DRAINING,
+    REPLACING,
+    Outdated,
+    automatic,
+    next_step,
+    paused,
+)
 from prefect_raypool_operator.spec import Placement
 
 pytestmark = pytest.mark.unit
@@ -80,3 +87,12 @@ def test_nothing_happens_when_off_or_ephemeral(placement: Placement) -> None:
     assert not step(
         {"step": DRAINING, "since": "x", "workersPaused": True}, enabled=False
     ).pause_workers
+
+
+def test_only_zero_capacity_pools_with_their_own_worker_replicas_roll_by_themselves() -> None:
+    """A HeadSidecar head holds the Prefect worker and its runs; externally managed
+    replicas leave no count to set to 0: both are only reported."""
+    assert automatic(True, ZCN, external_replicas=False)
+    assert not automatic(True, SIDECAR, external_replicas=False)
+    assert not automatic(True, ZCN, external_replicas=True)
+    assert not automatic(False, ZCN, external_replicas=False)
