@@ -154,19 +154,23 @@ def test_a_change_kuberay_does_not_roll_is_replaced_after_the_workers_drain(
 
     doc["spec"]["ray"]["head"]["resources"]["cpu"] = "600m"
     env.apply(doc)
-    cond = env.wait_condition("analytics", "RayPodsUpToDate", "False", "RayRolloutDraining")
-    assert "(ray.head)" in cond["message"], cond
-    workers = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
-    assert workers.spec.replicas == 0
-    env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=180)
-    assert "flow runs drained first" in env.condition("analytics", "RayPodsUpToDate")["message"]
+    # kwok deletes pods at once, so each step may last a single reconcile: its Event
+    # tells it (the order is rayrollout's, unit-tested).
+    events = env.wait_events(
+        "analytics",
+        lambda es: (
+            {"RayRolloutDraining", "RayRolloutReplacing"} <= {e.reason for e in es}
+            and any("drained first" in e.message for e in es if e.reason == "RayPodsUpToDate")
+        ),
+        "the rollout's Events: draining, replacing, done",
+        timeout=180,
+    )
+    draining = next(e for e in events if e.reason == "RayRolloutDraining")
+    assert "(ray.head)" in draining.message, draining.message
     env.wait_condition("analytics", "Ready", "True", timeout=120)
     workers = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
     assert workers.spec.replicas == doc["spec"]["prefect"].get("replicas", 1)
     assert not set(before) & set(_pods(env)), "every pod of the pool was made anew"
-    reasons = [e.reason for e in env.events("analytics")]
-    for step in ("RayRolloutDraining", "RayRolloutReplacing", "RayPodsUpToDate"):
-        assert step in reasons, reasons
 
 
 def test_a_ray_token_of_your_own_changed_in_place_is_rolled_the_same_way(
