@@ -17,7 +17,7 @@ from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
-from prefect_raypool_operator.rayrollout import DRAINING, Outdated, Step, paused
+from prefect_raypool_operator.rayrollout import DRAINING, REPORTED_ONLY, Outdated, Step, paused
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import PrefectSpec, RayUpdateType
@@ -204,7 +204,9 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
     count = len(outdated.head) + len(outdated.workers)
     spec = desired.spec
     why = "spec.ray.updateStrategy is OnDelete"
-    if spec is not None and spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE:
+    if not set(outdated.fields) - REPORTED_ONLY:
+        why = "a change of spec.pod alone is not rolled out (it goes with the next one)"
+    elif spec is not None and spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE:
         why = (
             "the head pod runs the Prefect worker and its flow runs, so the pool does not "
             "restart it on its own (HeadSidecar)"

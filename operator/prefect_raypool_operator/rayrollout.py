@@ -31,6 +31,10 @@ from prefect_raypool_operator.spec import Placement
 
 DRAINING = "Draining"
 REPLACING = "Replacing"
+#: `spec.pod` (labels, annotations, node selection, ServiceAccount) alone does not start
+#: a rollout: a pod label is no reason to stop taking flow runs. It is reported, and
+#: goes with the next rollout or restart.
+REPORTED_ONLY = frozenset({"pod"})
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def next_step(
     if not enabled or placement == Placement.EPHEMERAL:
         return Step()
     if current is None:
-        if not outdated:
+        if not set(outdated.fields) - REPORTED_ONLY:
             return Step()
         current = {"since": _stamp(now), "fields": outdated.fields}
         if placement == Placement.ZERO_CAPACITY_NODE and prefect_worker_pods:

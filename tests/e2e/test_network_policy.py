@@ -162,13 +162,15 @@ def _blocked(outsider: Pod, targets: dict[str, tuple[str, int]]) -> dict[str, st
 def test_outsider_cannot_reach_a_warm_pools_ray_pods(
     pools: PoolDriver, outsider: Pod, bystander: str, placement: str
 ) -> None:
-    pools.apply(pool_manifest("np", pools.prefect_api_url, placement))
-    pools.wait_ready("np")
-    head = pools.head_pod("np")
-    (worker,) = pools.pods("ray.io/cluster=np,ray.io/node-type=worker")
+    # One name per placement: the other's work pool may still be released as this starts.
+    name = {"ZeroCapacityNode": "npz", "HeadSidecar": "nps"}[placement]
+    pools.apply(pool_manifest(name, pools.prefect_api_url, placement))
+    pools.wait_ready(name)
+    head = pools.head_pod(name)
+    (worker,) = pools.pods(f"ray.io/cluster={name},ray.io/node-type=worker")
     head_ip, worker_ip = head.status.pod_ip, worker.status.pod_ip
     worker_port = int(_pod_of(pools, worker).python(LISTENING))
-    service = f"{naming.head_service_fqdn('np', pools.namespace)}.cluster.local"
+    service = f"{naming.head_service_fqdn(name, pools.namespace)}.cluster.local"
 
     # The control: the probe succeeds where no policy applies, across namespaces.
     eventually(lambda: outsider.probe(bystander, GCS) == "open", 60, "the bystander open")
@@ -195,9 +197,9 @@ def test_outsider_cannot_reach_a_warm_pools_ray_pods(
     assert outsider.probe(bystander, GCS) == "open"
 
     # The pool works behind its policy: a flow run on its Ray workers completes.
-    run_id = pools.run_deployment("np", "count_to.py:count_to", "count-to", {"highest_number": 4})
+    run_id = pools.run_deployment(name, "count_to.py:count_to", "count-to", {"highest_number": 4})
     run = pools.wait_final(run_id)
-    assert run.state.type.value == "COMPLETED", f"{run.state}\n{pools.logs('np')}"
+    assert run.state.type.value == "COMPLETED", f"{run.state}\n{pools.logs(name)}"
 
 
 #: Tasks of 0.5 s on a Ray worker of 2 CPUs: the run lasts long enough to probe it.

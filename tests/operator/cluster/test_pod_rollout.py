@@ -39,6 +39,17 @@ def _reasons(env: PoolDriver) -> list[str]:
     return [e.reason for e in events]
 
 
+def _settled_pods(env: PoolDriver) -> dict[str, str]:
+    """The pool's pods once the same for 3 s (a first reconcile may still roll one)."""
+    seen: list[dict[str, str]] = []
+
+    def settled() -> dict[str, str] | None:
+        seen.append(_pods(env))
+        return seen[-1] if len(seen) > 10 and seen[-1] == seen[-11] else None
+
+    return dict(eventually(settled, 60, "the pool's pods settled"))
+
+
 def test_a_ray_token_secret_restored_with_the_same_token_restarts_nothing(
     env: PoolDriver,
 ) -> None:
@@ -47,7 +58,8 @@ def test_a_ray_token_secret_restored_with_the_same_token_restarts_nothing(
     env.apply(env.example("zero-capacity.yaml"))
     env.wait_condition("analytics", "Ready", "True")
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
-    before = _pods(env)
+    before = _settled_pods(env)
+    time.sleep(1.1)  # creationTimestamps have whole seconds: the Secret is newer
     old = env.core.read_namespaced_secret("analytics-ray-token", env.namespace)
     restored = client.V1Secret(
         metadata=client.V1ObjectMeta(name=old.metadata.name, labels=old.metadata.labels),

@@ -96,3 +96,12 @@ def test_only_zero_capacity_pools_with_their_own_worker_replicas_roll_by_themsel
     assert not automatic(True, SIDECAR, external_replicas=False)
     assert not automatic(True, ZCN, external_replicas=True)
     assert not automatic(False, ZCN, external_replicas=False)
+
+
+def test_a_change_of_spec_pod_alone_is_reported_not_rolled() -> None:
+    """A pod label is no reason to stop taking flow runs; with another field it goes."""
+    labels_only = Outdated(head=["p-head"], fields=["pod"])
+    assert step(None, labels_only).rollout is None
+    both = Outdated(head=["p-head"], fields=["pod", "ray.image"])
+    rolling = step(None, both)
+    assert rolling.rollout is not None and rolling.rollout["fields"] == ["pod", "ray.image"]
