@@ -66,7 +66,9 @@ def _structural(node: Any) -> Any:
         node.pop("type", None)
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if node.get("additionalProperties") is False:
+    if node.get("additionalProperties") is False or (
+        node.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" in node
+    ):
         node.pop("additionalProperties")
     if node.get("type") == "object" and "properties" in node:
         required = set(node.get("required", []))

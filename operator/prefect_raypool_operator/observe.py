@@ -51,6 +51,8 @@ class Found:
     contested: str | None = None  # the worker Deployment's replicas are fought over
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
     rollout: Step | None = None  # the replacement of outdated Ray pods (rayrollout.py)
+    rollback: Obj | None = None  # a Ray spec change gone back on (rayrollback.py)
+    ray_cluster: Obj | None = None  # the RayCluster applied: the spec's, or the rollback's
     crashed: list[str] = field(default_factory=list)  # orphaned flow runs marked Crashed
     draining: list[str] = field(default_factory=list)  # worker pods newly seen draining
     now: datetime | None = None  # when it was seen (None: the clock's now)
@@ -121,6 +123,7 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
         previous,
     )
     status["rayRollout"] = found.rollout.rollout if found.rollout else None
+    status["rayRollback"] = found.rollback
     return status
 
 
@@ -137,9 +140,8 @@ def _observed(desired: Plan, **found: Any) -> Observed:
     )
 
 
-def outdated_pods(desired: Plan, pods: list[Obj]) -> Outdated:
-    """The running Ray pods made from an older spec than the planned RayCluster's."""
-    cluster = desired.desired.get(RAY_CLUSTER)
+def outdated_pods(cluster: Obj | None, pods: list[Obj]) -> Outdated:
+    """The running Ray pods made from another spec than the RayCluster manifest's."""
     if cluster is None:
         return Outdated()
     templates = {"head": _digests(cluster["spec"]["headGroupSpec"]["template"])}
@@ -176,6 +178,7 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
         return Check(None, "Pending", "no RayCluster planned")
     rollout = found.rollout.rollout if found.rollout else None
     changed = ", ".join((rollout or {}).get("fields") or [])
+    deadline = desired.spec.ray.updateStrategy.progressDeadlineSeconds if desired.spec else 0
     if rollout and rollout.get("step") == DRAINING:
         return Check(
             False,
@@ -184,15 +187,37 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
             "first; their flow runs finish (spec.prefect.drain), new ones wait in the work "
             "pool until the Ray pods are replaced",
         )
+    if rollout and rollout.get("rolledBack"):
+        return Check(
+            False,
+            "RayRolloutRollingBack",
+            f"the new Ray head ({changed}) was not ready {deadline} s after its pods were "
+            f"replaced ({(found.rollback or {}).get('reason', '?')}): going back to the Ray "
+            "spec of before the change"
+            + (", then the Prefect workers start again" if rollout.get("workersPaused") else ""),
+        )
     if rollout:
         return Check(
             False,
             "RayRolloutReplacing",
             f"replacing the Ray pods that run an older spec ({changed}); KubeRay makes them "
             "anew from the current one"
-            + (", then the Prefect workers start again" if rollout.get("workersPaused") else ""),
+            + (", then the Prefect workers start again" if rollout.get("workersPaused") else "")
+            + f" (if the new head is not ready within {deadline} s, the pool goes back to "
+            "the spec of before: spec.ray.updateStrategy.progressDeadlineSeconds)",
         )
-    outdated = outdated_pods(desired, found.pods)
+    outdated = outdated_pods(found.ray_cluster, found.pods)
+    if found.rollback and not outdated:
+        fields = ", ".join(found.rollback.get("fields") or [])
+        return Check(
+            False,
+            "RayRolloutRolledBack",
+            f"the change of {fields} was rolled back at {found.rollback.get('at')}: its new "
+            f"Ray head was not ready {deadline} s after its pods were replaced "
+            f"({found.rollback.get('reason')}); the pool runs and takes flow runs on the Ray "
+            f"spec of before. Fix {fields} (kubectl describe pod and the Events say more); "
+            "the next change of the Ray spec is rolled out again",
+        )
     if not outdated:
         done = found.rollout.finished_after if found.rollout else None
         return Check(

@@ -13,6 +13,12 @@ progress kept in `status.rayRollout` so a restarted operator carries on:
    and KubeRay makes them anew from the current template.
 3. Done, once no outdated pod is left and the cluster is ready: the workers come back.
 
+A new head that is not ready `progressDeadlineSeconds` after its pods were replaced
+rolls back: the RayCluster gets the templates it had before the change again (kept in
+`status.rayRollout.previous`; rayrollback.py), the pods made from the failed spec are
+replaced by the old ones, and the workers come back on the old spec. The pool stays
+there until its spec changes again.
+
 Only ZeroCapacityNode pools whose worker replicas are the operator's (`automatic`).
 A HeadSidecar pool's Prefect worker and its flow runs live in the head pod, and a
 head pod deleted with runs in flight still loses them; worker replicas managed
@@ -59,6 +65,9 @@ class Step:
     pause_workers: bool = False
     #: Set on the reconcile that finishes a rollout: how long it took, in seconds.
     finished_after: float | None = None
+    #: Set on the reconcile that gives up on the new spec: the RayCluster templates to
+    #: go back to (the rollout's `previous`).
+    roll_back_to: dict[str, Any] | None = None
 
 
 def automatic(drain_then_replace: bool, placement: Placement, external_replicas: bool) -> bool:
@@ -82,20 +91,26 @@ def next_step(
     prefect_worker_pods: int,
     cluster_ready: bool,
     now: datetime,
+    previous: dict[str, Any] | None = None,
+    deadline_seconds: float | None = None,
 ) -> Step:
-    """The next step of the rollout `current` (status.rayRollout), or of a new one."""
+    """The next step of the rollout `current` (status.rayRollout), or of a new one.
+    `previous`: the RayCluster's templates before the change, kept for a roll back
+    once the new head is not ready `deadline_seconds` after its pods were replaced."""
     if not enabled or placement == Placement.EPHEMERAL:
         return Step()
     if current is None:
         if not set(outdated.fields) - REPORTED_ONLY:
             return Step()
-        current = {"since": _stamp(now), "fields": outdated.fields}
+        current = {"since": _stamp(now), "fields": outdated.fields, "previous": previous}
         if placement == Placement.ZERO_CAPACITY_NODE and prefect_worker_pods:
             return Step({**current, "step": DRAINING, "workersPaused": True}, pause_workers=True)
     step = current.get("step")
     pause = placement == Placement.ZERO_CAPACITY_NODE
     if step == DRAINING and prefect_worker_pods:
         return Step(current, pause_workers=True)
+    if step != REPLACING:  # the deadline counts from the first Ray pod replaced
+        current = {**current, "replacingSince": _stamp(now)}
     if outdated:
         fields = sorted(set(current.get("fields") or []) | set(outdated.fields))
         rollout = {**current, "step": REPLACING, "fields": fields, "workersPaused": pause}
@@ -106,8 +121,21 @@ def next_step(
             delete = outdated.head + outdated.workers
         return Step(rollout, delete, pause)
     if not cluster_ready:
-        return Step({**current, "step": REPLACING, "workersPaused": pause}, pause_workers=pause)
+        waiting = {**current, "step": REPLACING, "workersPaused": pause}
+        if current.get("previous") and overdue(current, now, deadline_seconds):
+            # Back to what ran before; the deadline starts again for the old pods.
+            back = {**waiting, "previous": None, "rolledBack": True, "replacingSince": _stamp(now)}
+            return Step(back, pause_workers=pause, roll_back_to=current["previous"])
+        return Step(waiting, pause_workers=pause)
     return Step(finished_after=(now - _parse(current["since"])).total_seconds())
+
+
+def overdue(rollout: dict[str, Any], now: datetime, deadline_seconds: float | None) -> bool:
+    """Whether the new Ray pods have been replaced for longer than the deadline."""
+    since = rollout.get("replacingSince")
+    if deadline_seconds is None or not since:
+        return False
+    return (now - _parse(since)).total_seconds() > deadline_seconds
 
 
 def _stamp(now: datetime) -> str:

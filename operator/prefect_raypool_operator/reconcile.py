@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from prefect_raypool_operator import orphans, rayrollout, replicas
+from prefect_raypool_operator import orphans, rayrollback, rayrollout, replicas
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER
 from prefect_raypool_operator.builders.ray_token import (
     pod_token_digest,
@@ -34,10 +34,17 @@ from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.kinds import POD
 from prefect_raypool_operator.memory import Applied, PoolMemory, recent
-from prefect_raypool_operator.naming import COMPONENT_LABEL, POOL_LABEL
+from prefect_raypool_operator.naming import COMPONENT_LABEL, POOL_LABEL, PREFECT_WORKER_CONTAINER
 from prefect_raypool_operator.observe import Found, TokenRoll, observe_status, outdated_pods
-from prefect_raypool_operator.owned import OWNED, PREFECT_WORKER_DEPLOYMENT, Owned, held_by_pool
+from prefect_raypool_operator.owned import (
+    OWNED,
+    PREFECT_WORKER_DEPLOYMENT,
+    RAY_CLUSTER,
+    Owned,
+    held_by_pool,
+)
 from prefect_raypool_operator.plan import Plan, plan
+from prefect_raypool_operator.podstatus import pod_failure
 from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj, SecretKey
 from prefect_raypool_operator.refusals import (
     KUBERAY_NOT_INSTALLED,
@@ -72,7 +79,14 @@ def reconcile(
     """Reconcile one pool against its `previous` status. `repair=False` only observes
     objects that exist (an owned object's status changed); a missing one is created."""
     desired = plan(body)
-    found = apply_plan(desired, io, memory, repair, (previous or {}).get("rayRollout"))
+    found = apply_plan(
+        desired,
+        io,
+        memory,
+        repair,
+        (previous or {}).get("rayRollout"),
+        (previous or {}).get("rayRollback"),
+    )
     status = observe_status(desired, found, previous)
     problem = desired.refusal or found.refusal
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
@@ -169,11 +183,17 @@ def not_allowed(api_url: str) -> Problem:
 
 
 def apply_plan(
-    desired: Plan, io: ClusterIO, memory: PoolMemory, repair: bool, rollout: Obj | None = None
+    desired: Plan,
+    io: ClusterIO,
+    memory: PoolMemory,
+    repair: bool,
+    rollout: Obj | None = None,
+    rollback: Obj | None = None,
 ) -> Found:
     """Check what only the cluster knows, then make the plan so, step by step; return
-    what was found. `repair=False` applies only what is missing; `rollout` is the
-    status's replacement of outdated Ray pods under way (rayrollout.py)."""
+    what was found. `repair=False` applies only what is missing; `rollout` and
+    `rollback` are the status's replacement of outdated Ray pods under way
+    (rayrollout.py) and its going back to an older Ray spec (rayrollback.py)."""
     if desired.spec is None or desired.refusal is not None:
         return Found()
     if not CONFIG.prefect_api_allowed(desired.spec.prefect.apiUrl):
@@ -200,12 +220,12 @@ def apply_plan(
     # workers decide what this reconcile applies (the controllers act on it later anyway).
     found.pods = io.pods(desired.namespace, desired.pool_name)
     found.token_roll = _roll_token(desired, io, digest, written, found.pods)
-    found.rollout = _ray_rollout_step(desired, found, rollout)
+    step = _ray_rollout(desired, manifests, found, rollout, rollback, before.get(RAY_CLUSTER))
     workers = manifests.get(PREFECT_WORKER_DEPLOYMENT)
-    if workers is not None and found.rollout.pause_workers:
+    if workers is not None and step.pause_workers:
         workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
     _apply_owned(desired, manifests, io, memory, repair, found, before)
-    for name in found.rollout.delete:
+    for name in step.delete:
         io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
     found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
@@ -338,25 +358,52 @@ def _delete_pods(desired: Plan, io: ClusterIO, pods: list[Obj]) -> None:
             io.delete_pod(desired.namespace, pod["metadata"]["name"])
 
 
-def _ray_rollout_step(desired: Plan, found: Found, rollout: Obj | None) -> rayrollout.Step:
-    """This reconcile's step in replacing the Ray pods that run an older spec."""
+def _ray_rollout(
+    desired: Plan,
+    manifests: dict[Owned, Obj],
+    found: Found,
+    rollout: Obj | None,
+    rollback: Obj | None,
+    live_cluster: Obj | None,
+) -> rayrollout.Step:
+    """This reconcile's step in replacing the Ray pods that run an older spec, and the
+    RayCluster it applies: the spec's, or the one of before a rolled back change."""
     spec = desired.spec
     assert spec is not None
+    cluster = manifests.get(RAY_CLUSTER)
+    found.rollback = rayrollback.current(rollback, cluster)
+    if cluster is not None and found.rollback:
+        manifests[RAY_CLUSTER] = cluster = rayrollback.applied(cluster, found.rollback)
     workers = desired.desired.get(PREFECT_WORKER_DEPLOYMENT)
     enabled = rayrollout.automatic(
         spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE,
         spec.placement,
         workers is not None and replicas.external(workers),
     )
-    return rayrollout.next_step(
+    now = datetime.now(UTC)
+    outdated = outdated_pods(cluster, found.pods)
+    found.rollout = step = rayrollout.next_step(
         rollout,
-        outdated_pods(desired, found.pods),
+        outdated,
         placement=spec.placement,
         enabled=enabled and found.token_roll is None,
         prefect_worker_pods=sum(1 for p in found.pods if _prefect_worker_pod(p)),
         cluster_ready=any(_ready_head(p) for p in found.pods),
-        now=datetime.now(UTC),
+        now=now,
+        previous=rayrollback.templates(live_cluster, cluster),
+        deadline_seconds=spec.ray.updateStrategy.progressDeadlineSeconds,
     )
+    back_to = step.roll_back_to
+    if cluster is not None and back_to is not None:
+        rollout_now = step.rollout or {}
+        failure = pod_failure(found.pods, lambda name: name != PREFECT_WORKER_CONTAINER, now)
+        why = f"{failure.reason}: {failure.message}" if failure else "the head pod was not ready"
+        found.rollback = rayrollback.rolled_back(
+            cluster, back_to, list(rollout_now.get("fields") or []), why, now
+        )
+        manifests[RAY_CLUSTER] = cluster = rayrollback.applied(cluster, found.rollback)
+    found.ray_cluster = cluster
+    return step
 
 
 def _prefect_worker_pod(pod: Obj) -> bool:

@@ -364,6 +364,15 @@ class RayUpdateStrategy(_Model):
         "Prefect workers have drained (their flow runs finish; new ones wait meanwhile). "
         "OnDelete: they are only reported (RayPodsOutdated) until someone deletes them.",
     )
+    progressDeadlineSeconds: StrictInt = Field(
+        default=600,
+        ge=30,
+        le=INT32_MAX,
+        description="DrainThenReplace: how long the new Ray head may take to become ready "
+        "after the old pods were replaced; past it the RayCluster goes back to the spec "
+        "it ran before the change (status.rayRollback) and the Prefect workers resume "
+        "on it, until the spec changes again.",
+    )
 
 
 def _default_worker_groups() -> list[WorkerGroup]:
@@ -830,12 +839,42 @@ class Condition(_Model):
     observedGeneration: int | None = None
 
 
+def _kept_as_is(schema: dict[str, Any]) -> None:
+    """A free-form object in the CRD (crd.py drops pydantic's additionalProperties)."""
+    schema.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+
+
 class RayRollout(_Model):
     step: str | None = Field(default=None, description="Draining or Replacing.")
     since: str | None = Field(default=None, description="When the rollout began.")
     fields: list[str] = Field(default_factory=list, description="The spec fields that changed.")
     workersPaused: bool | None = Field(
         default=None, description="The Prefect workers are stopped (0 replicas) meanwhile."
+    )
+    replacingSince: str | None = Field(
+        default=None, description="When the first Ray pod was replaced (the deadline's start)."
+    )
+    rolledBack: bool | None = Field(
+        default=None, description="The new head was not ready in time: back to the old spec."
+    )
+    previous: dict[str, Any] | None = Field(
+        default=None,
+        description="The RayCluster's templates before the change, to go back to.",
+        json_schema_extra=_kept_as_is,
+    )
+
+
+class RayRollback(_Model):
+    failedSpec: str | None = Field(
+        default=None, description="Digests of the Ray spec whose head never became ready."
+    )
+    fields: list[str] = Field(default_factory=list, description="The spec fields it changed.")
+    at: str | None = Field(default=None, description="When the pool went back.")
+    reason: str | None = Field(default=None, description="What the new pods showed.")
+    templates: dict[str, Any] | None = Field(
+        default=None,
+        description="The RayCluster templates in use again, until the spec changes.",
+        json_schema_extra=_kept_as_is,
     )
 
 
@@ -861,6 +900,11 @@ class PrefectRayPoolStatus(_Model):
         default=None,
         description="The replacement of outdated Ray pods under way "
         "(spec.ray.updateStrategy), if any.",
+    )
+    rayRollback: RayRollback | None = Field(
+        default=None,
+        description="Set when a Ray spec change was rolled back (its new head never became "
+        "ready): the RayCluster runs the spec of before, until the spec changes again.",
     )
 
 

@@ -61,3 +61,34 @@ def test_a_ray_image_change_waits_for_the_flow_run_in_flight(
     reasons = [e.reason for e in pools.events("ro")]
     for step in ("RayRolloutDraining", "RayRolloutReplacing", "RayPodsUpToDate"):
         assert step in reasons, reasons
+
+
+@pytest.mark.timeout(1200)
+def test_an_image_that_cannot_be_pulled_is_rolled_back_and_waiting_runs_complete(
+    pools: PoolDriver,
+) -> None:
+    """A typo in the image: the new head never starts (ErrImagePull, no registry here).
+    Past progressDeadlineSeconds the pool goes back to the image it ran, and a flow run
+    submitted meanwhile, waiting in the work pool, completes on it."""
+    manifest = _pool("rb", pools.prefect_api_url)
+    manifest["spec"]["ray"]["updateStrategy"] = {"progressDeadlineSeconds": 30}
+    pools.apply(manifest)
+    pools.wait_ready("rb")
+    image = {p.spec.containers[0].image for p in pools.pods(RAY_PODS)}
+
+    t0 = time.monotonic()
+    typo = f"{FLOW_IMAGE.rsplit(':', 1)[0]}:no-such-tag"
+    _patch(pools, "rb", {"spec": {"ray": {"image": typo}}})
+    pools.wait_condition("rb", "RayPodsUpToDate", "False", "RayRolloutReplacing", timeout=120)
+    waiting = _start(pools, "rb", 20)  # no worker takes it until the pool is whole
+    cond = pools.wait_condition(
+        "rb", "RayPodsUpToDate", "False", "RayRolloutRolledBack", timeout=600
+    )
+    print(f"rolled back {time.monotonic() - t0:.0f}s after the change: {cond['message']}")
+    pulled = ("ErrImagePull", "ImagePullBackOff")
+    assert "ray.image" in cond["message"], cond["message"]
+    assert any(reason in cond["message"] for reason in pulled), cond["message"]
+    pools.wait_ready("rb", timeout=300)
+    assert {p.spec.containers[0].image for p in pools.pods(RAY_PODS)} == image
+    _completed_once(pools, "rb", waiting, 20)
+    print(f"the waiting flow run completed {time.monotonic() - t0:.0f}s after the change")

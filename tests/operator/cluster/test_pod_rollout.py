@@ -228,3 +228,39 @@ def test_a_ray_token_of_your_own_changed_in_place_is_rolled_the_same_way(
     )
     env.wait_condition("analytics", "Ready", "True", timeout=120)
     env.wait_condition("analytics", "RayPodsUpToDate", "True")
+
+
+def test_a_new_head_that_never_becomes_ready_is_rolled_back(env: PoolDriver) -> None:
+    """A head too big for any node stays Pending: past progressDeadlineSeconds the
+    RayCluster goes back to the templates of before, the pool runs and takes flow runs
+    on them, and says so; the next change of the Ray spec is rolled out again."""
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["updateStrategy"] = {"progressDeadlineSeconds": 30}
+    env.apply(doc)
+    env.wait_condition("analytics", "Ready", "True")
+    env.wait_condition("analytics", "RayPodsUpToDate", "True")
+    cpu = doc["spec"]["ray"]["head"]["resources"]["cpu"]
+
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = "1000"  # no node has that
+    env.apply(doc)
+    cond = env.wait_condition(
+        "analytics", "RayPodsUpToDate", "False", "RayRolloutRolledBack", timeout=240
+    )
+    assert "ray.head" in cond["message"] and "Unschedulable" in cond["message"], cond["message"]
+    env.wait_condition("analytics", "Ready", "True", timeout=120)
+    cluster = env.custom.get_namespaced_custom_object(
+        "ray.io", "v1", env.namespace, "rayclusters", "analytics"
+    )
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"]["requests"]["cpu"] == cpu  # the spec of before, applied
+    workers = env.apps.read_namespaced_deployment("analytics-prefect-worker", env.namespace)
+    assert workers.spec.replicas == doc["spec"]["prefect"].get("replicas", 1)
+    status = (env.pool("analytics") or {})["status"]
+    assert status["rayRollback"]["fields"] == ["ray.head"] and not status.get("rayRollout")
+    reasons = _reasons(env)
+    assert "RayRolloutRollingBack" in reasons and "RayRolloutRolledBack" in reasons
+
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = "600m"  # fixed: rolled out
+    env.apply(doc)
+    env.wait_condition("analytics", "RayPodsUpToDate", "True", timeout=240)
+    assert not (env.pool("analytics") or {})["status"].get("rayRollback")

@@ -23,6 +23,9 @@ STALE = Outdated(head=["p-head"], workers=["p-w1"], fields=["ray.image"])
 ZCN, SIDECAR = Placement.ZERO_CAPACITY_NODE, Placement.HEAD_SIDECAR
 
 
+OLD = {"rayVersion": "2.60.0", "headGroupSpec": {"template": {"spec": {}}}}
+
+
 def step(current, outdated=STALE, placement=ZCN, workers=1, ready=True, now=T0, enabled=True):  # type: ignore[no-untyped-def]
     return next_step(
         current,
@@ -32,6 +35,8 @@ def step(current, outdated=STALE, placement=ZCN, workers=1, ready=True, now=T0, 
         prefect_worker_pods=workers,
         cluster_ready=ready,
         now=now,
+        previous=OLD,
+        deadline_seconds=60,
     )
 
 
@@ -105,3 +110,58 @@ def test_a_change_of_spec_pod_alone_is_reported_not_rolled() -> None:
     both = Outdated(head=["p-head"], fields=["pod", "ray.image"])
     rolling = step(None, both)
     assert rolling.rollout is not None and rolling.rollout["fields"] == ["pod", "ray.image"]
+
+
+def test_a_new_head_not_ready_by_the_deadline_goes_back_to_the_old_templates() -> None:
+    first = step(None, workers=0, now=T0)
+    assert first.rollout is not None and first.rollout["previous"] == OLD
+    assert first.rollout["replacingSince"] == "2026-01-01T00:00:00Z"
+    # Not ready yet, within the deadline: wait, paused.
+    waiting = step(
+        first.rollout, Outdated(), workers=0, ready=False, now=T0 + timedelta(seconds=60)
+    )
+    assert waiting.roll_back_to is None and waiting.pause_workers
+    # Past it: back to the old templates, once; the deadline starts again.
+    late = T0 + timedelta(seconds=61)
+    back = step(waiting.rollout, Outdated(), workers=0, ready=False, now=late)
+    assert back.roll_back_to == OLD and back.pause_workers
+    assert back.rollout is not None and back.rollout["rolledBack"]
+    assert (
+        back.rollout["previous"] is None
+        and back.rollout["replacingSince"] == "2026-01-01T00:01:01Z"
+    )
+    # The failed pods are now the outdated ones: replaced by the old spec's, then done.
+    failed = Outdated(head=["p-head-new"], fields=["ray.image"])
+    again = step(back.rollout, failed, workers=0, ready=False, now=late)
+    assert again.delete == ["p-head-new"] and again.roll_back_to is None
+    never = step(again.rollout, Outdated(), workers=0, ready=False, now=late + timedelta(hours=1))
+    assert never.roll_back_to is None, "a rollback is not rolled back"
+    done = step(again.rollout, Outdated(), workers=0, ready=True, now=late + timedelta(seconds=30))
+    assert done.rollout is None and not done.pause_workers
+
+
+def test_without_the_templates_of_before_it_keeps_waiting() -> None:
+    """Started after the RayCluster already had the new spec (a token roll went
+    first, say): nothing to go back to; the status says the head is not ready."""
+    first = next_step(
+        None, STALE, placement=ZCN, enabled=True, prefect_worker_pods=0,
+        cluster_ready=False, now=T0, previous=None, deadline_seconds=60,
+    )  # fmt: skip
+    assert first.rollout is not None
+    late = next_step(
+        first.rollout, Outdated(), placement=ZCN, enabled=True, prefect_worker_pods=0,
+        cluster_ready=False, now=T0 + timedelta(hours=1), previous=None, deadline_seconds=60,
+    )  # fmt: skip
+    assert late.roll_back_to is None and late.pause_workers
+
+
+def test_draining_time_does_not_count_against_the_deadline() -> None:
+    """A long flow run drains for hours; the deadline starts when pods are replaced."""
+    first = step(None, workers=1, now=T0)
+    assert first.rollout is not None and "replacingSince" not in first.rollout
+    later = T0 + timedelta(hours=3)
+    replacing = step(first.rollout, workers=0, now=later)
+    assert replacing.rollout is not None and replacing.delete == ["p-head", "p-w1"]
+    assert replacing.rollout["replacingSince"] == "2026-01-01T03:00:00Z"
+    starting = step(replacing.rollout, Outdated(), workers=0, ready=False, now=later)
+    assert starting.roll_back_to is None
