@@ -6,7 +6,10 @@ template leaves a pool with no head. The rollout (rayrollout.py) keeps the
 RayCluster's templates as they were before the change (`templates`, from the live
 object); when it gives up on the new ones, `status.rayRollback` holds them, and every
 reconcile applies them (`applied`) in place of what the spec builds, for as long as
-the spec builds the same failed templates (`current`). Any change of what the Ray pods
+the spec builds the same failed templates (`current`). A Prefect worker that runs the
+Ray image (no `prefect.image` of its own) goes back to the old image too
+(`worker_image`): it joins the cluster as a Ray node, and could not start from the
+failed one either. Any change of what the Ray pods
 are built from starts a new rollout; other changes (the Prefect workers, say) keep it.
 """
 
@@ -18,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
+from prefect_raypool_operator.naming import HEAD_CONTAINER
 
 Obj = dict[str, Any]
 #: What a RayCluster's pods are made from: the parts the rollback puts back.
@@ -73,3 +77,13 @@ def applied(desired: Obj, rollback: Obj) -> Obj:
     manifest = copy.deepcopy(desired)
     manifest["spec"].update(copy.deepcopy(rollback["templates"]))
     return manifest
+
+
+def worker_image(rollback: Obj) -> str | None:
+    """The Ray head's image in the templates gone back to."""
+    head = ((rollback.get("templates") or {}).get("headGroupSpec") or {}).get("template") or {}
+    for container in (head.get("spec") or {}).get("containers") or []:
+        if container.get("name") == HEAD_CONTAINER:
+            image = container.get("image")
+            return image if isinstance(image, str) else None
+    return None

@@ -224,6 +224,8 @@ def apply_plan(
     workers = manifests.get(PREFECT_WORKER_DEPLOYMENT)
     if workers is not None and step.pause_workers:
         workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
+    if workers is not None and found.rollback and desired.spec.prefect.image is None:
+        _set_worker_image(workers, rayrollback.worker_image(found.rollback))
     _apply_owned(desired, manifests, io, memory, repair, found, before)
     for name in step.delete:
         io.delete_pod(desired.namespace, name)
@@ -404,6 +406,13 @@ def _ray_rollout(
         manifests[RAY_CLUSTER] = cluster = rayrollback.applied(cluster, found.rollback)
     found.ray_cluster = cluster
     return step
+
+
+def _set_worker_image(deployment: Obj, image: str | None) -> None:
+    """The Prefect worker container's image: the Ray image it runs with (rollback)."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        if image and container["name"] == PREFECT_WORKER_CONTAINER:
+            container["image"] = image
 
 
 def _prefect_worker_pod(pod: Obj) -> bool:

@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 import pytest
 
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS
-from prefect_raypool_operator.rayrollback import applied, current, rolled_back, templates
+from prefect_raypool_operator.rayrollback import (
+    applied,
+    current,
+    rolled_back,
+    templates,
+    worker_image,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +23,7 @@ def _cluster(head_digest: str, worker_digest: str = "w1", image: str = "ray:1") 
     def template(digest: str) -> dict:
         return {
             "metadata": {"annotations": {SPEC_DIGESTS: digest}},
-            "spec": {"containers": [{"name": "ray", "image": image}]},
+            "spec": {"containers": [{"name": "ray-head", "image": image}]},
         }
 
     return {
@@ -61,3 +67,10 @@ def test_a_rollback_holds_while_the_spec_builds_the_failed_templates() -> None:
     assert current(back, _cluster("h3")) is None
     assert current(back, _cluster("h2", worker_digest="w2")) is None
     assert current(None, NEW) is None
+
+
+def test_the_prefect_worker_goes_back_to_the_old_ray_image() -> None:
+    """A ZeroCapacityNode worker joins the cluster as a Ray node: it runs the head's."""
+    back = rolled_back(NEW, templates(OLD, NEW) or {}, ["ray.image"], "ErrImagePull", T)
+    assert worker_image(back) == "ray:1"
+    assert worker_image({"templates": {}}) is None
