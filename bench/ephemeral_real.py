@@ -3,8 +3,9 @@
     tests/isolated.sh .venv/bin/python -m bench.ephemeral_real [--runs 3] [--count 4]
 
 The same deployed flow (examples/count_to.py, `count_to(4)`, RayTaskRunner() with
-no arguments) runs `--runs` times on a warm ZeroCapacityNode pool, then on an
-Ephemeral pool, one run at a time. For each run, from the flow run's scheduled time
+no arguments) runs `--runs` times on a warm ZeroCapacityNode pool, on the same pool
+suspended while idle (`spec.idle`, each run waking it), then on an Ephemeral pool,
+one run at a time. For each run, from the flow run's scheduled time
 (Prefect's `expected_start_time`): its RayJob created (Ephemeral only), its first
 task run started, the flow run finished. Both pools' Prefect workers poll every
 second (Prefect's default is 10 s: add half of that to each figure with defaults).
@@ -18,7 +19,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 from testbed.ephemeral import (
@@ -29,6 +32,7 @@ from testbed.ephemeral import (
 )
 from testbed.pooldriver import PoolDriver, pool_manifest
 from testbed.realstack import RealNodeUnavailable, RealStack, start_real_stack
+from testbed.waiting import eventually
 
 
 def _driver(stack: RealStack) -> PoolDriver:
@@ -58,6 +62,42 @@ def _warm_pool(stack: RealStack, runs: int, count: int) -> list[tuple[float, flo
         return out
     finally:
         pools.delete()  # frees the node's CPUs for the Ephemeral runs
+
+
+def _wakes(pools: PoolDriver) -> int:
+    return len([e for e in pools.events("idle") if e.reason == "Waking"])
+
+
+def _woke(pools: PoolDriver, before: int) -> bool:
+    return _wakes(pools) > before
+
+
+def _woken_pool(stack: RealStack, runs: int, count: int) -> list[tuple[float, float, float]]:
+    """Each run submitted to a suspended pool (no pod left): (woken, first task, final)."""
+    pools = _driver(stack)
+    try:
+        manifest = pool_manifest("idle", pools.prefect_api_url, "ZeroCapacityNode")
+        manifest["spec"]["prefect"]["env"] = list(FAST_POLL)
+        manifest["spec"]["idle"] = {"suspendAfterSeconds": 15, "minAwakeSeconds": 0}
+        pools.apply(manifest)
+        out = []
+        for _ in range(runs):
+            pools.wait_condition("idle", "Ready", "False", "Suspended", timeout=600)
+            eventually(lambda: not pools.pods("prefectray.io/pool=idle"), 300, "no pod left")
+            wakes = _wakes(pools)
+            t0 = time.monotonic()
+            run_id = pools.run_deployment(
+                "idle", "count_to.py:count_to", "count-to", {"highest_number": count}
+            )
+            eventually(partial(_woke, pools, wakes), 120, "a Waking Event", interval=0.5)
+            woken = time.monotonic() - t0  # seen from here: within a poll of the Event
+            run = pools.wait_final(run_id, timeout=600)
+            assert run.state.type.value == "COMPLETED", run.state
+            _, first, final = task_timeline(pools, run)
+            out.append((woken, first, final))
+        return out
+    finally:
+        pools.delete()
 
 
 def _ephemeral(stack: RealStack, runs: int, count: int) -> list[tuple[float, float, float]]:
@@ -91,15 +131,23 @@ def main() -> int:
         return 0
     try:
         warm = _warm_pool(stack, args.runs, args.count)
+        woken = _woken_pool(stack, args.runs, args.count)
         eph = _ephemeral(stack, args.runs, args.count)
     finally:
         stack.stop()
         shutil.rmtree(state, ignore_errors=True)
     print(f"\ncount_to({args.count}), {args.runs} runs each, medians from the flow run scheduled:")
-    print(f"  {'':24} {'RayJob created':>28} {'first task running':>28} {'flow run final':>28}")
+    print(
+        f"  {'':24} {'RayJob created / woken':>28} {'first task running':>28} "
+        f"{'flow run final':>28}"
+    )
     print(
         f"  {'warm ZeroCapacityNode':24} {'-':>28} {_median([w[0] for w in warm]):>28} "
         f"{_median([w[1] for w in warm]):>28}"
+    )
+    print(
+        f"  {'suspended, woken (idle)':24} {_median([w[0] for w in woken]):>28} "
+        f"{_median([w[1] for w in woken]):>28} {_median([w[2] for w in woken]):>28}"
     )
     print(
         f"  {'Ephemeral (RayJob)':24} {_median([e[0] for e in eph]):>28} "

@@ -184,6 +184,8 @@ class Controller:
             io.post_event(body, "Normal", "WorkerDraining", message)
         for message in outcome.crashed:
             io.post_event(body, "Warning", "FlowRunCrashed", message)
+        if outcome.woke:
+            io.post_event(body, "Normal", "Waking", outcome.woke)
         for change in outcome.transitions:
             io.post_event(
                 body,

@@ -1,5 +1,6 @@
 """The flow runs of a pool's work pool, through the Prefect REST API: the active ones
-listed, an orphan marked Crashed (orphans.py decides which). Thin I/O.
+listed, an orphan marked Crashed (orphans.py decides which), the waiting ones counted
+(idle.py). Thin I/O.
 
 As in workpool.py, failures are logged without an answer's body or the API key, and
 come back as None/False, never an exception: the sweep is tried again next resync.
@@ -8,6 +9,7 @@ come back as None/False, never an exception: the sweep is tried again next resyn
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -45,6 +47,47 @@ def active_flow_runs(
     except ValueError:
         return None
     return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else None
+
+
+#: Runs that hold a worker process or soon will: they keep an idle pool awake (idle.py).
+HOLDING = ("PENDING", "RUNNING", "PAUSED", "CANCELLING")
+
+
+def waiting_flow_runs(
+    api_url: str, work_pool: str, api_key: str | None, timeout: float, before: datetime
+) -> int | None:
+    """How many of the work pool's flow runs want a worker: those holding one, and
+    those scheduled before `before` (late ones included); None on failure."""
+    holding = {"state": {"type": {"any_": list(HOLDING)}}}
+    scheduled = {
+        "state": {"type": {"any_": ["SCHEDULED"]}},
+        "expected_start_time": {"before_": before.isoformat()},
+    }
+    total = 0
+    for runs in (holding, scheduled):
+        body = {"flow_runs": runs, "work_pools": {"name": {"any_": [work_pool]}}}
+        count = _post(api_url, api_key, timeout, "/flow_runs/count", body)
+        if not isinstance(count, int):
+            return None
+        total += count
+    return total
+
+
+def _post(api_url: str, api_key: str | None, timeout: float, path: str, body: Obj) -> Any:
+    """The answer's JSON; None on any failure (logged without the body)."""
+    base = api_url.rstrip("/")
+    try:
+        response = http_client(base, api_key, timeout).post(path, json=body)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        LOG.warning(f"asking {redact(base)}{path}: {type(exc).__name__}")
+        return None
+    if response.status_code != 200:
+        LOG.warning(f"asking {redact(base)}{path}: HTTP {response.status_code}")
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def crash_flow_run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -363,6 +364,15 @@ class KubeIO:
     def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
         url = CONFIG.operator_prefect_url(work_pool.api_url)
         return flow_runs.active_flow_runs(url, work_pool.name, api_key, CONFIG.prefect_timeout)
+
+    def waiting_flow_runs(
+        self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
+    ) -> int | None:
+        url = CONFIG.operator_prefect_url(work_pool.api_url)
+        before = datetime.now(UTC) + timedelta(seconds=ahead_seconds)
+        return flow_runs.waiting_flow_runs(
+            url, work_pool.name, api_key, CONFIG.prefect_timeout, before
+        )
 
     def crash_flow_run(
         self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str

@@ -66,6 +66,16 @@ def on_resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -
     CONTROLLER.on_resync(namespace, name, logger, kwargs)
 
 
+def _idle(status: kopf.Status, **_: Any) -> bool:
+    return (status.get("idle") or {}).get("state") in ("Suspending", "Suspended")
+
+
+@kopf.timer(*POOLS, interval=config.CONFIG.idle_poll_seconds, when=_idle)
+def on_idle_poll(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+    """A suspended pool wakes when a flow run is scheduled: sooner than a resync."""
+    CONTROLLER.on_resync(namespace, name, logger, kwargs)
+
+
 @kopf.on.delete(*POOLS)
 def on_delete(body: kopf.Body, retry: int, logger: Logger, **kwargs: Any) -> None:
     CONTROLLER.on_delete(body, retry, logger, kwargs)

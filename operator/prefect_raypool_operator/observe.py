@@ -14,6 +14,7 @@ from typing import Any
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders.rollout import SPEC_DIGESTS, outdated_fields
 from prefect_raypool_operator.config import CONFIG
+from prefect_raypool_operator.idle import Decision
 from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTER, Owned
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
@@ -21,7 +22,13 @@ from prefect_raypool_operator.rayrollout import DRAINING, REPORTED_ONLY, Outdate
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import PrefectSpec, RayUpdateType
-from prefect_raypool_operator.status import Check, Observed, build_status
+from prefect_raypool_operator.status import (
+    SUSPENDED,
+    SUSPENDING,
+    Check,
+    Observed,
+    build_status,
+)
 
 Obj = dict[str, Any]
 
@@ -52,6 +59,7 @@ class Found:
     flow_run_clusters: int | None = None  # an Ephemeral pool's RayJobs
     rollout: Step | None = None  # the replacement of outdated Ray pods (rayrollout.py)
     rollback: Obj | None = None  # a Ray spec change gone back on (rayrollback.py)
+    idle: Decision | None = None  # suspending or waking an idle pool (idle.py)
     ray_cluster: Obj | None = None  # the RayCluster applied: the spec's, or the rollback's
     crashed: list[str] = field(default_factory=list)  # orphaned flow runs marked Crashed
     draining: list[str] = field(default_factory=list)  # worker pods newly seen draining
@@ -109,6 +117,13 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
     prefect_failure = (
         None if prefect_worker.ok else pod_failure(found.pods, _is_prefect_container, found.now)
     )
+    idle_state = found.idle.state if found.idle else None
+    idle_check = idle_checks(desired, idle_state)
+    if idle_check is not None:  # stopped on purpose: not a failure of the pods
+        prefect_failure = None
+        prefect_worker = Check(False, idle_check.reason, idle_check.message)
+        if idle_check.reason == SUSPENDED:
+            ray_failure, ray = None, Check(False, SUSPENDED, idle_check.message)
     status = build_status(
         _observed(
             desired,
@@ -119,12 +134,43 @@ def observe_status(desired: Plan, found: Found, previous: Obj) -> Obj:
             work_pool=found.work_pool,
             ready_prefect_workers=ready_prefect,
             ray_pods=ray_pods_check(desired, found),
+            idle=idle_check,
+            idle_state=idle_state,
         ),
         previous,
     )
     status["rayRollout"] = found.rollout.rollout if found.rollout else None
     status["rayRollback"] = found.rollback
     return status
+
+
+def idle_checks(desired: Plan, state: Obj | None) -> Check | None:
+    """Ready's verdict while the pool is suspending or suspended on purpose (idle.py)."""
+    step = (state or {}).get("state")
+    if step not in (SUSPENDING, SUSPENDED) or desired.spec is None:
+        return None
+    after = desired.spec.idle.suspendAfterSeconds
+    idle = (
+        f"no flow run wanted a worker in work pool {desired.work_pool_name} since "
+        f"{(state or {}).get('lastDemand')} (spec.idle.suspendAfterSeconds: {after})"
+    )
+    wake = (
+        "a flow run scheduled (or due within spec.idle.wakeAheadSeconds: "
+        f"{desired.spec.idle.wakeAheadSeconds}) wakes it"
+    )
+    if step == SUSPENDING:
+        return Check(
+            False,
+            SUSPENDING,
+            f"{idle}: the Prefect workers are stopping (a run taken at the last moment "
+            f"finishes first), then the Ray cluster is suspended; {wake}",
+        )
+    return Check(
+        False,
+        SUSPENDED,
+        f"{idle}: the Ray cluster is suspended (no Ray pod, head included) and the Prefect "
+        f"workers are stopped; {wake}",
+    )
 
 
 def prefect_failure_or(found: Found, check: Check) -> Check:

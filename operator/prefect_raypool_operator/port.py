@@ -134,6 +134,13 @@ class ClusterIO(Protocol):
         not be asked."""
         ...
 
+    def waiting_flow_runs(
+        self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
+    ) -> int | None:
+        """How many flow runs want a worker (flow_runs.py), counting those scheduled
+        within `ahead_seconds`; None when Prefect did not answer."""
+        ...
+
     def crash_flow_run(
         self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str
     ) -> bool:

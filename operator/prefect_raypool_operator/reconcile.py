@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from prefect_raypool_operator import orphans, rayrollback, rayrollout, replicas
+from prefect_raypool_operator import idle, orphans, rayrollback, rayrollout, replicas
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER
 from prefect_raypool_operator.builders.ray_token import (
     pod_token_digest,
@@ -71,6 +71,7 @@ class ReconcileResult:
     overrides: list[Override] = field(default_factory=list)  # restored: one Event each
     crashed: list[str] = field(default_factory=list)  # orphaned flow runs: one Event each
     draining: list[str] = field(default_factory=list)  # worker pods draining: one Event each
+    woke: str | None = None  # an idle pool woken: one Event
 
 
 def reconcile(
@@ -79,14 +80,7 @@ def reconcile(
     """Reconcile one pool against its `previous` status. `repair=False` only observes
     objects that exist (an owned object's status changed); a missing one is created."""
     desired = plan(body)
-    found = apply_plan(
-        desired,
-        io,
-        memory,
-        repair,
-        (previous or {}).get("rayRollout"),
-        (previous or {}).get("rayRollback"),
-    )
+    found = apply_plan(desired, io, memory, repair, previous)
     status = observe_status(desired, found, previous)
     problem = desired.refusal or found.refusal
     if problem is None and found.work_pool is not None and found.work_pool.ok is False:
@@ -99,6 +93,19 @@ def reconcile(
         found.overrides,
         found.crashed,
         found.draining,
+        _woke(desired, found.idle),
+    )
+
+
+def _woke(desired: Plan, decision: idle.Decision | None) -> str | None:
+    """The Event message of a pool woken on this reconcile, if it was."""
+    if decision is None or not decision.woke:
+        return None
+    if decision.state is None:
+        return "spec.idle.suspendAfterSeconds is 0: resuming the Ray cluster and the workers"
+    return (
+        f"{decision.demand} flow runs want a worker in work pool {desired.work_pool_name}: "
+        "resuming the Ray cluster and starting the Prefect workers"
     )
 
 
@@ -187,13 +194,14 @@ def apply_plan(
     io: ClusterIO,
     memory: PoolMemory,
     repair: bool,
-    rollout: Obj | None = None,
-    rollback: Obj | None = None,
+    previous: Obj | None = None,
 ) -> Found:
     """Check what only the cluster knows, then make the plan so, step by step; return
-    what was found. `repair=False` applies only what is missing; `rollout` and
-    `rollback` are the status's replacement of outdated Ray pods under way
-    (rayrollout.py) and its going back to an older Ray spec (rayrollback.py)."""
+    what was found. `repair=False` applies only what is missing; `previous` (the
+    pool's status) carries the steps under way: a replacement of outdated Ray pods
+    (rayrollout.py), a going back to an older Ray spec (rayrollback.py), the idle
+    state (idle.py)."""
+    previous = previous or {}
     if desired.spec is None or desired.refusal is not None:
         return Found()
     if not CONFIG.prefect_api_allowed(desired.spec.prefect.apiUrl):
@@ -220,13 +228,34 @@ def apply_plan(
     # workers decide what this reconcile applies (the controllers act on it later anyway).
     found.pods = io.pods(desired.namespace, desired.pool_name)
     found.token_roll = _roll_token(desired, io, digest, written, found.pods)
-    step = _ray_rollout(desired, manifests, found, rollout, rollback, before.get(RAY_CLUSTER))
+    step = _ray_rollout(
+        desired,
+        manifests,
+        found,
+        previous.get("rayRollout"),
+        previous.get("rayRollback"),
+        before.get(RAY_CLUSTER),
+    )
+    found.idle = _idle(desired, io, values, found.pods, previous.get("idle"))
     workers = manifests.get(PREFECT_WORKER_DEPLOYMENT)
-    if workers is not None and step.pause_workers:
-        workers["spec"]["replicas"] = 0  # draining for the rollout, or waiting for it
+    if workers is not None and (step.pause_workers or found.idle.stop_workers):
+        workers["spec"]["replicas"] = 0  # draining for a rollout or suspension, or waiting
     if workers is not None and found.rollback and desired.spec.prefect.image is None:
         _set_worker_image(workers, rayrollback.worker_image(found.rollback))
-    _apply_owned(desired, manifests, io, memory, repair, found, before)
+    cluster = manifests.get(RAY_CLUSTER)
+    idle_on = desired.spec.idle.suspendAfterSeconds
+    if cluster is not None and (idle_on or _suspended(before[RAY_CLUSTER])):
+        # True: KubeRay deletes every Ray pod, head included. KubeRay resumes a suspended
+        # cluster only on an explicit false, not on the field's absence.
+        cluster["spec"]["suspend"] = found.idle.suspend_cluster
+    # A step that changes what is applied (replicas to 0 and back, the cluster suspended
+    # or resumed, the templates rolled back) is applied now, whatever woke this reconcile.
+    stepped = (
+        (previous.get("idle") or {}).get("state") != (found.idle.state or {}).get("state")
+        or rayrollout.paused(previous.get("rayRollout")) != step.pause_workers
+        or step.roll_back_to is not None
+    )
+    _apply_owned(desired, manifests, io, memory, repair or stepped, found, before)
     for name in step.delete:
         io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
@@ -406,6 +435,41 @@ def _ray_rollout(
         manifests[RAY_CLUSTER] = cluster = rayrollback.applied(cluster, found.rollback)
     found.ray_cluster = cluster
     return step
+
+
+def _idle(
+    desired: Plan, io: ClusterIO, values: _SecretValues, pods: list[Obj], current: Obj | None
+) -> idle.Decision:
+    """This reconcile's step in suspending an idle pool or waking it (idle.py)."""
+    spec, want = desired.spec, desired.work_pool
+    assert spec is not None and want is not None
+    settings = spec.idle
+    demand = None
+    if settings.suspendAfterSeconds:
+        try:
+            api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
+        except SecretValueInvalid:
+            pass  # demand unknown; the work pool's check says what is wrong with the key
+        else:
+            demand = io.waiting_flow_runs(want, api_key, settings.wakeAheadSeconds)
+    return idle.next_state(
+        current,
+        suspend_after=settings.suspendAfterSeconds,
+        min_awake=settings.minAwakeSeconds,
+        demand=demand,
+        worker_pods=sum(1 for p in pods if _prefect_worker_pod(p)),
+        now=datetime.now(UTC),
+    )
+
+
+def _suspended(live: Obj | None) -> bool:
+    """Whether a live RayCluster is, or is going, suspended."""
+    if not live:
+        return False
+    conditions = (live.get("status") or {}).get("conditions") or []
+    return bool((live.get("spec") or {}).get("suspend")) or any(
+        c.get("type") == "RayClusterSuspended" and c.get("status") == "True" for c in conditions
+    )
 
 
 def _set_worker_image(deployment: Obj, image: str | None) -> None:

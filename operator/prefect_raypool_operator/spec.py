@@ -755,6 +755,42 @@ class DisruptionBudgetSpec(_Model):
     )
 
 
+class IdleSpec(_Model):
+    """Scale to zero, head included, while the work pool has nothing to run; wake when
+    a flow run is scheduled (idle.py)."""
+
+    suspendAfterSeconds: Int32 = Field(
+        default=0,
+        description="0 (the default): never. Otherwise, after this long with no flow run "
+        "scheduled (within wakeAheadSeconds), pending, running, paused or cancelling in "
+        "the work pool, the Prefect workers stop and the RayCluster is suspended: no Ray "
+        "pod is left, head included. A flow run scheduled wakes the pool.",
+    )
+    wakeAheadSeconds: Int32 = Field(
+        default=300,
+        description="A flow run scheduled this close to now counts as waiting: the pool "
+        "wakes (or stays awake) ahead of it, so a nightly run finds its cluster warm.",
+    )
+    minAwakeSeconds: Int32 = Field(
+        default=300,
+        description="After waking, the pool stays awake at least this long, so bursty "
+        "arrivals do not suspend and wake it over and over.",
+    )
+
+
+_IDLE_OFF = (
+    "!has(self.idle) || !has(self.idle.suspendAfterSeconds) || self.idle.suspendAfterSeconds == 0"
+)
+IDLE_PLACEMENT = (
+    "idle.suspendAfterSeconds is for ZeroCapacityNode pools (a HeadSidecar head runs the "
+    "Prefect worker, an Ephemeral pool has no cluster between runs): set it to 0 or use "
+    "ZeroCapacityNode"
+)
+IDLE_EXTERNAL_REPLICAS = (
+    "idle.suspendAfterSeconds stops the Prefect workers, which replicasManagedExternally "
+    "leaves to someone else: set one of them to 0/false"
+)
+
 EXTERNAL_REPLICAS_SIDECAR = (
     "HeadSidecar has no worker Deployment to scale: remove replicasManagedExternally "
     "or use ZeroCapacityNode"
@@ -783,6 +819,17 @@ class PrefectRayPoolSpec(_Model):
                 "add a worker group with resources.gpu at least that large",
                 ".ray.taskResources.gpu",
             ),
+            cel(
+                f"{_IDLE_OFF} || self.placement == 'ZeroCapacityNode'",
+                IDLE_PLACEMENT,
+                ".idle.suspendAfterSeconds",
+            ),
+            cel(
+                f"{_IDLE_OFF} || !has(self.prefect.replicasManagedExternally) || "
+                "!self.prefect.replicasManagedExternally",
+                IDLE_EXTERNAL_REPLICAS,
+                ".idle.suspendAfterSeconds",
+            ),
         )
     )
 
@@ -802,6 +849,10 @@ class PrefectRayPoolSpec(_Model):
         default_factory=DisruptionBudgetSpec,
         description="Which of the pool's pods a voluntary eviction (a node drain) may take.",
     )
+    idle: IdleSpec = Field(
+        default_factory=IdleSpec,
+        description="Scale to zero while idle, wake on a scheduled flow run (off by default).",
+    )
     jobVariables: JobVariables = Field(
         default_factory=JobVariables,
         description="Ephemeral: what deployments' job variables may change in each flow "
@@ -817,6 +868,10 @@ class PrefectRayPoolSpec(_Model):
         gpu = self.ray.taskResources.gpu
         if gpu and not any(g.resources.gpu >= gpu for g in self.ray.workerGroups):
             raise ValueError("ray.taskResources.gpu asks for more GPUs than any worker group has")
+        if self.idle.suspendAfterSeconds and self.placement != Placement.ZERO_CAPACITY_NODE:
+            raise ValueError(IDLE_PLACEMENT)
+        if self.idle.suspendAfterSeconds and self.prefect.replicasManagedExternally:
+            raise ValueError(IDLE_EXTERNAL_REPLICAS)
         return self
 
 
@@ -828,6 +883,7 @@ class Phase(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"  # Ray is up but the Prefect side is not, or a container cannot run
     FAILED = "Failed"  # only a spec change helps
+    SUSPENDED = "Suspended"  # idle: no pod running, woken by a scheduled flow run
 
 
 class Condition(_Model):
@@ -878,6 +934,15 @@ class RayRollback(_Model):
     )
 
 
+class IdleStatus(_Model):
+    state: str | None = Field(default=None, description="Awake, Suspending or Suspended.")
+    since: str | None = Field(default=None, description="When it entered that state.")
+    lastDemand: str | None = Field(
+        default=None, description="When the work pool last had a flow run to run."
+    )
+    awakeSince: str | None = Field(default=None, description="When the pool last woke.")
+
+
 class PrefectRayPoolStatus(_Model):
     observedGeneration: int | None = None
     # A plain string in the CRD: an enum there would change the published schema.
@@ -900,6 +965,9 @@ class PrefectRayPoolStatus(_Model):
         default=None,
         description="The replacement of outdated Ray pods under way "
         "(spec.ray.updateStrategy), if any.",
+    )
+    idle: IdleStatus | None = Field(
+        default=None, description="Scale to zero (spec.idle): where the pool stands."
     )
     rayRollback: RayRollback | None = Field(
         default=None,

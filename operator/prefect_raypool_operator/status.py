@@ -11,13 +11,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect_raypool_operator import naming
-from prefect_raypool_operator.spec import Condition, Phase, PrefectRayPoolStatus
+from prefect_raypool_operator.spec import Condition, IdleStatus, Phase, PrefectRayPoolStatus
 
 READY = "Ready"
 RAY_CLUSTER_READY = "RayClusterReady"
 PREFECT_WORKER_READY = "WorkerReady"
 WORK_POOL_READY = "WorkPoolReady"
 RAY_PODS_UP_TO_DATE = "RayPodsUpToDate"  # informs; not part of Ready
+#: Reasons of a pool idle on purpose (idle.py): Normal Events, not Warnings.
+SUSPENDING, SUSPENDED = "Suspending", "Suspended"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Observed:
     ray_pods: Check | None = None  # running Ray pods against the current spec
     ephemeral: bool = False  # no RayCluster of its own: RayClusterReady does not apply
     flow_run_clusters: int | None = None  # RayJobs of an Ephemeral pool
+    idle: Check | None = None  # suspending or suspended while idle (idle.py): Ready says so
+    idle_state: dict[str, Any] | None = None  # status.idle
 
 
 def _condition(
@@ -86,7 +90,9 @@ def build_status(
     else:
         failing = [(k, c) for k, c in parts.items() if c is None or not c.ok]
         failing.sort(key=lambda part: not (part[1] and part[1].from_pod))  # stable
-        if failing:
+        if obs.idle is not None:
+            overall = obs.idle
+        elif failing:
             kind, check = failing[0]
             overall = Check(False, f"{kind}False", check.message if check else "pending")
         else:
@@ -124,6 +130,7 @@ def build_status(
         readyPrefectWorkers=obs.ready_prefect_workers,
         workPool=obs.work_pool_name,
         flowRunClusters=obs.flow_run_clusters,
+        idle=IdleStatus.model_validate(obs.idle_state) if obs.idle_state else None,
     )
     return status.model_dump(mode="json")
 
@@ -131,6 +138,8 @@ def build_status(
 def phase(obs: Observed, overall: Check) -> Phase:
     if obs.blocking is not None:
         return Phase.FAILED if obs.blocking_permanent else Phase.PENDING
+    if obs.idle is not None and obs.idle.reason == SUSPENDED:
+        return Phase.SUSPENDED
     if overall.ok:
         return Phase.READY
     if obs.pods_failing or (obs.ray_cluster is not None and obs.ray_cluster.ok):
@@ -149,7 +158,7 @@ class Transition:
 
     @property
     def warning(self) -> bool:
-        return self.status == "False"
+        return self.status == "False" and self.reason not in (SUSPENDING, SUSPENDED)
 
 
 def transitions(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Transition]:

@@ -64,6 +64,7 @@ class FakeIO:
         self.work_pool_types: list[tuple[str, Obj | None]] = []  # (type, template) sent
         self.now = "2026-01-01T00:00:00Z"  # creationTimestamp of what is made next
         self.flow_runs: list[Obj] = []  # the work pool's, as Prefect's API answers
+        self.waiting: int | None = 0  # flow runs that want a worker (waiting_flow_runs)
 
     def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
         body = {
@@ -168,6 +169,11 @@ class FakeIO:
 
     def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
         return copy.deepcopy(self.flow_runs)
+
+    def waiting_flow_runs(
+        self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
+    ) -> int | None:
+        return self.waiting
 
     def crash_flow_run(
         self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str

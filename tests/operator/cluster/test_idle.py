@@ -1,0 +1,122 @@
+"""Scale to zero on the real control plane with the real KubeRay and a real Prefect
+server (the session's operator: 3 s resync, 5 s idle poll): an idle pool stops its
+workers and suspends its RayCluster (no pod left, head included); a flow run due
+within wakeAheadSeconds wakes it, a running one keeps it awake, and arrivals while
+awake do not make it flap. (Wake to a completed run on a real node:
+tests/e2e/test_idle.py.)"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prefect.states import Completed, Pending, Running, Scheduled
+
+from prefect_raypool_operator import naming
+from testbed.pooldriver import PoolDriver
+from testbed.waiting import eventually
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.prefect]
+POOL = "analytics"
+IDLE = {"suspendAfterSeconds": 10, "minAwakeSeconds": 0, "wakeAheadSeconds": 120}
+
+
+def _run(env: PoolDriver, work_pool: str, state: Any) -> Any:
+    with env.prefect() as c:
+        flow_id = c.create_flow_from_name("waiting")
+        deployment = c.create_deployment(
+            flow_id=flow_id, name=f"d-{uuid.uuid4().hex[:6]}", work_pool_name=work_pool
+        )
+        return c.create_flow_run_from_deployment(deployment, state=state).id
+
+
+def _pool_pods(env: PoolDriver) -> list[Any]:
+    return env.pods(f"{naming.POOL_LABEL}={POOL}")
+
+
+def _suspended(env: PoolDriver, timeout: float = 120) -> float:
+    t0 = time.monotonic()
+    cond = env.wait_condition(POOL, "Ready", "False", "Suspended", timeout=timeout)
+    assert "spec.idle.suspendAfterSeconds: 10" in cond["message"], cond["message"]
+    assert (env.pool(POOL) or {})["status"]["phase"] == "Suspended"
+    cluster = env.raycluster(POOL) or {}
+    assert cluster["spec"].get("suspend") is True
+    workers = env.apps.read_namespaced_deployment(f"{POOL}-prefect-worker", env.namespace)
+    assert workers.spec.replicas == 0
+    eventually(lambda: not _pool_pods(env), 60, "no pod of the pool left, head included")
+    return time.monotonic() - t0
+
+
+def _wakes(env: PoolDriver) -> list[Any]:
+    return [e for e in env.events(POOL) if e.reason == "Waking"]
+
+
+def test_an_idle_pool_suspends_and_a_due_flow_run_wakes_it(env: PoolDriver) -> None:
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["idle"] = IDLE
+    env.apply(doc)
+    work_pool = env.work_pool_name(POOL)
+    env.wait_condition(POOL, "Ready", "True", timeout=120)
+    _suspended(env)
+    suspended = [e for e in env.events(POOL) if e.reason == "Suspended"]
+    assert suspended and all(e.type == "Normal" for e in suspended)
+
+    # Due in 60 s, inside wakeAheadSeconds (120): the pool wakes ahead of it.
+    due = datetime.now(UTC) + timedelta(seconds=60)
+    t0 = time.monotonic()
+    scheduled = _run(env, work_pool, Scheduled(scheduled_time=due))
+    env.wait_events(POOL, lambda es: any(e.reason == "Waking" for e in es), "a Waking Event")
+    print(f"waking {time.monotonic() - t0:.1f}s after the run was scheduled")
+    assert "1 flow runs want a worker" in _wakes(env)[0].message
+    assert not (env.raycluster(POOL) or {})["spec"].get("suspend")
+    env.wait_condition(POOL, "Ready", "True", timeout=120)
+    print(f"ready {time.monotonic() - t0:.1f}s after the run was scheduled")
+    time.sleep(15)  # longer than suspendAfterSeconds: the waiting run keeps it awake
+    assert env.condition(POOL, "Ready")["status"] == "True"
+
+    # The run goes; idle again, suspended again.
+    with env.prefect() as c:
+        c.delete_flow_run(scheduled)
+    _suspended(env)
+
+    # A running run (started elsewhere, say) wakes it and keeps it awake while it runs.
+    running = _run(env, work_pool, Pending())
+    with env.prefect() as c:
+        c.set_flow_run_state(running, Running())
+    env.wait_condition(POOL, "Ready", "True", timeout=120)
+    time.sleep(15)
+    assert env.condition(POOL, "Ready")["status"] == "True"
+    with env.prefect() as c:
+        c.set_flow_run_state(running, Completed())
+    _suspended(env)
+    assert len(_wakes(env)) == 2, [e.message for e in _wakes(env)]  # no flapping
+
+
+def test_a_run_far_ahead_does_not_wake_it_and_the_pool_survives_a_spec_change(
+    env: PoolDriver,
+) -> None:
+    """Scheduled beyond wakeAheadSeconds: still suspended. A spec change while
+    suspended (a label) starts nothing; turning idle off wakes it."""
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["idle"] = IDLE
+    env.apply(doc)
+    _suspended(env, timeout=180)
+    _run(
+        env,
+        env.work_pool_name(POOL),
+        Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=2)),
+    )
+    doc["spec"]["pod"] = {"labels": {"team": "data"}}
+    env.apply(doc)
+    time.sleep(15)  # 3 idle polls and more resyncs
+    assert env.condition(POOL, "Ready")["reason"] == "Suspended"
+    assert not _pool_pods(env) and not _wakes(env)
+
+    doc["spec"]["idle"] = {"suspendAfterSeconds": 0}
+    env.apply(doc)
+    env.wait_condition(POOL, "Ready", "True", timeout=120)
+    assert "spec.idle.suspendAfterSeconds is 0" in _wakes(env)[0].message
+    assert (env.pool(POOL) or {})["status"].get("idle") is None
