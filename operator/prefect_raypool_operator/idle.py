@@ -92,3 +92,13 @@ def _for(stamp: str, now: datetime) -> float:
 
 def _stamp(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def work_pool_note(state: dict[str, Any] | None) -> str | None:
+    """The line the work pool's description carries while the pool is suspended."""
+    if state is None or state.get("state") != SUSPENDED:
+        return None
+    return (
+        f"suspended while idle since {state['since']}: no worker polls until a flow run "
+        "is scheduled, which wakes the pool (spec.idle)"
+    )

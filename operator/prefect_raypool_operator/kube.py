@@ -359,6 +359,7 @@ class KubeIO:
             work_pool_type=work_pool.type,
             base_job_template=work_pool.base_job_template,
             adopt=CONFIG.adopt_work_pools,
+            note=work_pool.note,
         )
 
     def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:

@@ -76,6 +76,7 @@ class DesiredWorkPool:
     base_job_template: Obj | None  # None: the type's default, left as it is
     api_key_ref: KeyRef | None
     owner: Owner
+    note: str | None = None  # why no worker polls (a suspended pool): in the description
 
 
 class ClusterIO(Protocol):

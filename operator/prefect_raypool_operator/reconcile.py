@@ -19,7 +19,7 @@ import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from prefect_raypool_operator import idle, orphans, rayrollback, rayrollout, replicas
@@ -259,7 +259,8 @@ def apply_plan(
     for name in step.delete:
         io.delete_pod(desired.namespace, name)
     assert desired.work_pool is not None
-    found.work_pool = _apply_work_pool(desired.work_pool, io, memory, values)
+    note = idle.work_pool_note(found.idle.state if found.idle else None)
+    found.work_pool = _apply_work_pool(replace(desired.work_pool, note=note), io, memory, values)
     if not desired.ephemeral:
         found.draining = _newly_draining(desired, memory, found.pods)
         if found.work_pool.ok:
@@ -630,12 +631,13 @@ def _apply_work_pool(
         hashlib.sha256((api_key or "").encode()).hexdigest(),
         want.type,
         json.dumps(want.base_job_template, sort_keys=True),
+        want.note,
     )
     if recent(memory.work_pool_checked_at.get(key, NEVER)):
         return Check(True, "WorkPoolInSync", f"work pool {want.name!r} matches the spec")
     check = io.ensure_work_pool(want, api_key)
-    if check.ok:
-        memory.work_pool_checked_at[key] = time.monotonic()
+    if check.ok:  # only the latest: an older one (before a note came and went) is stale
+        memory.work_pool_checked_at = {key: time.monotonic()}
     else:
         memory.work_pool_checked_at.pop(key, None)
     return check

@@ -73,6 +73,22 @@ def with_claim(description: str | None, claim: Claim | None) -> str:
     return f"{text}\n{line}" if text else line
 
 
+#: A line the operator keeps in the description while the pool is suspended (idle.py):
+#: Prefect shows the work pool Not Ready (no worker polls), and this says why.
+IDLE_KEY = "prefectray.io/idle"
+_IDLE = re.compile(rf"^{re.escape(IDLE_KEY)}: .*$", re.MULTILINE)
+
+
+def with_note(description: str | None, note: str | None) -> str:
+    """The description without any idle line, then `note`'s (if any)."""
+    kept = [line for line in (description or "").splitlines() if not _IDLE.match(line)]
+    text = "\n".join(kept).rstrip()
+    if note is None:
+        return text
+    line = f"{IDLE_KEY}: {note}"
+    return f"{text}\n{line}" if text else line
+
+
 def created_description(owner: Owner) -> str:
     return with_claim(
         f"Created by the prefect-raypool operator for PrefectRayPool "
@@ -91,11 +107,13 @@ def ensure_work_pool(
     work_pool_type: str = WORK_POOL_TYPE,
     base_job_template: dict[str, Any] | None = None,
     adopt: bool = False,
+    note: str | None = None,
 ) -> Check:
     """Create the work pool, or (`adopt`) take one nobody claims; keep its limit (and
-    the base job template, when one is given) equal to the spec."""
+    the base job template, when one is given) equal to the spec, and the idle `note`
+    line of its description (none: no such line)."""
     base = api_url.rstrip("/")
-    wanted = _Wanted(concurrency_limit, work_pool_type, base_job_template, adopt)
+    wanted = _Wanted(concurrency_limit, work_pool_type, base_job_template, adopt, note)
     try:
         return _ensure(_Api(base, api_key, timeout, owner), name, wanted, owner)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -144,6 +162,7 @@ class _Wanted:
     type: str
     base_job_template: dict[str, Any] | None  # None: Prefect's default, left as it is
     adopt: bool = False  # take a work pool nobody claims
+    note: str | None = None  # the idle line of the description
 
 
 def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
@@ -191,6 +210,10 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
     if claim is None or claim.owner != owner:  # adopt it, or take over from our predecessor
         how = claim.how if claim else ADOPTED
         update["description"] = with_claim(work_pool["description"], Claim(owner, how))
+    description = update.get("description", work_pool["description"])
+    noted = _noted(description, wanted.note)
+    if noted != (description or ""):
+        update["description"] = noted
     if work_pool["concurrency_limit"] != limit:
         update["concurrency_limit"] = limit
     template = wanted.base_job_template
@@ -212,11 +235,19 @@ def _ensure(api: _Api, name: str, wanted: _Wanted, owner: Owner) -> Check:
         return Check(True, "WorkPoolAdopted", f"adopted the existing work pool {name!r}")
     if "concurrency_limit" in update:
         return Check(True, "WorkPoolUpdated", f"set concurrency limit of {name!r} to {limit}")
+    if set(update) == {"description"} and claim is not None and claim.owner == owner:
+        return Check(True, "WorkPoolInSync", f"work pool {name!r} matches the spec")
     if "base_job_template" in update:
         return Check(True, "WorkPoolUpdated", f"set the base job template of {name!r}")
     return Check(
         True, "WorkPoolUpdated", f"took over work pool {name!r} from this pool's predecessor"
     )
+
+
+def _noted(description: str | None, note: str | None) -> str:
+    """The description with the idle line as `note` says, the claim kept last."""
+    claim = parse_claim(description)
+    return with_claim(with_note(with_claim(description, None), note), claim)
 
 
 def _release(api: _Api, name: str, owner: Owner) -> Check:

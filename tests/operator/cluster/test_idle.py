@@ -47,7 +47,15 @@ def _suspended(env: PoolDriver, timeout: float = 120) -> float:
     workers = env.apps.read_namespaced_deployment(f"{POOL}-prefect-worker", env.namespace)
     assert workers.spec.replicas == 0
     eventually(lambda: not _pool_pods(env), 60, "no pod of the pool left, head included")
+    # Prefect shows the work pool Not Ready (no worker polls); its description says why.
+    note = eventually(lambda: "prefectray.io/idle: suspended" in _description(env), 30, "a note")
+    assert note
     return time.monotonic() - t0
+
+
+def _description(env: PoolDriver) -> str:
+    with env.prefect() as c:
+        return c.read_work_pool(env.work_pool_name(POOL)).description or ""
 
 
 def _wakes(env: PoolDriver) -> list[Any]:
@@ -74,6 +82,8 @@ def test_an_idle_pool_suspends_and_a_due_flow_run_wakes_it(env: PoolDriver) -> N
     assert not (env.raycluster(POOL) or {})["spec"].get("suspend")
     env.wait_condition(POOL, "Ready", "True", timeout=120)
     print(f"ready {time.monotonic() - t0:.1f}s after the run was scheduled")
+    eventually(lambda: "prefectray.io/idle" not in _description(env), 30, "the note gone")
+    assert "prefectray.io/owner=" in _description(env)  # the claim stays
     time.sleep(15)  # longer than suspendAfterSeconds: the waiting run keeps it awake
     assert env.condition(POOL, "Ready")["status"] == "True"
 

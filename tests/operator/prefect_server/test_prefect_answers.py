@@ -181,3 +181,27 @@ def test_a_pre_existing_work_pool_is_left_alone_unless_adoption_is_allowed(
     pool = _read(prefect_server, name).json()  # kept, claim gone, the description as it was
     assert pool["description"] == "the data team's pool" and pool["concurrency_limit"] == 4
     assert ensure_work_pool(url, name, 9, B, adopt=True).reason == "WorkPoolAdopted"  # free again
+
+
+def test_the_idle_note_comes_and_goes_and_keeps_the_owners_text(
+    prefect_server: PrefectServer,
+) -> None:
+    """A suspended pool's work pool says why no worker polls; the rest stays."""
+    url = prefect_server.api_url
+    name = f"idle-{uuid.uuid4().hex[:6]}"
+    httpx.post(
+        f"{url}/work_pools/",
+        json={"name": name, "type": "process", "description": "the data team's pool"},
+        timeout=10,
+    ).raise_for_status()
+    assert ensure_work_pool(url, name, None, A, adopt=True).reason == "WorkPoolAdopted"
+    assert ensure_work_pool(url, name, None, A, note="suspended since T").ok
+    described = _read(prefect_server, name).json()["description"]
+    assert described.splitlines()[0] == "the data team's pool"
+    assert "prefectray.io/idle: suspended since T" in described
+    assert parse_claim(described) is not None  # still held
+    assert ensure_work_pool(url, name, None, A).ok  # awake again: the note goes
+    described = _read(prefect_server, name).json()["description"]
+    assert "prefectray.io/idle" not in described and parse_claim(described) is not None
+    assert release_work_pool(url, name, A).reason == "WorkPoolReleased"
+    assert _read(prefect_server, name).json()["description"] == "the data team's pool"
