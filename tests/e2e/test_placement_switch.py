@@ -5,8 +5,8 @@ ends COMPLETED exactly once, no task run twice, and the orphan sweep leaves it a
 
 The running head has no Prefect worker container until KubeRay makes a new head pod,
 so a flow run submitted after the switch waits in the work pool: the pool says so
-(not Ready, `SidecarMissing`, naming the fix), and once the head pod is deleted as the
-status says, the new head's sidecar runs it.
+(not Ready; `WorkerReady` False, `SidecarMissing`, naming the fix), and once the head
+pod is deleted as the status says, the new head's sidecar runs it.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def test_a_placement_switch_drains_the_flow_run_in_flight(pools: PoolDriver) -> 
         timeout=90,
     )
     # The running head stays (no sidecar yet): the pool tells the truth and the fix.
-    ready = pools.wait_condition("ps", "Ready", "False", "SidecarMissing", timeout=120)
-    assert head in ready["message"] and "kubectl delete pod" in ready["message"], ready
+    missing = pools.wait_condition("ps", "WorkerReady", "False", "SidecarMissing", timeout=120)
+    assert head in missing["message"] and "kubectl delete pod" in missing["message"], missing
+    assert pools.condition("ps", "Ready")["status"] == "False"
     assert pools.head_pod("ps").metadata.name == head
 
     # A flow run submitted now waits: no worker polls the work pool.
@@ -77,7 +78,7 @@ def test_a_placement_switch_drains_the_flow_run_in_flight(pools: PoolDriver) -> 
     assert pools.head_pod("ps").metadata.name == head  # the run kept its Ray cluster
     with pools.prefect() as c:
         assert c.read_flow_run(later).state.type.value == "SCHEDULED"
-    assert pools.condition("ps", "Ready")["reason"] == "SidecarMissing"
+    assert pools.condition("ps", "WorkerReady")["reason"] == "SidecarMissing"
     events = pools.events("ps")
     assert not [e for e in events if e.reason == "FlowRunCrashed"], [e.message for e in events]
 
