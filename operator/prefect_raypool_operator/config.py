@@ -6,8 +6,10 @@ Namespace scoping is kopf's own command line (`--namespace=a --namespace=b`, or
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import kopf
@@ -47,6 +49,28 @@ def _allowlist(raw: str) -> tuple[str, ...]:
         if problem:
             raise ValueError(f"RAYPOOL_PREFECT_API_ALLOWLIST entry {problem}")
     return entries
+
+
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def _worker_env(raw: str) -> tuple[tuple[str, str], ...]:
+    """RAYPOOL_PREFECT_WORKER_ENV: a JSON object of names to string values."""
+    if not raw.strip():
+        return ()
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"RAYPOOL_PREFECT_WORKER_ENV: not JSON ({exc})") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError("RAYPOOL_PREFECT_WORKER_ENV: expected a JSON object, NAME: value")
+    for name, value in parsed.items():
+        if not ENV_NAME.match(name) or not isinstance(value, str):
+            raise ValueError(
+                f"RAYPOOL_PREFECT_WORKER_ENV entry {name!r}: expected an env var name "
+                "and a string value (chart value prefectWorkerEnv)"
+            )
+    return tuple(sorted(parsed.items()))
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,9 @@ class Config:
     # An owned object the watch shows as the operator last applied it is not applied
     # again (reconcile.in_sync) for up to this long; then it is, whatever it looks like.
     reapply_seconds: float = 300.0
+    # Env every warm pool's Prefect worker gets (chart value prefectWorkerEnv), before
+    # the pool's own spec.prefect.env; a name the pool or the operator sets keeps theirs.
+    prefect_worker_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls) -> Config:
@@ -131,6 +158,7 @@ class Config:
             work_pool_release_delay=_float("RAYPOOL_WORK_POOL_RELEASE_DELAY", 10.0),
             kuberay_grace_seconds=_float("RAYPOOL_KUBERAY_GRACE_SECONDS", 60.0),
             reapply_seconds=_float("RAYPOOL_REAPPLY_SECONDS", 300.0),
+            prefect_worker_env=_worker_env(os.environ.get("RAYPOOL_PREFECT_WORKER_ENV", "")),
         )
 
     def warnings(self) -> list[str]:

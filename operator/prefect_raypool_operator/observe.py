@@ -466,9 +466,24 @@ def prefect_worker_deployment_check(live: Obj | None, desired_replicas: int) -> 
 def prefect_sidecar_check(head_pod: Obj | None) -> Check:
     if head_pod is None:
         return Check(False, "HeadPodMissing", "the Ray head pod does not exist yet")
+    containers = {c.get("name") for c in (head_pod.get("spec") or {}).get("containers") or []}
+    if containers and naming.PREFECT_WORKER_CONTAINER not in containers:
+        # Made before spec.placement became HeadSidecar: KubeRay does not restart a
+        # running head for a template change, so no worker polls the work pool.
+        meta = head_pod.get("metadata") or {}
+        name, namespace = meta.get("name"), meta.get("namespace")
+        return Check(
+            False,
+            "SidecarMissing",
+            f"the head pod {name} has no Prefect worker container: it was made before "
+            "spec.placement became HeadSidecar, and KubeRay adds the container only to a "
+            "new head pod; until then no new flow run starts. Once the flow runs of the "
+            "earlier Prefect workers have ended (those on this head's Ray cluster fail "
+            f"otherwise), delete it: kubectl delete pod -n {namespace} {name}",
+        )
     for status in (head_pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == naming.PREFECT_WORKER_CONTAINER:
             if status.get("ready"):
                 return Check(True, "SidecarReady", "the Prefect worker sidecar is ready")
             return Check(False, "SidecarNotReady", "the Prefect worker sidecar is not ready")
-    return Check(False, "SidecarMissing", "the head pod has no Prefect worker container yet")
+    return Check(False, "SidecarNotReady", "the Prefect worker sidecar has not started yet")

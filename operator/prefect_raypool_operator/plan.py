@@ -17,6 +17,7 @@ import kopf
 from prefect_raypool_operator import naming
 from prefect_raypool_operator.builders import build_manifests, ephemeral
 from prefect_raypool_operator.builders.common import ray_token_ref
+from prefect_raypool_operator.builders.prefect_worker import POD_NAME_ENV, prefect_worker_env
 from prefect_raypool_operator.builders.ray_token import build_ray_token_secret
 from prefect_raypool_operator.config import CONFIG
 from prefect_raypool_operator.owned import Owned, owned_of
@@ -33,7 +34,13 @@ from prefect_raypool_operator.refusals import (
     secret_refs,
     spec_problems,
 )
-from prefect_raypool_operator.spec import KeyRef, Placement, PrefectRayPoolSpec, RayAuthMode
+from prefect_raypool_operator.spec import (
+    EnvVar,
+    KeyRef,
+    Placement,
+    PrefectRayPoolSpec,
+    RayAuthMode,
+)
 
 Obj = dict[str, Any]
 
@@ -75,11 +82,26 @@ class Plan:
         return self.spec is not None and self.spec.placement == Placement.EPHEMERAL
 
 
+def with_worker_env(
+    pool_name: str, spec: PrefectRayPoolSpec, worker_env: tuple[tuple[str, str], ...]
+) -> PrefectRayPoolSpec:
+    """The operator's env for every warm pool's Prefect worker (chart value
+    prefectWorkerEnv) ahead of the pool's spec.prefect.env. A name the pool or the
+    operator already sets keeps that value (one name twice: the apply is refused)."""
+    if not worker_env or spec.placement == Placement.EPHEMERAL:
+        return spec
+    taken = {e["name"] for e in prefect_worker_env(pool_name, spec)} | {POD_NAME_ENV}
+    added = [EnvVar(name=name, value=value) for name, value in worker_env if name not in taken]
+    prefect = spec.prefect.model_copy(update={"env": [*added, *spec.prefect.env]})
+    return spec.model_copy(update={"prefect": prefect})
+
+
 def plan(
     body: Obj,
     operator_namespace: str | None = CONFIG.operator_namespace,
     worker_cluster_role: str = CONFIG.kuberay_worker_cluster_role,
     kuberay_namespace: str | None = CONFIG.kuberay_namespace,
+    worker_env: tuple[tuple[str, str], ...] = CONFIG.prefect_worker_env,
 ) -> Plan:
     meta = body["metadata"]
     pool_name, namespace = meta["name"], meta["namespace"]
@@ -92,6 +114,7 @@ def plan(
     problems = spec_problems(spec, pool_name)
     if problems:
         return Plan(body, pool_name, namespace, generation, work_pool_name, spec, problems[0])
+    spec = with_worker_env(pool_name, spec, worker_env)
     owner = kopf.Body(cast(Any, body))
     desired = {}
     manifests = build_manifests(

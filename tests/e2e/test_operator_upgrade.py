@@ -1,6 +1,8 @@
 """Upgrading the operator (the chart, to a new image tag) leaves every pool's objects
 untouched: the new pods stand by, the old leader releases its Lease on SIGTERM, the
-new leader resumes the pools and finds nothing to change.
+new leader resumes the pools and finds nothing to change. An upgrade that does change
+the Prefect workers' pod template (a new chart value that reaches it) rolls them: the
+flow run in flight on the old worker pod ends COMPLETED once, the old pod drains.
 
 The new tag is the same image tagged twice in the node's containerd: what changes is
 the Deployment's pod template, so Kubernetes rolls every operator pod, as a real
@@ -26,9 +28,18 @@ from testbed.realstack import (
     operator_pods,
 )
 from testbed.waiting import eventually
+from tests.e2e.test_worker_drain import (
+    WORKERS,
+    _completed_once,
+    _draining,
+    _pool,
+    _running_on,
+    _start,
+)
 
 pytestmark = pytest.mark.e2e
 UPGRADE_TAG = "upgrade-test"
+WORKER_TEMPLATE_TAG = "upgrade-worker-template"  # another tag: whichever test runs first
 MANAGED = "app.kubernetes.io/managed-by=prefect-raypool-operator"
 # Kinds the operator makes for a pool; those without a status must keep their
 # resourceVersion too (a no-op server-side apply does not bump it).
@@ -76,18 +87,8 @@ def test_upgrading_the_operator_leaves_every_pools_objects_untouched(
     old_pods = {p["metadata"]["name"] for p in operator_pods(real_stack)}
     assert _lease_holder(real_stack).split("_")[0] in old_pods
 
-    node = real_stack.control_plane.real_node
-    assert node is not None
-    repo = OPERATOR_IMAGE.rsplit(":", 1)[0]
-    node.ctr(
-        "images", "tag", "--force", full_name(OPERATOR_IMAGE), full_name(f"{repo}:{UPGRADE_TAG}")
-    )
     started = time.monotonic()
-    real_stack.helm(
-        "upgrade", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
-        "--namespace", OPERATOR_NAMESPACE, "--reuse-values",
-        "--set", f"image.tag={UPGRADE_TAG}", "--wait", "--timeout", "5m",
-    )  # fmt: skip
+    _upgrade(real_stack, UPGRADE_TAG)
 
     def new_leader() -> str | None:
         pods = operator_pods(real_stack)
@@ -108,3 +109,68 @@ def test_upgrading_the_operator_leaves_every_pools_objects_untouched(
     assert pools.condition("steady", "Ready").get("status") == "True"
     logs = real_stack.kubectl("logs", "-n", OPERATOR_NAMESPACE, holder)
     assert "Leading as" in logs and "Traceback" not in logs, logs[-4000:]
+
+
+def _upgrade(stack: RealStack, tag: str, *values: str) -> float:
+    """`helm upgrade` to the operator image under a new tag (the same image tagged again
+    in the node's containerd); the seconds it took."""
+    node = stack.control_plane.real_node
+    assert node is not None
+    repo = OPERATOR_IMAGE.rsplit(":", 1)[0]
+    node.ctr("images", "tag", "--force", full_name(OPERATOR_IMAGE), full_name(f"{repo}:{tag}"))
+    started = time.monotonic()
+    stack.helm(
+        "upgrade", OPERATOR_RELEASE, str(REPO / "charts" / "prefect-raypool-operator"),
+        "--namespace", OPERATOR_NAMESPACE, "--reuse-values",
+        "--set", f"image.tag={tag}", *values, "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(2400)
+def test_an_upgrade_that_changes_the_workers_template_drains_the_flow_run_in_flight(
+    real_stack: RealStack, pools: PoolDriver
+) -> None:
+    pools.apply(_pool("uw", real_stack.prefect.api_url))
+    pools.wait_ready("uw")
+    ray_pods = {p.metadata.name for p in pools.pods("ray.io/is-ray-node=yes")}
+    run_id = _start(pools, "uw")
+    old = _running_on(pools, run_id)
+
+    # A new version and a Prefect client setting for every pool's workers: what a
+    # platform team's upgrade does. The new leader applies the new template.
+    setting = "PREFECT_CLIENT_MAX_RETRIES"
+    t0 = time.monotonic()
+    took = _upgrade(
+        real_stack, WORKER_TEMPLATE_TAG, "--set-string", f"prefectWorkerEnv.{setting}=6"
+    )
+    print(f"\nhelm upgrade done in {took:.0f} s")
+    _draining(pools, old, timeout=300)
+    print(f"pod {old} draining {time.monotonic() - t0:.0f}s after helm upgrade began")
+    with pools.prefect() as c:
+        assert c.read_flow_run(run_id).state.type.value == "RUNNING"
+    new = [p for p in pools.pods(WORKERS) if p.metadata.name != old]
+    assert new and all(setting in {e.name for e in p.spec.containers[0].env} for p in new), (
+        "the new worker pod lacks the chart's prefectWorkerEnv"
+    )
+    pools.wait_events(
+        "uw",
+        lambda events: any(e.reason == "WorkerDraining" and old in e.message for e in events),
+        "a WorkerDraining Event",
+        timeout=90,
+    )
+
+    _completed_once(pools, "uw", run_id)
+    print(f"flow run in flight COMPLETED {time.monotonic() - t0:.0f}s after helm upgrade began")
+    eventually(
+        lambda: old not in {p.metadata.name for p in pools.pods(WORKERS)},
+        120,
+        "the drained pod gone",
+        interval=2,
+    )
+    # The Ray pods were not touched: the worker's env is not theirs.
+    assert ray_pods <= {p.metadata.name for p in pools.pods("ray.io/is-ray-node=yes")}
+    # The new worker takes the next run.
+    second = _start(pools, "uw", 20)
+    assert _running_on(pools, second) != old
+    _completed_once(pools, "uw", second, 20)

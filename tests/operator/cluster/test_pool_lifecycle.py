@@ -353,6 +353,10 @@ def test_switching_placement_moves_the_worker_into_the_head_pod(env: PoolDriver)
         return gone and [c["name"] for c in containers] == ["ray-head", "prefect-worker"]
 
     eventually(moved, what="the Deployment removed and the sidecar added")
+    # KubeRay keeps the running head, without the sidecar: the pool says so, and the fix.
+    head = env.head_pod("analytics").metadata.name
+    missing = env.wait_condition("analytics", "WorkerReady", "False", "SidecarMissing")
+    assert f"kubectl delete pod -n {env.namespace} {head}" in missing["message"]
 
 
 def test_apply_returns_the_live_object(kube_cluster: Cluster, namespace: str) -> None:

@@ -328,3 +328,15 @@ def test_operator_chart_single_replica_without_election_recreates() -> None:
     assert "RAYPOOL_LEADER_ELECTION_NAME" not in env
     kinds = {d["kind"] for d in docs}
     assert "PodDisruptionBudget" not in kinds and "Role" not in kinds
+
+
+def test_prefect_worker_env_reaches_the_operator_as_json() -> None:
+    from prefect_raypool_operator.config import _worker_env
+
+    env = {e["name"]: e for e in _deployment()["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert _worker_env(env["RAYPOOL_PREFECT_WORKER_ENV"]["value"]) == ()
+    named = _deployment("--set", "prefectWorkerEnv.HTTPS_PROXY=http://proxy:3128")
+    env = {e["name"]: e for e in named["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert _worker_env(env["RAYPOOL_PREFECT_WORKER_ENV"]["value"]) == (
+        ("HTTPS_PROXY", "http://proxy:3128"),
+    )

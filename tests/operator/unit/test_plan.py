@@ -71,3 +71,36 @@ def test_the_port_imports_nothing_of_the_operator_at_run_time() -> None:
         )
     ]
     assert runtime == []
+
+
+def test_the_operators_worker_env_goes_to_warm_pools_workers_not_over_theirs() -> None:
+    from prefect_raypool_operator.owned import owned_of
+
+    platform = (("HTTPS_PROXY", "http://proxy:3128"), ("PREFECT_API_URL", "x"), ("TEAM", "ops"))
+    own = {"env": [{"name": "TEAM", "value": "data"}]}
+    planned = plan(_pool(placement="ZeroCapacityNode", prefect=own), worker_env=platform)
+    deployment = next(m for m in planned.desired.values() if m["kind"] == "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))  # the apply refuses a name twice
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["HTTPS_PROXY"] == "http://proxy:3128"
+    assert values["TEAM"] == "data" and values["PREFECT_API_URL"] == "http://prefect:4200/api"
+    sidecar = plan(_pool(placement="HeadSidecar"), worker_env=platform)
+    head = next(m for m in sidecar.desired.values() if m["kind"] == "RayCluster")
+    containers = head["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in containers[1]["env"]
+    assert [owned_of(m, "p") for m in plan(_pool()).desired.values()] == [
+        owned_of(m, "p") for m in plan(_pool(), worker_env=()).desired.values()
+    ]
+    ephemeral = plan(_pool(placement="Ephemeral"), worker_env=platform)
+    assert "proxy" not in str(ephemeral.desired)
+
+
+def test_a_malformed_worker_env_names_the_chart_value() -> None:
+    from prefect_raypool_operator.config import _worker_env
+
+    assert _worker_env('{"B": "2", "A": "1"}') == (("A", "1"), ("B", "2"))
+    for raw in ("[1]", '{"bad name": "x"}', '{"A": 1}', "{"):
+        with pytest.raises(ValueError, match="RAYPOOL_PREFECT_WORKER_ENV"):
+            _worker_env(raw)

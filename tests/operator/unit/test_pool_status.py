@@ -98,6 +98,19 @@ def test_sidecar_ready_reads_the_prefect_container() -> None:
     assert prefect_sidecar_check(None).ok is False
 
 
+def test_a_head_made_before_the_switch_to_head_sidecar_says_how_to_get_the_sidecar() -> None:
+    pod = {
+        "metadata": {"name": "p-head-abc", "namespace": "ns"},
+        "spec": {"containers": [{"name": "ray-head"}]},
+        "status": {"containerStatuses": [{"name": "ray-head", "ready": True}]},
+    }
+    check = prefect_sidecar_check(pod)
+    assert (check.ok, check.reason) == (False, "SidecarMissing")
+    assert "kubectl delete pod -n ns p-head-abc" in check.message
+    pod["spec"]["containers"].append({"name": "prefect-worker"})  # starting: not missing
+    assert prefect_sidecar_check(pod).reason == "SidecarNotReady"
+
+
 def _obs(**kw: Any) -> Observed:
     return Observed("p", "ns", 3, "p", **kw)
 

@@ -1,0 +1,91 @@
+"""`spec.placement` ZeroCapacityNode -> HeadSidecar while a flow run is in flight, on a
+real node: the worker Deployment is deleted and its pod drains (its grace period is
+kept), the run keeps its Ray cluster (KubeRay does not restart the running head) and
+ends COMPLETED exactly once, no task run twice, and the orphan sweep leaves it alone.
+
+The running head has no Prefect worker container until KubeRay makes a new head pod,
+so a flow run submitted after the switch waits in the work pool: the pool says so
+(not Ready; `WorkerReady` False, `SidecarMissing`, naming the fix), and once the head
+pod is deleted as the status says, the new head's sidecar runs it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from testbed.pooldriver import PoolDriver
+from testbed.waiting import eventually
+from tests.e2e.test_worker_drain import (
+    WORKERS,
+    _completed_once,
+    _draining,
+    _patch,
+    _pool,
+    _running_on,
+    _start,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(2400)
+def test_a_placement_switch_drains_the_flow_run_in_flight(pools: PoolDriver) -> None:
+    pools.apply(_pool("ps", pools.prefect_api_url))
+    pools.wait_ready("ps")
+    head = pools.head_pod("ps").metadata.name
+    run_id = _start(pools, "ps")
+    worker = _running_on(pools, run_id)
+
+    t0 = time.monotonic()
+    _patch(pools, "ps", {"spec": {"placement": "HeadSidecar"}})
+    # The Deployment is deleted; its pod gets its grace period, not a kill: it drains.
+    _draining(pools, worker, timeout=180)
+    print(f"pod {worker} draining {time.monotonic() - t0:.0f}s after the placement switch")
+    eventually(
+        lambda: (
+            not pools.kubectl(
+                "get", "deployments", "-n", pools.namespace, "-o", "name", check=False
+            ).strip()
+        ),
+        120,
+        "the worker Deployment deleted",
+        interval=2,
+    )
+    pools.wait_events(
+        "ps",
+        lambda events: any(e.reason == "WorkerDraining" and worker in e.message for e in events),
+        "a WorkerDraining Event",
+        timeout=90,
+    )
+    # The running head stays (no sidecar yet): the pool tells the truth and the fix.
+    missing = pools.wait_condition("ps", "WorkerReady", "False", "SidecarMissing", timeout=120)
+    assert head in missing["message"] and "kubectl delete pod" in missing["message"], missing
+    assert pools.condition("ps", "Ready")["status"] == "False"
+    assert pools.head_pod("ps").metadata.name == head
+
+    # A flow run submitted now waits: no worker polls the work pool.
+    later = _start(pools, "ps", 20)
+    _completed_once(pools, "ps", run_id)
+    print(f"flow run in flight COMPLETED {time.monotonic() - t0:.0f}s after the switch")
+    eventually(
+        lambda: worker not in {p.metadata.name for p in pools.pods(WORKERS)},
+        120,
+        "the drained pod gone",
+        interval=2,
+    )
+    assert pools.head_pod("ps").metadata.name == head  # the run kept its Ray cluster
+    with pools.prefect() as c:
+        assert c.read_flow_run(later).state.type.value == "SCHEDULED"
+    assert pools.condition("ps", "WorkerReady")["reason"] == "SidecarMissing"
+    events = pools.events("ps")
+    assert not [e for e in events if e.reason == "FlowRunCrashed"], [e.message for e in events]
+
+    # The fix the status names: a new head pod, with the sidecar, runs the waiting run.
+    t1 = time.monotonic()
+    pools.kubectl("delete", "pod", "-n", pools.namespace, head, "--wait=false")
+    pools.wait_ready("ps", timeout=600)
+    assert pools.head_pod("ps").metadata.name != head
+    _completed_once(pools, "ps", later, 20)
+    print(f"the waiting flow run COMPLETED {time.monotonic() - t1:.0f}s after the head's deletion")
