@@ -1,8 +1,8 @@
 """Flow runs and the routine operations that replace a pool's Prefect worker pod, on a
 real node: a pod-label change and a Prefect env change roll the worker Deployment, and
-the flow run in flight on the replaced pod ends COMPLETED exactly once (the pod drains);
-a worker pod killed hard leaves its flow run Crashed, not RUNNING, within bounded time
-(the operator's orphan sweep)."""
+the flow run in flight on the replaced pod ends COMPLETED exactly once (the pod drains),
+as does one whose HeadSidecar head pod is deleted; a worker pod killed hard leaves its
+flow run Crashed, not RUNNING, within bounded time (the operator's orphan sweep)."""
 
 from __future__ import annotations
 
@@ -159,15 +159,10 @@ def test_a_worker_pod_killed_hard_leaves_its_flow_run_crashed(pools: PoolDriver)
     )
 
 
-@pytest.mark.xfail(
-    reason="on the test node the drained run still ends Crashed ('Process exited with "
-    "status code: 1') about 30 s after the head pod's deletion, though the worker drains "
-    "and the Ray container stays up (preStop); cause not found yet",
-    strict=False,
-)
 def test_head_sidecar_head_deleted_drains_its_flow_run(pools: PoolDriver) -> None:
     """HeadSidecar: deleting the head pod (kubectl delete, a node drain) sends the
-    sidecar worker SIGTERM; the Ray container's preStop keeps Ray up while it drains."""
+    sidecar worker SIGTERM; the Ray container's preStop keeps Ray up while it drains.
+    Once the old pod is gone, KubeRay makes a new head and the pool runs flows again."""
     manifest = _pool("hs", pools.prefect_api_url)
     manifest["spec"]["placement"] = "HeadSidecar"
     pools.apply(manifest)
@@ -176,6 +171,7 @@ def test_head_sidecar_head_deleted_drains_its_flow_run(pools: PoolDriver) -> Non
     head = _running_on(pools, run_id)
     assert head == pools.head_pod("hs").metadata.name
     pools.kubectl("delete", "pod", "-n", pools.namespace, head, "--wait=false")
+    t0 = time.monotonic()
     time.sleep(10)  # the worker got its SIGTERM and drains; Ray is still up
     running = pools.kubectl(
         "get", "pod", "-n", pools.namespace, head, "-o",
@@ -183,3 +179,13 @@ def test_head_sidecar_head_deleted_drains_its_flow_run(pools: PoolDriver) -> Non
     )  # fmt: skip
     assert running.count("=2") == 2, running  # both containers still run
     _completed_once(pools, "hs", run_id)
+    print(f"flow run COMPLETED {time.monotonic() - t0:.0f}s after its head pod's deletion")
+
+    eventually(
+        lambda: pools.head_pod("hs").metadata.name != head, 180, "a new head pod", interval=2
+    )
+    print(f"new head pod {time.monotonic() - t0:.0f}s after the deletion")
+    again = pools.run_deployment("hs", "count_to.py:count_to", "count-to", {"highest_number": 3})
+    run = pools.wait_final(again, timeout=420)
+    assert run.state.type.value == "COMPLETED", (run.state, pools.logs("hs"))
+    print(f"the pool ran a flow again {time.monotonic() - t0:.0f}s after the deletion")

@@ -17,6 +17,7 @@ POSIX sh, so any image with a shell works.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from prefect_raypool_operator import naming
@@ -28,8 +29,9 @@ STOP_GRACE_SECONDS = 30  # a worker that ignores SIGTERM this long is killed
 #: turns False at once, before the worker has stopped).
 STATE_DIR = "/tmp/raypool"
 RAY_EXITED = f"{STATE_DIR}/ray-exited"
-#: HeadSidecar: the worker's PID, in the /tmp/ray both containers mount.
-SIDECAR_WORKER_PID = f"{naming.RAY_TMP_DIR}/raypool-prefect-worker.pid"
+#: HeadSidecar: the worker's PID, in the /tmp/ray both containers mount (a shell word:
+#: RAYPOOL_RAY_TMPDIR moves it, as it does the raylet socket).
+SIDECAR_WORKER_PID = f"${{RAYPOOL_RAY_TMPDIR:-{naming.RAY_TMP_DIR}}}/raypool-prefect-worker.pid"
 
 _WAIT_FOR_RAYLET = """\
 socket="${RAYPOOL_RAY_TMPDIR:-/tmp/ray}/session_latest/sockets/raylet"
@@ -88,6 +90,19 @@ exit "$code"
 """
 
 
+def shell_command(script: str) -> list[str]:
+    """A container `command` that runs `script` with sh, exactly as written.
+
+    The kubelet expands a container's command and args: `$(NAME)` becomes the env
+    var NAME, and `$$` becomes `$`. A `$` before `$` or `(` is doubled, which undoes
+    that (any other `$` reaches sh as it is). Without it the sidecar's `echo "$$"`
+    recorded "$" as the worker's PID: the Ray container's preStop found nothing to wait
+    for, Ray got its SIGTERM as soon as the head pod's deletion began and stopped 30 s
+    later (Ray's own drain on SIGTERM), under the flow runs the worker was draining.
+    """
+    return ["/bin/sh", "-c", re.sub(r"\$(?=[$(])", "$$", script)]
+
+
 def _wait_for_raylet() -> str:
     return _WAIT_FOR_RAYLET.replace("%(wait)d", str(RAYLET_WAIT_SECONDS)).replace("%%", "%")
 
@@ -143,17 +158,21 @@ def sidecar_script(worker_command: list[str]) -> str:
     return (
         "set -u\n"
         + _wait_for_raylet()
-        + f'echo "$$" > {SIDECAR_WORKER_PID}\n'
+        + f'echo "$$" > "{SIDECAR_WORKER_PID}"\n'
         + f"exec {shlex.join(worker_command)}\n"
     )
 
 
 def head_prestop() -> list[str]:
     """HeadSidecar's Ray container waits, before its SIGTERM, while the sidecar's worker
-    (whose PID the shared process namespace shows) drains: its flow runs need Ray."""
+    (whose PID the shared process namespace shows) drains: its flow runs need Ray.
+    No PID file: the worker never started, nothing to wait for. A file without a PID
+    fails the hook, which the kubelet reports (a FailedPreStopHook Event)."""
     return [
         "/bin/sh",
         "-c",
-        f"pid=$(cat {SIDECAR_WORKER_PID} 2>/dev/null) || exit 0; "
-        f'while [ -n "$pid" ] && [ -d "/proc/$pid" ]; do sleep 1; done',
+        f'pid=$(cat "{SIDECAR_WORKER_PID}" 2>/dev/null) || exit 0; '
+        'case "$pid" in ""|*[!0-9]*) '
+        f'echo "raypool: no Prefect worker PID in {SIDECAR_WORKER_PID}: $pid" >&2; exit 1;; esac; '
+        'while [ -d "/proc/$pid" ]; do sleep 1; done',
     ]

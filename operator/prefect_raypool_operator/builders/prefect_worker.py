@@ -96,11 +96,9 @@ def build_prefect_sidecar_container(pool_name: str, spec: PrefectRayPoolSpec) ->
         {
             "name": naming.PREFECT_WORKER_CONTAINER,
             "image": prefect_worker_image(spec),
-            "command": [
-                "/bin/sh",
-                "-c",
-                entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec)),
-            ],
+            "command": entrypoint.shell_command(
+                entrypoint.sidecar_script(_prefect_worker_command(pool_name, spec))
+            ),
             # KubeRay sets RAY_ADDRESS on container 0 only.
             "env": [*prefect_worker_env(pool_name, spec), _pod_name_env()],
             "resources": resources(spec.prefect.resources),
@@ -120,7 +118,7 @@ def build_prefect_worker_deployment(
         {
             "name": naming.PREFECT_WORKER_CONTAINER,
             "image": prefect_worker_image(spec),
-            "command": ["/bin/sh", "-c", script],
+            "command": entrypoint.shell_command(script),
             # The flow runs are subprocesses of this worker, attached to its raylet.
             "env": [*prefect_worker_env(pool_name, spec), _pod_name_env()],
             "resources": resources(spec.prefect.resources),

@@ -327,3 +327,91 @@ def _is_raylet(pid: int) -> bool:
         return b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except OSError:
         return False
+
+
+def _kubelet_expand(arg: str, env: dict[str, str]) -> str:
+    """What the kubelet makes of a container's command or args (Kubernetes'
+    third_party/forked/golang/expansion): `$(NAME)` is NAME's value where the container
+    has NAME, `$$` is `$`, anything else stays."""
+    out, i = [], 0
+    while i < len(arg):
+        if arg[i] == "$" and i + 1 < len(arg):
+            if arg[i + 1] == "$":
+                out.append("$")
+                i += 2
+                continue
+            if arg[i + 1] == "(" and ")" in arg[i + 2 :]:
+                end = arg.index(")", i + 2)
+                name = arg[i + 2 : end]
+                out.append(env.get(name, f"$({name})"))
+                i = end + 1
+                continue
+        out.append(arg[i])
+        i += 1
+    return "".join(out)
+
+
+def test_the_kubelets_expansion_leaves_the_scripts_as_written() -> None:
+    env = {"PREFECT_API_URL": "http://x", "RAYPOOL_POD_NAME": "p", "HOME": "/h"}
+    for script in (
+        entrypoint.sidecar_script(COMMAND),
+        entrypoint.zero_capacity_script("x-head-svc:6379", COMMAND),
+        "echo $$ $(HOME) $$(HOME) $(date +%s) ${HOME} $",
+        "$",
+        "a$",
+        "$$",
+        "$$$",
+        "$$(",
+        "$(",
+        "$(HOME",
+        "$)$x$$$(HOME)",
+    ):
+        command = entrypoint.shell_command(script)
+        assert [_kubelet_expand(a, env) for a in command] == ["/bin/sh", "-c", script]
+
+
+def test_the_head_prestop_waits_for_the_sidecar_worker_it_recorded(
+    fakes: dict[str, str],
+) -> None:
+    """The sidecar, started as the kubelet starts it, records the worker's PID; the
+    Ray container's preStop waits while that worker lives and returns once it exits."""
+    command = [_kubelet_expand(a, fakes) for a in entrypoint.shell_command(
+        entrypoint.sidecar_script(COMMAND)
+    )]  # fmt: skip
+    sidecar = _start(command[2], fakes)
+    head = subprocess.Popen(
+        [Path(fakes["PATH"].split(":")[0]) / "ray", "start", "--head"],
+        env={**os.environ, **fakes},
+    )
+    prestop: subprocess.Popen[str] | None = None
+    try:
+        worker = _wait_for(Path(fakes["FAKE_STATE"]) / "prefect.pid")
+        recorded = Path(fakes["RAYPOOL_RAY_TMPDIR"], "raypool-prefect-worker.pid").read_text()
+        assert recorded.strip() == worker  # exec kept the shell's PID
+        prestop = subprocess.Popen(entrypoint.head_prestop(), env={**os.environ, **fakes})
+        time.sleep(2)
+        assert prestop.poll() is None  # waits while the worker drains
+        os.kill(int(worker), signal.SIGTERM)
+        sidecar.wait(timeout=10)  # reaped, as the pod's pause process reaps it
+        assert prestop.wait(timeout=10) == 0
+    finally:
+        if prestop and prestop.poll() is None:
+            prestop.kill()
+        head.kill()
+        head.wait()
+        _cleanup(sidecar)
+
+
+def test_the_head_prestop_fails_on_a_pid_file_without_a_pid(
+    fakes: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**os.environ, **fakes}
+    done = subprocess.run(entrypoint.head_prestop(), env=env, capture_output=True, timeout=10)
+    assert done.returncode == 0  # no sidecar worker started: nothing to wait for
+    Path(fakes["RAYPOOL_RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    Path(fakes["RAYPOOL_RAY_TMPDIR"], "raypool-prefect-worker.pid").write_text("$\n")
+    done = subprocess.run(
+        entrypoint.head_prestop(), env=env, capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 1
+    assert "no Prefect worker PID" in done.stderr
