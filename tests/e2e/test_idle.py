@@ -20,8 +20,8 @@ def test_a_suspended_pool_wakes_for_a_flow_run_and_completes_it(pools: PoolDrive
     manifest = _pool("zz", pools.prefect_api_url)
     manifest["spec"]["idle"] = {"suspendAfterSeconds": 20, "minAwakeSeconds": 0}
     pools.apply(manifest)
-    pools.wait_ready("zz")
-    pools.wait_condition("zz", "Ready", "False", "Suspended", timeout=300)
+    # Idle from the first look: it may suspend before its first start is over.
+    pools.wait_condition("zz", "Ready", "False", "Suspended", timeout=600)
     eventually(
         lambda: not pools.pods("prefectray.io/pool=zz"), 180, "no pod of the pool, head included"
     )
