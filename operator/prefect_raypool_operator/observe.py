@@ -242,6 +242,17 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
             "spec of before the change"
             + (", then the Prefect workers start again" if rollout.get("workersPaused") else ""),
         )
+    if rollout and desired.sidecar:
+        return Check(
+            False,
+            "RayRolloutReplacing",
+            f"replacing the Ray pods that run an older spec ({changed}): the head first, "
+            "whose Prefect worker drains its flow runs (spec.prefect.drain; new ones wait in "
+            "the work pool), then the Ray worker pods; KubeRay makes them anew from the "
+            f"current spec (if the new head is not ready within {deadline} s of the old "
+            "one's end, the pool goes back to the spec of before: "
+            "spec.ray.updateStrategy.progressDeadlineSeconds)",
+        )
     if rollout:
         return Check(
             False,
@@ -279,10 +290,7 @@ def ray_pods_check(desired: Plan, found: Found) -> Check:
         why = "a change of spec.pod alone is not rolled out (it goes with the next one)"
     elif spec is not None and spec.ray.updateStrategy.type == RayUpdateType.DRAIN_THEN_REPLACE:
         why = (
-            "the head pod runs the Prefect worker and its flow runs, so the pool does not "
-            "restart it on its own (HeadSidecar)"
-            if desired.sidecar
-            else "the Prefect worker replicas are managed externally, so the pool cannot "
+            "the Prefect worker replicas are managed externally, so the pool cannot "
             "pause them first"
         )
     return Check(
@@ -477,9 +485,11 @@ def prefect_sidecar_check(head_pod: Obj | None) -> Check:
             "SidecarMissing",
             f"the head pod {name} has no Prefect worker container: it was made before "
             "spec.placement became HeadSidecar, and KubeRay adds the container only to a "
-            "new head pod; until then no new flow run starts. Once the flow runs of the "
-            "earlier Prefect workers have ended (those on this head's Ray cluster fail "
-            f"otherwise), delete it: kubectl delete pod -n {namespace} {name}",
+            "new head pod; until then no new flow run starts. With "
+            "spec.ray.updateStrategy DrainThenReplace (the default) the pool replaces it "
+            "once the flow runs of the earlier Prefect workers have ended (RayPodsUpToDate "
+            "tells); with OnDelete, delete it then (those on this head's Ray cluster fail "
+            f"otherwise): kubectl delete pod -n {namespace} {name}",
         )
     for status in (head_pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == naming.PREFECT_WORKER_CONTAINER:

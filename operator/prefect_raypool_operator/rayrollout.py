@@ -19,12 +19,15 @@ rolls back: the RayCluster gets the templates it had before the change again (ke
 replaced by the old ones, and the workers come back on the old spec. The pool stays
 there until its spec changes again.
 
-Only ZeroCapacityNode pools whose worker replicas are the operator's (`automatic`).
-A HeadSidecar pool's Prefect worker and its flow runs live in the head pod, and a
-head pod deleted with runs in flight still loses them; worker replicas managed
-externally leave no count the operator could set to 0. Those, and `OnDelete`, are
-only reported (`RayPodsOutdated`). `next_step` also steps a HeadSidecar pool (the head
-first, its Ray worker pods once the new head runs) for when its drain holds.
+ZeroCapacityNode pools whose worker replicas are the operator's, and HeadSidecar
+pools (`automatic`). A HeadSidecar pool's Prefect worker lives in the head pod: the
+head goes first, and its deletion is the drain (the sidecar takes no new flow run and
+the Ray container's preStop waits until its runs have ended); its Ray worker pods go
+once the old head is gone. Prefect worker pods left from before a switch to
+HeadSidecar drain first, as in step 1. Worker replicas managed externally leave no
+count the operator could set to 0: those, and `OnDelete`, are only reported
+(`RayPodsOutdated`). The rollback deadline counts from when no old pod is left
+terminating, so a head draining long flow runs is not taken for a failed one.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class Step:
 
 def automatic(drain_then_replace: bool, placement: Placement, external_replicas: bool) -> bool:
     """Whether the pool replaces outdated Ray pods itself (see the module's doc)."""
+    if placement == Placement.HEAD_SIDECAR:
+        return drain_then_replace
     return (
         drain_then_replace and placement == Placement.ZERO_CAPACITY_NODE and not external_replicas
     )
@@ -93,22 +98,24 @@ def next_step(
     now: datetime,
     previous: dict[str, Any] | None = None,
     deadline_seconds: float | None = None,
+    terminating: int = 0,
 ) -> Step:
     """The next step of the rollout `current` (status.rayRollout), or of a new one.
     `previous`: the RayCluster's templates before the change, kept for a roll back
-    once the new head is not ready `deadline_seconds` after its pods were replaced."""
+    once the new head is not ready `deadline_seconds` after the old pods are gone;
+    `terminating`: Ray pods being deleted (a HeadSidecar head draining, say)."""
     if not enabled or placement == Placement.EPHEMERAL:
         return Step()
     if current is None:
         if not set(outdated.fields) - REPORTED_ONLY:
             return Step()
         current = {"since": _stamp(now), "fields": outdated.fields, "previous": previous}
-        if placement == Placement.ZERO_CAPACITY_NODE and prefect_worker_pods:
-            return Step({**current, "step": DRAINING, "workersPaused": True}, pause_workers=True)
-    step = current.get("step")
     pause = placement == Placement.ZERO_CAPACITY_NODE
-    if step == DRAINING and prefect_worker_pods:
-        return Step(current, pause_workers=True)
+    if current.get("step") in (None, DRAINING) and prefect_worker_pods:
+        # HeadSidecar: worker pods left from before a placement switch, draining on
+        # the old head (their Deployment is gone: nothing to pause).
+        return Step({**current, "step": DRAINING, "workersPaused": pause}, pause_workers=pause)
+    step = current.get("step")
     if step != REPLACING:  # the deadline counts from the first Ray pod replaced
         current = {**current, "replacingSince": _stamp(now)}
     if outdated:
@@ -116,13 +123,15 @@ def next_step(
         rollout = {**current, "step": REPLACING, "fields": fields, "workersPaused": pause}
         # HeadSidecar: the head first (its deletion drains the Prefect worker in it); Ray
         # worker pods of the old head would only rejoin it.
-        delete = outdated.head or outdated.workers
+        delete = outdated.head or ([] if terminating else outdated.workers)
         if placement == Placement.ZERO_CAPACITY_NODE:
             delete = outdated.head + outdated.workers
         return Step(rollout, delete, pause)
     if not cluster_ready:
         waiting = {**current, "step": REPLACING, "workersPaused": pause}
-        if current.get("previous") and overdue(current, now, deadline_seconds):
+        if terminating:  # the old pods still go (draining): the deadline has not begun
+            waiting["replacingSince"] = _stamp(now)
+        if current.get("previous") and overdue(waiting, now, deadline_seconds):
             # Back to what ran before; the deadline starts again for the old pods.
             back = {**waiting, "previous": None, "rolledBack": True, "replacingSince": _stamp(now)}
             return Step(back, pause_workers=pause, roll_back_to=current["previous"])

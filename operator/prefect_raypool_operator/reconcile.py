@@ -424,6 +424,7 @@ def _ray_rollout(
         now=now,
         previous=rayrollback.templates(live_cluster, cluster),
         deadline_seconds=spec.ray.updateStrategy.progressDeadlineSeconds,
+        terminating=sum(1 for p in found.pods if _ray_pod(p) and _deleting(p)),
     )
     back_to = step.roll_back_to
     if cluster is not None and back_to is not None:
@@ -471,6 +472,14 @@ def _suspended(live: Obj | None) -> bool:
     return bool((live.get("spec") or {}).get("suspend")) or any(
         c.get("type") == "RayClusterSuspended" and c.get("status") == "True" for c in conditions
     )
+
+
+def _ray_pod(pod: Obj) -> bool:
+    return "ray.io/node-type" in ((pod.get("metadata") or {}).get("labels") or {})
+
+
+def _deleting(pod: Obj) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _set_worker_image(deployment: Obj, image: str | None) -> None:

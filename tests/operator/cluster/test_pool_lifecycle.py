@@ -334,10 +334,15 @@ def test_liveness_endpoint_reports_reconciles(
     assert body["reconcile"]["last_reconcile_age_s"] < 30
 
 
-def test_switching_placement_moves_the_worker_into_the_head_pod(env: PoolDriver) -> None:
+@pytest.mark.parametrize("strategy", ["DrainThenReplace", "OnDelete"])
+def test_switching_placement_moves_the_worker_into_the_head_pod(
+    env: PoolDriver, strategy: str
+) -> None:
     doc = env.example("zero-capacity.yaml")
+    doc["spec"]["ray"]["updateStrategy"] = {"type": strategy}
     env.apply(doc)
     env.wait_condition("analytics", "Ready", "True")
+    head = env.head_pod("analytics").metadata.name
     doc["spec"]["placement"] = "HeadSidecar"
     env.apply(doc)
 
@@ -353,8 +358,16 @@ def test_switching_placement_moves_the_worker_into_the_head_pod(env: PoolDriver)
         return gone and [c["name"] for c in containers] == ["ray-head", "prefect-worker"]
 
     eventually(moved, what="the Deployment removed and the sidecar added")
+    if strategy == "DrainThenReplace":
+        # Once the old worker pods are gone, the pool replaces the head: it has the sidecar.
+        env.wait_condition("analytics", "Ready", "True", timeout=120)
+        containers = env.head_pod("analytics").spec.containers
+        assert [c.name for c in containers] == ["ray-head", "prefect-worker"]
+        assert env.head_pod("analytics").metadata.name != head
+        assert "RayRolloutReplacing" in {e.reason for e in env.events("analytics")}
+        return
     # KubeRay keeps the running head, without the sidecar: the pool says so, and the fix.
-    head = env.head_pod("analytics").metadata.name
+    assert env.head_pod("analytics").metadata.name == head
     missing = env.wait_condition("analytics", "WorkerReady", "False", "SidecarMissing")
     assert f"kubectl delete pod -n {env.namespace} {head}" in missing["message"]
 

@@ -26,7 +26,16 @@ ZCN, SIDECAR = Placement.ZERO_CAPACITY_NODE, Placement.HEAD_SIDECAR
 OLD = {"rayVersion": "2.60.0", "headGroupSpec": {"template": {"spec": {}}}}
 
 
-def step(current, outdated=STALE, placement=ZCN, workers=1, ready=True, now=T0, enabled=True):  # type: ignore[no-untyped-def]
+def step(  # type: ignore[no-untyped-def]
+    current,
+    outdated=STALE,
+    placement=ZCN,
+    workers=1,
+    ready=True,
+    now=T0,
+    enabled=True,
+    terminating=0,
+):
     return next_step(
         current,
         outdated,
@@ -37,6 +46,7 @@ def step(current, outdated=STALE, placement=ZCN, workers=1, ready=True, now=T0, 
         now=now,
         previous=OLD,
         deadline_seconds=60,
+        terminating=terminating,
     )
 
 
@@ -94,13 +104,41 @@ def test_nothing_happens_when_off_or_ephemeral(placement: Placement) -> None:
     ).pause_workers
 
 
-def test_only_zero_capacity_pools_with_their_own_worker_replicas_roll_by_themselves() -> None:
-    """A HeadSidecar head holds the Prefect worker and its runs; externally managed
-    replicas leave no count to set to 0: both are only reported."""
+def test_pools_roll_by_themselves_unless_worker_replicas_are_managed_externally() -> None:
+    """Externally managed replicas leave no count to set to 0: only reported. A
+    HeadSidecar head drains the Prefect worker in it when deleted: rolled."""
     assert automatic(True, ZCN, external_replicas=False)
-    assert not automatic(True, SIDECAR, external_replicas=False)
+    assert automatic(True, SIDECAR, external_replicas=False)
     assert not automatic(True, ZCN, external_replicas=True)
     assert not automatic(False, ZCN, external_replicas=False)
+    assert not automatic(False, SIDECAR, external_replicas=False)
+
+
+def test_a_head_sidecar_head_draining_holds_the_rest_and_the_deadline() -> None:
+    """The head's deletion is the drain: its Ray worker pods stay (the runs' tasks run
+    there) and the rollback deadline does not start until the old head is gone."""
+    first = step(None, placement=SIDECAR, workers=0)
+    assert first.delete == ["p-head"]
+    # The old head terminating (draining an hour-long run): nothing else goes.
+    draining = Outdated(workers=["p-w1"], fields=["ray.image"])
+    held = step(first.rollout, draining, SIDECAR, 0, ready=False, now=T0, terminating=1)
+    assert held.delete == []
+    late = T0 + timedelta(hours=1)
+    waiting = step(first.rollout, Outdated(), SIDECAR, 0, ready=False, now=late, terminating=1)
+    assert waiting.roll_back_to is None and waiting.rollout is not None
+    assert waiting.rollout["replacingSince"] == "2026-01-01T01:00:00Z"
+    # Gone: the Ray worker pods of the old head go next.
+    after = step(waiting.rollout, draining, SIDECAR, 0, ready=True, now=late)
+    assert after.delete == ["p-w1"]
+
+
+def test_worker_pods_left_from_before_a_switch_to_head_sidecar_drain_first() -> None:
+    """Their runs use the old head's cluster: it waits for them, with nothing to pause."""
+    first = step(None, placement=SIDECAR, workers=1)
+    assert first.rollout is not None and first.rollout["step"] == DRAINING
+    assert first.delete == [] and not first.pause_workers
+    gone = step(first.rollout, placement=SIDECAR, workers=0)
+    assert gone.delete == ["p-head"]
 
 
 def test_a_change_of_spec_pod_alone_is_reported_not_rolled() -> None:
