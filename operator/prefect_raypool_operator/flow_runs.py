@@ -28,24 +28,12 @@ def active_flow_runs(
     api_url: str, work_pool: str, api_key: str | None, timeout: float
 ) -> list[Obj] | None:
     """The work pool's RUNNING and CANCELLING flow runs (raw JSON); None on failure."""
-    base = api_url.rstrip("/")
     body = {
         "flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}},
         "work_pools": {"name": {"any_": [work_pool]}},
         "limit": LIMIT,
     }
-    try:
-        response = http_client(base, api_key, timeout).post("/flow_runs/filter", json=body)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        LOG.warning(f"listing flow runs at {redact(base)}: {type(exc).__name__}")
-        return None
-    if response.status_code != 200:
-        LOG.warning(f"listing flow runs at {redact(base)}: HTTP {response.status_code}")
-        return None
-    try:
-        runs = response.json()
-    except ValueError:
-        return None
+    runs = _post(api_url, api_key, timeout, "/flow_runs/filter", body)
     return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else None
 
 

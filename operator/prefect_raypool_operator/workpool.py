@@ -63,14 +63,19 @@ def parse_claim(description: str | None) -> Claim | None:
     return Claim(Owner(namespace, name, uid), how)
 
 
+def _with_line(description: str | None, kind: re.Pattern[str], line: str | None) -> str:
+    """The description without any line of `kind`, then `line` (if any)."""
+    kept = [x for x in (description or "").splitlines() if not kind.match(x)]
+    text = "\n".join(kept).rstrip()
+    if line is None:
+        return text
+    return f"{text}\n{line}" if text else line
+
+
 def with_claim(description: str | None, claim: Claim | None) -> str:
     """The description without any claim line, then `claim`'s (if any)."""
-    kept = [line for line in (description or "").splitlines() if not _CLAIM.match(line)]
-    text = "\n".join(kept).rstrip()
-    if claim is None:
-        return text
-    line = f"{CLAIM_KEY}={claim.owner};{claim.how}"
-    return f"{text}\n{line}" if text else line
+    line = f"{CLAIM_KEY}={claim.owner};{claim.how}" if claim else None
+    return _with_line(description, _CLAIM, line)
 
 
 #: A line the operator keeps in the description while the pool is suspended (idle.py):
@@ -81,12 +86,7 @@ _IDLE = re.compile(rf"^{re.escape(IDLE_KEY)}: .*$", re.MULTILINE)
 
 def with_note(description: str | None, note: str | None) -> str:
     """The description without any idle line, then `note`'s (if any)."""
-    kept = [line for line in (description or "").splitlines() if not _IDLE.match(line)]
-    text = "\n".join(kept).rstrip()
-    if note is None:
-        return text
-    line = f"{IDLE_KEY}: {note}"
-    return f"{text}\n{line}" if text else line
+    return _with_line(description, _IDLE, f"{IDLE_KEY}: {note}" if note else None)
 
 
 def created_description(owner: Owner) -> str:
