@@ -573,12 +573,13 @@ def test_a_change_kuberay_writes_no_status_for_stays_ready(bed: Bed) -> None:
     r"\] (reconcile failed in \S+|\w+ 'on_\w+' failed temporarily: status not written)"
     r": MaxRetryError: [^\n]*Max retries exceeded with url: [^\n]*\[Errno 111\] Connection "
     r"refused[^\n]*\Z",
-    # ... and kopf's watches and the Events it posts, sent as it goes down, while it is
-    # down and as it comes back, are refused a moment and retried.
+    # ... and kopf's watches and the Events it posts, sent as it goes down (or cut off by
+    # it), while it is down and as it comes back, are refused a moment and retried.
     r"Request attempt #\d+/\d+ failed; will retry: (GET|POST) \S+ -> (APIServerError\('the request "
     r"has been made before all known HTTP paths have been installed"
     r"|APIServerError\('apiserver is shutting down'"
     r"|APITooManyRequestsError\('storage is \(re\)initializing'"
+    r"|ServerDisconnectedError\('Server disconnected'\)"
     r"|ClientConnectorError\(.*ConnectionRefusedError\(111, \"Connect call failed)",
 )
 def test_apiserver_restart_the_operator_reconnects_and_converges(bed: Bed) -> None:
