@@ -78,9 +78,10 @@ class Config:
     """What the operator reads from its environment (RAYPOOL_*)."""
 
     resync_seconds: float = 30.0  # drift repair and status refresh per pool
-    # How often a pool suspended while idle asks Prefect for waiting flow runs (idle.py):
-    # part of the time a scheduled run waits for its pool to wake.
-    idle_poll_seconds: float = 5.0
+    # How often a pool suspended while idle (idle.py), or with autoscaled worker groups
+    # that follow the queue (rayscaleup.py), asks Prefect for waiting flow runs: part of
+    # the time a scheduled run waits for its pool to wake or for its Ray workers.
+    queue_poll_seconds: float = 5.0
     kube_request_timeout: float = 30.0
     prefect_timeout: float = 10.0
     # Reconciles running at once (kopf's executor threads; RAYPOOL_WORKERS, the chart's
@@ -137,7 +138,7 @@ class Config:
         server_timeout = _float("RAYPOOL_WATCH_SERVER_TIMEOUT", 60.0)
         return cls(
             resync_seconds=_float("RAYPOOL_RESYNC_SECONDS", 30.0),
-            idle_poll_seconds=_float("RAYPOOL_IDLE_POLL_SECONDS", 5.0),
+            queue_poll_seconds=_float("RAYPOOL_QUEUE_POLL_SECONDS", 5.0),
             kube_request_timeout=_float("RAYPOOL_KUBE_REQUEST_TIMEOUT", 30.0),
             prefect_timeout=_float("RAYPOOL_PREFECT_TIMEOUT", 10.0),
             reconcile_threads=int(os.environ.get("RAYPOOL_WORKERS", 32)),

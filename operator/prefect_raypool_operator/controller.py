@@ -186,6 +186,8 @@ class Controller:
             io.post_event(body, "Warning", "FlowRunCrashed", message)
         if outcome.woke:
             io.post_event(body, "Normal", "Waking", outcome.woke)
+        if outcome.scaled_up:
+            io.post_event(body, "Normal", "RayWorkersRaised", outcome.scaled_up)
         for change in outcome.transitions:
             io.post_event(
                 body,

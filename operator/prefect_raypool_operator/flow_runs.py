@@ -1,6 +1,6 @@
 """The flow runs of a pool's work pool, through the Prefect REST API: the active ones
 listed, an orphan marked Crashed (orphans.py decides which), the waiting ones counted
-(idle.py). Thin I/O.
+(idle.py, rayscaleup.py). Thin I/O.
 
 As in workpool.py, failures are logged without an answer's body or the API key, and
 come back as None/False, never an exception: the sweep is tried again next resync.
@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from prefect_raypool_operator.orphans import ACTIVE_STATES
+from prefect_raypool_operator.port import Queue
 from prefect_raypool_operator.urls import redact
 from prefect_raypool_operator.workpool import http_client
 
@@ -41,24 +42,33 @@ def active_flow_runs(
 HOLDING = ("PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
 
-def waiting_flow_runs(
-    api_url: str, work_pool: str, api_key: str | None, timeout: float, before: datetime
-) -> int | None:
-    """How many of the work pool's flow runs want a worker: those holding one, and
-    those scheduled before `before` (late ones included); None on failure."""
-    holding = {"state": {"type": {"any_": list(HOLDING)}}}
-    scheduled = {
-        "state": {"type": {"any_": ["SCHEDULED"]}},
-        "expected_start_time": {"before_": before.isoformat()},
-    }
-    total = 0
-    for runs in (holding, scheduled):
+def queue(
+    api_url: str,
+    work_pool: str,
+    api_key: str | None,
+    timeout: float,
+    near: datetime,
+    far: datetime,
+) -> Queue | None:
+    """Count the work pool's flow runs that want a worker, now (holding one, or
+    scheduled before `near`) and ahead (scheduled from `near` to `far`); None when
+    Prefect did not answer."""
+
+    def scheduled(before: datetime) -> Obj:
+        return {
+            "state": {"type": {"any_": ["SCHEDULED"]}},
+            "expected_start_time": {"before_": before.isoformat()},
+        }
+
+    counts = []
+    for runs in ({"state": {"type": {"any_": list(HOLDING)}}}, scheduled(near), scheduled(far)):
         body = {"flow_runs": runs, "work_pools": {"name": {"any_": [work_pool]}}}
         count = _post(api_url, api_key, timeout, "/flow_runs/count", body)
         if not isinstance(count, int):
             return None
-        total += count
-    return total
+        counts.append(count)
+    holding, due, by_far = counts
+    return Queue(now=holding + due, ahead=max(0, by_far - due))
 
 
 def _post(api_url: str, api_key: str | None, timeout: float, path: str, body: Obj) -> Any:

@@ -13,7 +13,7 @@ restarted operator (or a new leader) carries on:
    as demand, which wakes the pool again). Once no worker pod is left:
 3. Suspended: the RayCluster is suspended (`spec.suspend`: KubeRay deletes every Ray
    pod, head included). The operator asks Prefect every few seconds
-   (`RAYPOOL_IDLE_POLL_SECONDS`); a waiting flow run wakes it: Awake, the cluster
+   (`RAYPOOL_QUEUE_POLL_SECONDS`); a waiting flow run wakes it: Awake, the cluster
    resumed and the workers back at once.
 
 When Prefect cannot be asked (`demand` None) nothing changes: an unknown queue never

@@ -22,7 +22,7 @@ from prefect_raypool_operator.clock import NEVER
 from prefect_raypool_operator.config import CONFIG, MANAGED_SELECTOR
 from prefect_raypool_operator.memory import recent
 from prefect_raypool_operator.owned import BY_KIND, RAY_CLUSTER, Owned
-from prefect_raypool_operator.port import ApplyConflict, DesiredWorkPool, SecretKey
+from prefect_raypool_operator.port import ApplyConflict, DesiredWorkPool, Queue, SecretKey
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 from prefect_raypool_operator.watchcache import Reads
@@ -366,14 +366,14 @@ class KubeIO:
         url = CONFIG.operator_prefect_url(work_pool.api_url)
         return flow_runs.active_flow_runs(url, work_pool.name, api_key, CONFIG.prefect_timeout)
 
-    def waiting_flow_runs(
+    def flow_run_queue(
         self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
-    ) -> int | None:
+    ) -> Queue | None:
         url = CONFIG.operator_prefect_url(work_pool.api_url)
-        before = datetime.now(UTC) + timedelta(seconds=ahead_seconds)
-        return flow_runs.waiting_flow_runs(
-            url, work_pool.name, api_key, CONFIG.prefect_timeout, before
-        )
+        now = datetime.now(UTC)
+        # Due now: what a worker's next poll takes (Prefect's default prefetch, 10 s).
+        near, far = now + timedelta(seconds=10), now + timedelta(seconds=ahead_seconds)
+        return flow_runs.queue(url, work_pool.name, api_key, CONFIG.prefect_timeout, near, far)
 
     def crash_flow_run(
         self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str

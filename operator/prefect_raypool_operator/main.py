@@ -66,13 +66,17 @@ def on_resync(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -
     CONTROLLER.on_resync(namespace, name, logger, kwargs)
 
 
-def _idle(status: kopf.Status, **_: Any) -> bool:
-    return (status.get("idle") or {}).get("state") in ("Suspending", "Suspended")
+def _polls_queue(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """A pool suspended while idle, or with its autoscaled worker groups following the
+    queue (rayscaleup.py): Prefect is asked more often than a resync."""
+    suspended = (status.get("idle") or {}).get("state") in ("Suspending", "Suspended")
+    return suspended or bool(((spec.get("ray") or {}).get("autoscaling") or {}).get("enabled"))
 
 
-@kopf.timer(*POOLS, interval=config.CONFIG.idle_poll_seconds, when=_idle)
-def on_idle_poll(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
-    """A suspended pool wakes when a flow run is scheduled: sooner than a resync."""
+@kopf.timer(*POOLS, interval=config.CONFIG.queue_poll_seconds, when=_polls_queue)
+def on_queue_poll(namespace: str | None, name: str, logger: Logger, **kwargs: Any) -> None:
+    """A suspended pool wakes when a flow run is scheduled, and autoscaled worker
+    groups rise for it, sooner than a resync."""
     CONTROLLER.on_resync(namespace, name, logger, kwargs)
 
 

@@ -62,6 +62,8 @@ class PoolMemory:
     orphans_swept_at: float = NEVER
     orphan_suspects: set[str] = field(default_factory=set)
     draining_told: set[str] = field(default_factory=set)
+    # The flow runs the Ray worker groups were last raised for (rayscaleup.py).
+    raised_for: int = 0
     reconciled: bool = False  # counted by the liveness probe
 
 

@@ -19,6 +19,7 @@ from prefect_raypool_operator.owned import PREFECT_WORKER_DEPLOYMENT, RAY_CLUSTE
 from prefect_raypool_operator.plan import Plan
 from prefect_raypool_operator.podstatus import pod_failure
 from prefect_raypool_operator.rayrollout import DRAINING, REPORTED_ONLY, Outdated, Step, paused
+from prefect_raypool_operator.rayscaleup import Raise
 from prefect_raypool_operator.refusals import Problem
 from prefect_raypool_operator.replicas import Override
 from prefect_raypool_operator.spec import PrefectSpec, RayUpdateType
@@ -60,6 +61,7 @@ class Found:
     rollout: Step | None = None  # the replacement of outdated Ray pods (rayrollout.py)
     rollback: Obj | None = None  # a Ray spec change gone back on (rayrollback.py)
     idle: Decision | None = None  # suspending or waking an idle pool (idle.py)
+    scaled_up: Raise | None = None  # worker groups raised for the queue (rayscaleup.py)
     ray_cluster: Obj | None = None  # the RayCluster applied: the spec's, or the rollback's
     crashed: list[str] = field(default_factory=list)  # orphaned flow runs marked Crashed
     draining: list[str] = field(default_factory=list)  # worker pods newly seen draining

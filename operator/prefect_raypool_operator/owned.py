@@ -38,7 +38,8 @@ Overridden = Callable[[Obj, Obj | None, dict[str, str]], replicas.Override | Non
 
 
 def keep_autoscaled_replicas(desired: Obj, live: Obj | None) -> Obj:
-    """With the autoscaler on, the live worker-group replicas are its call, not ours."""
+    """With the autoscaler on, the live worker-group replicas are its call, not ours
+    (reconcile.py applies this itself, before raising them for the queue)."""
     if live is None or not desired["spec"].get("enableInTreeAutoscaling"):
         return desired
     live_groups = {g.get("groupName"): g for g in live.get("spec", {}).get("workerGroupSpecs", [])}
@@ -91,9 +92,7 @@ def held_by_pool(meta: Obj, pool_name: str, pool_uid: str) -> bool:
     )
 
 
-RAY_CLUSTER = Owned(
-    kinds.RAY_CLUSTER, "raycluster_index", naming.ray_cluster, keep_autoscaled_replicas
-)
+RAY_CLUSTER = Owned(kinds.RAY_CLUSTER, "raycluster_index", naming.ray_cluster)
 PREFECT_WORKER_DEPLOYMENT = Owned(
     kinds.DEPLOYMENT,
     "deployment_index",

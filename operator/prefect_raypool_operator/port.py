@@ -36,6 +36,18 @@ class ApplyConflict(Exception):
 
 
 @dataclass(frozen=True)
+class Queue:
+    """A work pool's flow runs that want a worker, as Prefect counted them."""
+
+    now: int  # holding a worker (pending, running, paused, cancelling) or due now (late too)
+    ahead: int  # scheduled later, within the horizon asked for (idle's wakeAheadSeconds)
+
+    @property
+    def wanting(self) -> int:
+        return self.now + self.ahead
+
+
+@dataclass(frozen=True)
 class Owner:
     """The PrefectRayPool holding a work pool."""
 
@@ -135,11 +147,11 @@ class ClusterIO(Protocol):
         not be asked."""
         ...
 
-    def waiting_flow_runs(
+    def flow_run_queue(
         self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
-    ) -> int | None:
-        """How many flow runs want a worker (flow_runs.py), counting those scheduled
-        within `ahead_seconds`; None when Prefect did not answer."""
+    ) -> Queue | None:
+        """The flow runs that want a worker (flow_runs.py), counting those scheduled
+        within `ahead_seconds` as ahead; None when Prefect did not answer."""
         ...
 
     def crash_flow_run(

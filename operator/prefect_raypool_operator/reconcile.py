@@ -22,7 +22,14 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from prefect_raypool_operator import idle, orphans, rayrollback, rayrollout, replicas
+from prefect_raypool_operator import (
+    idle,
+    orphans,
+    rayrollback,
+    rayrollout,
+    rayscaleup,
+    replicas,
+)
 from prefect_raypool_operator.builders.prefect_worker import COMPONENT as PREFECT_WORKER
 from prefect_raypool_operator.builders.ray_token import (
     pod_token_digest,
@@ -42,10 +49,18 @@ from prefect_raypool_operator.owned import (
     RAY_CLUSTER,
     Owned,
     held_by_pool,
+    keep_autoscaled_replicas,
 )
 from prefect_raypool_operator.plan import Plan, plan
 from prefect_raypool_operator.podstatus import pod_failure
-from prefect_raypool_operator.port import ApplyConflict, ClusterIO, DesiredWorkPool, Obj, SecretKey
+from prefect_raypool_operator.port import (
+    ApplyConflict,
+    ClusterIO,
+    DesiredWorkPool,
+    Obj,
+    Queue,
+    SecretKey,
+)
 from prefect_raypool_operator.refusals import (
     KUBERAY_NOT_INSTALLED,
     SERVICE_ACCOUNT_TOKEN,
@@ -72,6 +87,7 @@ class ReconcileResult:
     crashed: list[str] = field(default_factory=list)  # orphaned flow runs: one Event each
     draining: list[str] = field(default_factory=list)  # worker pods draining: one Event each
     woke: str | None = None  # an idle pool woken: one Event
+    scaled_up: str | None = None  # Ray worker groups raised for the queue: one Event
 
 
 def reconcile(
@@ -94,6 +110,7 @@ def reconcile(
         found.crashed,
         found.draining,
         _woke(desired, found.idle),
+        found.scaled_up.message(desired.work_pool_name) if found.scaled_up else None,
     )
 
 
@@ -236,7 +253,8 @@ def apply_plan(
         previous.get("rayRollback"),
         before.get(RAY_CLUSTER),
     )
-    found.idle = _idle(desired, io, values, found.pods, previous.get("idle"))
+    queue = _queue(desired, io, values)
+    found.idle = _idle(desired, queue, found.pods, previous.get("idle"))
     workers = manifests.get(PREFECT_WORKER_DEPLOYMENT)
     if workers is not None and (step.pause_workers or found.idle.stop_workers):
         workers["spec"]["replicas"] = 0  # draining for a rollout or suspension, or waiting
@@ -248,12 +266,19 @@ def apply_plan(
         # True: KubeRay deletes every Ray pod, head included. KubeRay resumes a suspended
         # cluster only on an explicit false, not on the field's absence.
         cluster["spec"]["suspend"] = found.idle.suspend_cluster
+    if cluster is not None and not found.idle.suspend_cluster:
+        # The autoscaler's replicas kept, then raised for the queue (rayscaleup.py).
+        manifests[RAY_CLUSTER] = cluster = keep_autoscaled_replicas(cluster, before[RAY_CLUSTER])
+        found.scaled_up, memory.raised_for = rayscaleup.raise_groups(
+            desired.spec, cluster, queue.now if queue else None, memory.raised_for
+        )
     # A step that changes what is applied (replicas to 0 and back, the cluster suspended
     # or resumed, the templates rolled back) is applied now, whatever woke this reconcile.
     stepped = (
         (previous.get("idle") or {}).get("state") != (found.idle.state or {}).get("state")
         or rayrollout.paused(previous.get("rayRollout")) != step.pause_workers
         or step.roll_back_to is not None
+        or found.scaled_up is not None
     )
     _apply_owned(desired, manifests, io, memory, repair or stepped, found, before)
     for name in step.delete:
@@ -439,26 +464,31 @@ def _ray_rollout(
     return step
 
 
-def _idle(
-    desired: Plan, io: ClusterIO, values: _SecretValues, pods: list[Obj], current: Obj | None
-) -> idle.Decision:
-    """This reconcile's step in suspending an idle pool or waking it (idle.py)."""
+def _queue(desired: Plan, io: ClusterIO, values: _SecretValues) -> Queue | None:
+    """The work pool's flow runs that want a worker, when idle or the worker groups
+    follow them (None: neither, or Prefect not answering)."""
     spec, want = desired.spec, desired.work_pool
     assert spec is not None and want is not None
-    settings = spec.idle
-    demand = None
-    if settings.suspendAfterSeconds:
-        try:
-            api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
-        except SecretValueInvalid:
-            pass  # demand unknown; the work pool's check says what is wrong with the key
-        else:
-            demand = io.waiting_flow_runs(want, api_key, settings.wakeAheadSeconds)
+    if not (spec.idle.suspendAfterSeconds or rayscaleup.following(spec)):
+        return None
+    try:
+        api_key = values.api_key(want.api_key_ref) if want.api_key_ref else None
+    except SecretValueInvalid:
+        return None  # unknown; the work pool's check says what is wrong with the key
+    return io.flow_run_queue(want, api_key, spec.idle.wakeAheadSeconds)
+
+
+def _idle(
+    desired: Plan, queue: Queue | None, pods: list[Obj], current: Obj | None
+) -> idle.Decision:
+    """This reconcile's step in suspending an idle pool or waking it (idle.py)."""
+    assert desired.spec is not None
+    settings = desired.spec.idle
     return idle.next_state(
         current,
         suspend_after=settings.suspendAfterSeconds,
         min_awake=settings.minAwakeSeconds,
-        demand=demand,
+        demand=queue.wanting if queue else None,
         worker_pods=sum(1 for p in pods if _prefect_worker_pod(p)),
         now=datetime.now(UTC),
     )

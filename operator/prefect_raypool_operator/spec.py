@@ -309,6 +309,14 @@ class WorkerGroup(_Model):
     maxReplicas: Int32 | None = Field(
         default=None, description="Upper bound for the autoscaler; defaults to replicas."
     )
+    podsPerFlowRun: Int32 = Field(
+        default=1,
+        description=(
+            "With the autoscaler on: Ray worker pods this group is raised to per flow run "
+            "that is due, pending or running in the work pool, within minReplicas and "
+            "maxReplicas, ahead of Ray's own demand; 0 leaves the group to the autoscaler."
+        ),
+    )
     resources: Resources = Field(default_factory=Resources, description="Resources per pod.")
     rayStartParams: RayStartParams = Field(
         default_factory=dict, description="Extra `ray start` flags for this group."

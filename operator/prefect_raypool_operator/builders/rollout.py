@@ -19,8 +19,8 @@ from prefect_raypool_operator.builders.common import ray_image
 from prefect_raypool_operator.spec import Placement, PrefectRayPoolSpec, WorkerGroup
 
 SPEC_DIGESTS = f"{naming.ANNOTATION_PREFIX}/spec-digests"
-# Counts KubeRay changes in place, without restarting pods.
-_SCALING = {"replicas", "minReplicas", "maxReplicas"}
+# Counts KubeRay changes in place, without restarting pods, or only the operator reads.
+_SCALING = {"replicas", "minReplicas", "maxReplicas", "podsPerFlowRun"}
 
 
 def _common(spec: PrefectRayPoolSpec) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from prefect_raypool_operator.owned import (
     RAY_CLUSTER,
     Owned,
 )
-from prefect_raypool_operator.port import DesiredWorkPool, SecretKey
+from prefect_raypool_operator.port import DesiredWorkPool, Queue, SecretKey
 from prefect_raypool_operator.spec import KeyRef
 from prefect_raypool_operator.status import Check
 
@@ -64,7 +64,7 @@ class FakeIO:
         self.work_pool_types: list[tuple[str, Obj | None]] = []  # (type, template) sent
         self.now = "2026-01-01T00:00:00Z"  # creationTimestamp of what is made next
         self.flow_runs: list[Obj] = []  # the work pool's, as Prefect's API answers
-        self.waiting: int | None = 0  # flow runs that want a worker (waiting_flow_runs)
+        self.queue: Queue | None = Queue(0, 0)  # flow runs that want a worker
 
     def add_pool(self, spec: Obj, name: str = POOL, generation: int = 1) -> Obj:
         body = {
@@ -170,10 +170,10 @@ class FakeIO:
     def active_flow_runs(self, work_pool: DesiredWorkPool, api_key: str | None) -> list[Obj] | None:
         return copy.deepcopy(self.flow_runs)
 
-    def waiting_flow_runs(
+    def flow_run_queue(
         self, work_pool: DesiredWorkPool, api_key: str | None, ahead_seconds: int
-    ) -> int | None:
-        return self.waiting
+    ) -> Queue | None:
+        return self.queue
 
     def crash_flow_run(
         self, work_pool: DesiredWorkPool, api_key: str | None, run_id: str, message: str
@@ -525,6 +525,32 @@ def test_the_autoscaler_keeps_its_replicas(controller: Controller, io: FakeIO) -
     io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] = 4
     controller.on_resync(NS, POOL, LOG, {})
     assert io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] == 4
+
+
+def test_flow_runs_waiting_raise_the_autoscaled_groups_once(
+    controller: Controller, io: FakeIO
+) -> None:
+    groups = [{"name": "cpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 5}]
+    io.add_pool({"ray": {"autoscaling": {"enabled": True}, "workerGroups": groups}})
+    controller.on_spec(NS, POOL, LOG, {})
+
+    def replicas() -> int:
+        return int(io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"])
+
+    assert replicas() == 0
+    io.queue = Queue(now=3, ahead=4)  # the ones due later are the autoscaler's to meet
+    controller.on_resync(NS, POOL, LOG, {})
+    assert replicas() == 3
+    assert [m for r, m in io.events if r == "RayWorkersRaised"] == [
+        f"3 flow runs want a worker in work pool {POOL}: Ray worker groups raised ahead of "
+        "the autoscaler (cpu 0 -> 3; spec.ray.workerGroups[].podsPerFlowRun)"
+    ]
+    io.objects[(RAY, POOL)]["spec"]["workerGroupSpecs"][0]["replicas"] = 1  # the autoscaler
+    controller.on_resync(NS, POOL, LOG, {})
+    assert replicas() == 1
+    io.queue = None  # Prefect not answering: nothing changes
+    controller.on_resync(NS, POOL, LOG, {})
+    assert replicas() == 1 and len([r for r, _ in io.events if r == "RayWorkersRaised"]) == 1
 
 
 def _pods_from_templates(io: FakeIO, made: str) -> list[Obj]:
