@@ -273,7 +273,8 @@ def apply_plan(
             desired.spec, cluster, queue.now if queue else None, memory.raised_for
         )
     # A step that changes what is applied (replicas to 0 and back, the cluster suspended
-    # or resumed, the templates rolled back) is applied now, whatever woke this reconcile.
+    # or resumed, the templates rolled back, worker groups raised) is applied now,
+    # whatever woke this reconcile.
     stepped = (
         (previous.get("idle") or {}).get("state") != (found.idle.state or {}).get("state")
         or rayrollout.paused(previous.get("rayRollout")) != step.pause_workers
