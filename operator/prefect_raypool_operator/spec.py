@@ -333,10 +333,25 @@ class WorkerGroup(_Model):
         return self
 
 
+class AutoscalerResources(_Model):
+    """The autoscaler container's resources; requests equal limits. Both required: no
+    defaults, so the API server fills in nothing and KubeRay's own apply when unset."""
+
+    cpu: CPU
+    memory: Memory
+
+
 class Autoscaling(_Model):
     enabled: StrictBool = Field(default=False, description="Run KubeRay's in-tree Ray autoscaler.")
     idleTimeoutSeconds: Int32 = Field(
         default=60, description="Seconds before an idle worker is removed."
+    )
+    resources: AutoscalerResources | None = Field(
+        default=None,
+        description=(
+            "Resources of the autoscaler container in the head pod; unset: KubeRay's "
+            "(500m CPU, 512Mi)."
+        ),
     )
 
 

@@ -117,6 +117,13 @@ def build_raycluster(pool_name: str, namespace: str, spec: PrefectRayPoolSpec) -
             "env": ray_auth_env(pool_name, spec),
             "securityContext": dict(CONTAINER_SECURITY),
         }
+        if spec.ray.autoscaling.resources is not None:
+            amounts = spec.ray.autoscaling.resources.model_dump(mode="json")
+            amounts["cpu"] = str(amounts["cpu"])
+            cluster_spec["autoscalerOptions"]["resources"] = {
+                "requests": dict(amounts),
+                "limits": dict(amounts),
+            }
     return {
         "apiVersion": kinds.RAY_CLUSTER.api_version,
         "kind": kinds.RAY_CLUSTER.kind,

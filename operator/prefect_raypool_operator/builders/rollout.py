@@ -36,7 +36,8 @@ def head_inputs(spec: PrefectRayPoolSpec) -> dict[str, Any]:
     inputs = {
         **_common(spec),
         "ray.head": spec.ray.head.model_dump(mode="json"),
-        "ray.autoscaling": spec.ray.autoscaling.model_dump(mode="json"),
+        # exclude_none: a field added unset leaves the digests of existing pools alone.
+        "ray.autoscaling": spec.ray.autoscaling.model_dump(mode="json", exclude_none=True),
         "placement": spec.placement.value,
     }
     if spec.placement == Placement.HEAD_SIDECAR:  # the Prefect worker is in the head pod
