@@ -292,9 +292,15 @@ class PoolDriver:
             yield prefect_client
 
     def run_deployment(
-        self, work_pool: str, entrypoint: str, flow_name: str, parameters: dict[str, Any]
+        self,
+        work_pool: str,
+        entrypoint: str,
+        flow_name: str,
+        parameters: dict[str, Any],
+        state: Any = None,
     ) -> Any:
-        """Deploy a flow baked into the pool's image and start one run; return its id."""
+        """Deploy a flow baked into the pool's image and start one run (in `state`, a
+        Prefect State: Scheduled now by default); return its id."""
         with self.prefect() as c:
             flow_id = c.create_flow_from_name(flow_name)
             deployment_id = c.create_deployment(
@@ -308,7 +314,7 @@ class PoolDriver:
                 ],
                 parameters=parameters,
             )
-            return c.create_flow_run_from_deployment(deployment_id).id
+            return c.create_flow_run_from_deployment(deployment_id, state=state).id
 
     def wait_final(self, flow_run_id: Any, timeout: float = 300) -> Any:
         def final() -> Any:

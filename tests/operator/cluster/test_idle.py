@@ -2,21 +2,31 @@
 server (the session's operator: 3 s resync, 5 s idle poll): an idle pool stops its
 workers and suspends its RayCluster (no pod left, head included); a flow run due
 within wakeAheadSeconds wakes it, a running one keeps it awake, and arrivals while
-awake do not make it flap. (Wake to a completed run on a real node:
+awake do not make it flap. A wake whose head cannot be scheduled says so and loses no
+flow run; a suspended pool stays so across an operator restart and a leader failover
+(operators of the test's own). (Wake to a completed run on a real node:
 tests/e2e/test_idle.py.)"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 from prefect.states import Completed, Pending, Running, Scheduled
 
 from prefect_raypool_operator import naming
+from testbed.cluster import Cluster
+from testbed.elected import Replica, Timing
+from testbed.operator_log import OwnOperators
+from testbed.operator_process import allow_prefect
 from testbed.pooldriver import PoolDriver
+from testbed.prefect_server import PrefectServer
 from testbed.waiting import eventually
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.prefect]
@@ -130,3 +140,128 @@ def test_a_run_far_ahead_does_not_wake_it_and_the_pool_survives_a_spec_change(
     env.wait_condition(POOL, "Ready", "True", timeout=120)
     assert "spec.idle.suspendAfterSeconds is 0" in _wakes(env)[0].message
     assert (env.pool(POOL) or {})["status"].get("idle") is None
+
+
+def test_a_wake_whose_head_cannot_be_scheduled_says_so_and_keeps_the_flow_run(
+    env: PoolDriver,
+) -> None:
+    """While suspended the head is made too big for any node; a due run wakes the pool:
+    Ready stays False and names the unschedulable head, the run stays SCHEDULED (not
+    Crashed, not Failed), nothing crashes; the spec fixed, the pool is Ready."""
+    doc = env.example("zero-capacity.yaml")
+    doc["spec"]["idle"] = IDLE
+    env.apply(doc)
+    _suspended(env, timeout=180)
+    cpu = doc["spec"]["ray"]["head"]["resources"]["cpu"]
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = "1000"  # no node has that
+    env.apply(doc)
+    run = _run(env, env.work_pool_name(POOL), Scheduled())  # due now
+    env.wait_events(POOL, lambda es: any(e.reason == "Waking" for e in es), "a Waking Event")
+
+    def unschedulable() -> dict[str, Any] | None:
+        cond = env.condition(POOL, "RayClusterReady")
+        return cond if cond.get("reason") == "Unschedulable" else None
+
+    ray = eventually(unschedulable, 90, "RayClusterReady False: Unschedulable")
+    ready = env.condition(POOL, "Ready")
+    print(f"Ready={ready['status']} {ready['reason']}: {ready['message']}")
+    (head,) = [p.metadata.name for p in _pool_pods(env) if "-head-" in p.metadata.name]
+    for cond in (ray, ready):  # the pending head, and why
+        assert cond["status"] == "False", cond
+        assert f"pod {head}: " in cond["message"] and "Insufficient cpu" in cond["message"]
+    assert ready["reason"] == "RayClusterReadyFalse", ready
+    assert (env.pool(POOL) or {})["status"]["phase"] == "Degraded"
+    assert (env.pool(POOL) or {})["status"]["idle"]["state"] == "Awake"
+    time.sleep(12)  # resyncs and orphan sweeps: the run waits, the pool says the same
+    with env.prefect() as c:
+        assert c.read_flow_run(run).state.type.value == "SCHEDULED"
+    assert env.condition(POOL, "Ready")["status"] == "False"
+    assert len(_wakes(env)) == 1, [e.message for e in _wakes(env)]
+
+    doc["spec"]["ray"]["head"]["resources"]["cpu"] = cpu
+    env.apply(doc)
+    env.wait_condition(POOL, "Ready", "True", timeout=120)
+    with env.prefect() as c:
+        assert c.read_flow_run(run).state.type.value == "SCHEDULED"  # a worker may take it
+
+
+# --- An operator of the test's own: restarted, then failed over.
+
+#: Shorter than the chart's 15/10/2 s, as in test_leader_election.py.
+TIMING = Timing(lease=8.0, renew=5.0, retry=1.0)
+
+
+@pytest.fixture
+def own_namespace(kube_cluster: Cluster, pool_crd: None) -> Iterator[str]:
+    """A namespace the session operator does not watch (its are `t-*`)."""
+    name = f"idle-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(kube_cluster.api_client())
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(lambda: core.list_namespaced_service_account(name).items, what="default SA")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def _stays_suspended(env: PoolDriver, seconds: float) -> None:
+    """No wake, no pod for `seconds` (idle polls and resyncs of the new operator)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert env.condition(POOL, "Ready")["reason"] == "Suspended"
+        assert (env.pool(POOL) or {})["status"]["idle"]["state"] == "Suspended"
+        assert not _pool_pods(env) and not _wakes(env)
+        time.sleep(1)
+
+
+def test_a_suspended_pool_stays_so_across_a_restart_and_a_failover(
+    kube_cluster: Cluster,
+    own_namespace: str,
+    prefect_server: PrefectServer,
+    tmp_path: Path,
+    own_operators: OwnOperators,
+) -> None:
+    """status.idle carries the state: a restarted operator (SIGTERM, a new process) and
+    a new leader (the old one SIGKILLed) leave the pool suspended, then wake it for a
+    due flow run."""
+
+    def replica(name: str) -> Replica:
+        return Replica(
+            kube_cluster.kubeconfig,
+            tmp_path / f"{name}.log",
+            lease="prefect-raypool-operator",
+            lease_namespace=own_namespace,
+            scope=(f"--namespace={own_namespace}",),
+            timing=TIMING,
+            extra_env=allow_prefect(prefect_server.api_url),
+        )
+
+    first, restarted, standby = replica("first"), replica("restarted"), replica("standby")
+    own_operators.add(first.log, restarted.log, standby.log)
+    env = PoolDriver.on(kube_cluster, own_namespace, prefect_server.api_url)
+    try:
+        first.start()
+        first.wait_leading(timeout=30)
+        doc = env.example("zero-capacity.yaml")
+        doc["spec"]["idle"] = IDLE
+        env.apply(doc)
+        _suspended(env, timeout=180)
+
+        first.stop()  # SIGTERM: the Lease is released; a new process takes it at once
+        restarted.start()
+        restarted.wait_leading(timeout=30)
+        _stays_suspended(env, 12)
+
+        standby.start()
+        restarted.kill()  # SIGKILL: the standby leads once the Lease expires
+        standby.wait_leading(timeout=TIMING.lease + 30)
+        _stays_suspended(env, 12)
+
+        t0 = time.monotonic()
+        _run(env, env.work_pool_name(POOL), Scheduled())  # due now
+        env.wait_events(POOL, lambda es: any(e.reason == "Waking" for e in es), "a Waking Event")
+        env.wait_condition(POOL, "Ready", "True", timeout=120)
+        print(f"woken by the new leader, Ready {time.monotonic() - t0:.1f}s after the run")
+        assert len(_wakes(env)) == 1
+        env.kubectl("delete", "prp", POOL, "-n", own_namespace, "--timeout=60s")
+    finally:
+        for r in (first, restarted, standby):
+            r.kill()
