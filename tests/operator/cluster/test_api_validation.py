@@ -117,6 +117,7 @@ def test_api_server_accepts_the_minimal_pool_and_fills_defaults(
         "name": "workers",
         "replicas": 1,
         "minReplicas": 0,
+        "podsPerFlowRun": 1,
         "resources": {"cpu": 1, "memory": "2Gi", "gpu": 0},
     }
     assert spec["prefect"]["resources"]["cpu"] == "500m"
