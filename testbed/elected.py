@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kubernetes import client
 
 from testbed.operator_process import OperatorProcess
 from testbed.processes import free_port
 from testbed.waiting import eventually
+
+if TYPE_CHECKING:
+    from testbed.cluster import Cluster
 
 LEADING = re.compile(r"Leading as (\S+): holding the Lease")
 STANDING_BY = re.compile(r"Standing by as (\S+): waiting for the Lease")
@@ -30,6 +39,22 @@ class Timing:
             "RAYPOOL_RENEW_DEADLINE": str(self.renew),
             "RAYPOOL_RETRY_PERIOD": str(self.retry),
         }
+
+
+#: Shorter than the chart's 15/10/2 s, so a takeover fits a test.
+SHORT = Timing(lease=8.0, renew=5.0, retry=1.0)
+
+
+@contextmanager
+def unwatched_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
+    """A namespace no other operator of the session watches (theirs are `t-*`), for
+    operators of a test's own; deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(cluster.api_client())
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(lambda: core.list_namespaced_service_account(name).items, what="default SA")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
 
 
 class Replica(OperatorProcess):

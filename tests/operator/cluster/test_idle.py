@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from prefect.states import Completed, Pending, Running, Scheduled
 
 from prefect_raypool_operator import naming
 from testbed.cluster import Cluster
-from testbed.elected import Replica, Timing
+from testbed.elected import SHORT, Replica, unwatched_namespace
 from testbed.operator_log import OwnOperators
 from testbed.operator_process import allow_prefect
 from testbed.pooldriver import PoolDriver
@@ -187,19 +186,12 @@ def test_a_wake_whose_head_cannot_be_scheduled_says_so_and_keeps_the_flow_run(
 
 # --- An operator of the test's own: restarted, then failed over.
 
-#: Shorter than the chart's 15/10/2 s, as in test_leader_election.py.
-TIMING = Timing(lease=8.0, renew=5.0, retry=1.0)
-
 
 @pytest.fixture
 def own_namespace(kube_cluster: Cluster, pool_crd: None) -> Iterator[str]:
-    """A namespace the session operator does not watch (its are `t-*`)."""
-    name = f"idle-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(kube_cluster.api_client())
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(lambda: core.list_namespaced_service_account(name).items, what="default SA")
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    """A namespace the session operator does not watch."""
+    with unwatched_namespace(kube_cluster, "idle") as name:
+        yield name
 
 
 def _stays_suspended(env: PoolDriver, seconds: float) -> None:
@@ -230,7 +222,7 @@ def test_a_suspended_pool_stays_so_across_a_restart_and_a_failover(
             lease="prefect-raypool-operator",
             lease_namespace=own_namespace,
             scope=(f"--namespace={own_namespace}",),
-            timing=TIMING,
+            timing=SHORT,
             extra_env=allow_prefect(prefect_server.api_url),
         )
 
@@ -252,7 +244,7 @@ def test_a_suspended_pool_stays_so_across_a_restart_and_a_failover(
 
         standby.start()
         restarted.kill()  # SIGKILL: the standby leads once the Lease expires
-        standby.wait_leading(timeout=TIMING.lease + 30)
+        standby.wait_leading(timeout=SHORT.lease + 30)
         _stays_suspended(env, 12)
 
         t0 = time.monotonic()

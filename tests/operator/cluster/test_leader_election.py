@@ -11,7 +11,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +22,7 @@ from prefect_raypool_operator import leader
 from prefect_raypool_operator.kinds import GROUP, PLURAL, VERSION
 from testbed import operator_log
 from testbed.cluster import Cluster
-from testbed.elected import Replica, Timing
+from testbed.elected import SHORT, Replica, unwatched_namespace
 from testbed.operator_process import allow_prefect
 from testbed.pooldriver import PoolDriver
 from testbed.prefect_server import PrefectServer
@@ -31,7 +30,7 @@ from testbed.tcp_proxy import freezable
 from testbed.waiting import eventually
 
 # Shorter than the chart's 15/10/2 s to keep the suite quick; the bench measures those.
-TIMING = Timing(lease=8.0, renew=5.0, retry=1.0)
+TIMING = SHORT
 START_UP = 30.0  # kopf's start (importing the handlers, the first watches), generous
 # By design: a leader that cannot renew its Lease says so at ERROR and exits 1.
 LOST_THE_LEASE = r"leader \[ERROR +\] Lost the Lease \(no renewal within the renew deadline\)"
@@ -237,13 +236,9 @@ def test_the_drain_timeout_is_read_and_checked() -> None:
 
 @pytest.fixture
 def ha_namespace(kube_cluster: Cluster, pool_crd: None) -> Iterator[str]:
-    """A namespace no other operator of the session watches (theirs are `t-*`)."""
-    name = f"ha-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(kube_cluster.api_client())
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(lambda: core.list_namespaced_service_account(name).items, what="default SA")
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    """A namespace the session operator does not watch."""
+    with unwatched_namespace(kube_cluster, "ha") as name:
+        yield name
 
 
 @pytest.fixture
